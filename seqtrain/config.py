@@ -1,0 +1,130 @@
+"""Typed configuration of a training run: one dataclass per concern.
+
+Every field is a command-line flag of the same name (`batch_size` -> `--batch-size`); the
+docstring under each field is its `--help` text. The resolved config is printed at start,
+saved as `config.yaml` in the run folder (rerun with `--config run/config.yaml`) and logged
+to W&B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from seqtrain.errors import UserError
+
+
+def _require(condition: bool, flag: str, message: str) -> None:
+    if not condition:
+        raise UserError(f"{flag} {message}")
+
+
+@dataclass
+class DataConfig:
+    shards: Path = Path("data/shards")
+    """Folder written by `seqtrain-data generate` (holds manifest.json)."""
+    batch_size: int = 128
+    """Training batch size per process."""
+    eval_batch_size: int = 1000
+    """Batch size per process for validation and test."""
+    num_workers: int = 2
+    """Loader worker processes per training process (0 loads in the main process)."""
+    shuffle_buffer: int = 8192
+    """Samples mixed in the in-memory shuffle buffer of each loader worker."""
+    pin_memory: bool = True
+    """Pin host batches for faster, asynchronous copies to a CUDA device (ignored on CPU)."""
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, "--batch-size", "must be > 0")
+        _require(self.eval_batch_size > 0, "--eval-batch-size", "must be > 0")
+        _require(self.num_workers >= 0, "--num-workers", "must be >= 0")
+        _require(self.shuffle_buffer >= 0, "--shuffle-buffer", "must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    model: str = "reference"
+    """Architecture by registry name (see `seqtrain.models`)."""
+    channels_last: bool = False
+    """Use channels-last memory format (faster convolutions on recent GPUs)."""
+    compile: bool = False
+    """Compile the model with torch.compile."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """Adam weight decay."""
+    label_smoothing: float = 0.0
+    """Label smoothing of each head's cross-entropy."""
+    plateau_factor: float = 0.1
+    """ReduceLROnPlateau: multiply the LR by this when validation loss stops improving."""
+    plateau_patience: int = 2
+    """ReduceLROnPlateau: epochs without improvement before reducing the LR."""
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "--lr", "must be > 0")
+        _require(self.weight_decay >= 0, "--weight-decay", "must be >= 0")
+        _require(0 <= self.label_smoothing < 1, "--label-smoothing", "must be in [0, 1)")
+        _require(0 < self.plateau_factor < 1, "--plateau-factor", "must be in (0, 1)")
+        _require(self.plateau_patience >= 0, "--plateau-patience", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    """Maximum number of epochs (early stopping may end sooner)."""
+    early_stop_patience: int = 5
+    """Stop after this many epochs without a lower validation loss."""
+    steps_per_epoch: int | None = None
+    """Optimizer steps per epoch; default: the epoch's training samples / global batch."""
+    seed: int = 0
+    """Seed for model init, shuffling and dropout."""
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast precision (bf16 also works on CPU; fp16 needs a GPU)."""
+    cpu: bool = False
+    """Run on CPU even when GPUs are visible (several processes form a gloo group)."""
+    output_dir: Path = Path("runs")
+    """Parent folder of run folders."""
+    run_name: str | None = None
+    """Run folder name below --output-dir and the W&B run name; default: a timestamp."""
+    resume: str | None = None
+    """Continue from a checkpoint folder, or `auto` for the run folder's latest one."""
+    log_every: int = 50
+    """Log train loss, LR and samples/s every this many steps."""
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, "--epochs", "must be > 0")
+        _require(self.early_stop_patience > 0, "--early-stop-patience", "must be > 0")
+        _require(
+            self.steps_per_epoch is None or self.steps_per_epoch > 0,
+            "--steps-per-epoch",
+            "must be > 0",
+        )
+        _require(self.log_every > 0, "--log-every", "must be > 0")
+
+
+@dataclass
+class LogConfig:
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """W&B mode: `offline` writes the run under the run folder (sync later), `online` streams it."""
+    wandb_project: str = "seqtrain"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (team or user); default: your W&B default."""
+    wandb_tags: tuple[str, ...] = ()
+    """W&B tags."""
+
+
+@dataclass
+class RunConfig:
+    """Train a digit-sequence recogniser on shards from `seqtrain-data`."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)

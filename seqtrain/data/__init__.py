@@ -1,0 +1,1 @@
+"""Shard format and streaming data loaders."""

@@ -1,0 +1,186 @@
+"""The on-disk contract between data_gen (writer) and the trainer (reader).
+
+A shard is a plain tar that stock `webdataset` reads. Each tar *sample* is a chunk of up to
+`chunk_size` sequences, stored as two raw numpy arrays (decoding one 600 KB array is far
+cheaper than decoding hundreds of tiny PNGs):
+
+    <key>.img.npy   uint8 [n, 28, 84]   white digits on black, slot i = columns [28i, 28i+28)
+    <key>.cls.npy   uint8 [n, 3]        class per slot, 0-9, BLANK (10) for an empty slot
+
+Keys are globally unique: `<split>-e<epoch>-s<shard>-c<chunk>`. Tar metadata is fixed
+(mtime 0, uid/gid 0, mode 0644), so the same arrays always give byte-identical shards.
+`manifest.json` at the data root lists every shard with its sample count and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seqtrain.errors import UserError
+
+DIGIT_SIZE = 28
+NUM_SLOTS = 3
+IMAGE_SHAPE = (DIGIT_SIZE, DIGIT_SIZE * NUM_SLOTS)
+BLANK = 10
+NUM_CLASSES = 11
+SPLITS = ("train", "val", "test")
+
+FORMAT_NAME = "seqtrain-shards"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+IMAGE_EXT = "img.npy"
+LABEL_EXT = "cls.npy"
+
+
+def sample_key(split: str, epoch: int, shard: int, chunk: int) -> str:
+    return f"{split}-e{epoch:03d}-s{shard:05d}-c{chunk:04d}"
+
+
+def shard_relpath(split: str, epoch: int, shard: int) -> str:
+    """Where a shard lives below the data root."""
+    return f"{split}/{split}-e{epoch:03d}-s{shard:05d}.tar"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), version=(1, 0), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def shard_bytes(
+    images: np.ndarray, labels: np.ndarray, split: str, epoch: int, shard: int, chunk_size: int
+) -> bytes:
+    """Serialise sequences into one deterministic tar shard."""
+    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"images must be uint8 [n, 28, 84], got {images.dtype} {images.shape}")
+    if labels.dtype != np.uint8 or labels.shape != (len(images), NUM_SLOTS):
+        raise ValueError(f"labels must be uint8 [n, 3], got {labels.dtype} {labels.shape}")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for chunk, start in enumerate(range(0, len(images), chunk_size)):
+            key = sample_key(split, epoch, shard, chunk)
+            _add_member(tar, f"{key}.{IMAGE_EXT}", _npy_bytes(images[start : start + chunk_size]))
+            _add_member(tar, f"{key}.{LABEL_EXT}", _npy_bytes(labels[start : start + chunk_size]))
+    return buf.getvalue()
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def iter_shard_chunks(path: str | Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield (key, images, labels) per chunk, checking shapes; raises ValueError on damage."""
+    pending: dict[str, dict[str, np.ndarray]] = {}
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if ext not in (IMAGE_EXT, LABEL_EXT) or not member.isfile():
+                    raise ValueError(f"unexpected member {member.name!r}")
+                data = tar.extractfile(member).read()
+                array = np.load(io.BytesIO(data), allow_pickle=False)
+                parts = pending.setdefault(key, {})
+                parts[ext] = array
+                if len(parts) == 2:
+                    del pending[key]
+                    yield key, _check_chunk(key, parts[IMAGE_EXT], parts[LABEL_EXT])
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise ValueError(f"unreadable tar: {e}") from e
+    if pending:
+        raise ValueError(f"incomplete chunk(s): {sorted(pending)}")
+
+
+def _check_chunk(key: str, images: np.ndarray, labels: np.ndarray):
+    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"{key}: bad image array {images.dtype} {images.shape}")
+    if labels.dtype != np.uint8 or labels.shape != (len(images), NUM_SLOTS):
+        raise ValueError(f"{key}: bad label array {labels.dtype} {labels.shape}")
+    if labels.max(initial=0) > BLANK:
+        raise ValueError(f"{key}: label out of range")
+    return images, labels
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    split: str
+    epoch: int
+    count: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parts of manifest.json the trainer needs, validated."""
+
+    root: Path
+    raw: dict
+
+    @property
+    def config(self) -> dict:
+        return self.raw["config"]
+
+    def epochs(self, split: str) -> int:
+        return int(self.raw["splits"][split]["epochs"])
+
+    def shards(self, split: str, epoch: int = 0) -> list[ShardInfo]:
+        return [
+            ShardInfo(self.root / s["path"], split, s["epoch"], s["count"], s["sha256"])
+            for s in self.raw["splits"][split]["shards"]
+            if s["epoch"] == epoch
+        ]
+
+    def num_samples(self, split: str, epoch: int = 0) -> int:
+        return sum(s.count for s in self.shards(split, epoch))
+
+
+def load_manifest(root: str | Path) -> Manifest:
+    """Read and validate `root/manifest.json`; every problem is a one-line UserError."""
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise UserError(f"shard folder {root} does not exist (generate it with `seqtrain-data`)")
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: is {root} a seqtrain-data output folder?") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON: {e}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+        raise UserError(f"{path} is not a {FORMAT_NAME} manifest")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{path} has format version {raw.get('format_version')}, this seqtrain reads "
+            f"version {FORMAT_VERSION}: regenerate the shards"
+        )
+    try:
+        for split in SPLITS:
+            entry = raw["splits"][split]
+            int(entry["epochs"])
+            for s in entry["shards"]:
+                (s["path"], int(s["epoch"]), int(s["count"]), str(s["sha256"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path} is malformed ({type(e).__name__}: {e})") from None
+    return Manifest(root, raw)
