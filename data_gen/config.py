@@ -16,7 +16,8 @@ class GenConfig:
     out: Path = Path("data/shards")
     """Output folder (shards, manifest.json)."""
     mnist_dir: Path | None = None
-    """Local MNIST folder (the 4 IDX files, .gz or not, or torchvision's root); default: $SEQTRAIN_MNIST_DIR, else download."""
+    """Local MNIST folder: the 4 IDX files (.gz or not) or torchvision's root.
+    Default: $SEQTRAIN_MNIST_DIR, else download to --download-dir."""
     download_dir: Path = Path("~/.cache/seqtrain/mnist")
     """Where MNIST is downloaded to when no local folder is given."""
     train_size: int = 54000

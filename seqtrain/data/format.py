@@ -82,6 +82,11 @@ def shard_bytes(
     return buf.getvalue()
 
 
+def sequence_text(labels: np.ndarray) -> str:
+    """The digits of one label row as text, blanks dropped: [4, 7, 10] -> "47"."""
+    return "".join(str(int(c)) for c in labels if c != BLANK)
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
