@@ -1,0 +1,47 @@
+# shellcheck shell=bash
+# Shared helpers for the launch scripts (sourced, not run).
+# DRY_RUN=1 makes `run` print the exact command, shell-quoted, instead of running it.
+
+run() {
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    printf '%q ' "$@" | sed 's/ $//'
+    echo
+  else
+    "$@"
+  fi
+}
+
+die() {
+  echo "$(basename "$0"): error: $*" >&2
+  exit 2
+}
+
+# Number of visible NVIDIA GPUs (0 without a driver).
+count_gpus() {
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
+  else
+    echo 0
+  fi
+}
+
+# Fill the multi-node variables from SLURM's where the user did not set them:
+# NUM_MACHINES, MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT, GPUS_PER_NODE.
+resolve_nodes() {
+  NUM_MACHINES=${NUM_MACHINES:-${SLURM_NNODES:-1}}
+  MACHINE_RANK=${MACHINE_RANK:-${SLURM_NODEID:-0}}
+  if [ -z "${MAIN_PROCESS_IP:-}" ]; then
+    if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
+      MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    else
+      MAIN_PROCESS_IP=127.0.0.1
+    fi
+  fi
+  MAIN_PROCESS_PORT=${MAIN_PROCESS_PORT:-29500}
+  GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-$(count_gpus)}}
+  [ "$GPUS_PER_NODE" -gt 0 ] 2>/dev/null ||
+    die "no GPUs found: set GPUS_PER_NODE (processes per node; on CPU-only nodes too)"
+  if ! [ "$MACHINE_RANK" -ge 0 ] 2>/dev/null || [ "$MACHINE_RANK" -ge "$NUM_MACHINES" ]; then
+    die "MACHINE_RANK=$MACHINE_RANK is outside [0, NUM_MACHINES=$NUM_MACHINES)"
+  fi
+}
