@@ -1,0 +1,142 @@
+"""launch/ scripts: dry-run command lines under fake SLURM environments, and shellcheck."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path) -> dict[str, str]:
+    """Node 1 of a 2-node x 4-GPU allocation, with a fake `scontrol` that expands the nodelist."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text("#!/bin/sh\necho gpu-node-07\necho gpu-node-08\n")
+    scontrol.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_NNODES": "2",
+        "SLURM_NODEID": "1",
+        "SLURM_GPUS_ON_NODE": "4",
+        "SLURM_JOB_NODELIST": "gpu-node-[07-08]",
+        "DRY_RUN": "1",
+    }
+
+
+def dry_run(script: str, args: list[str], env: dict[str, str]) -> list[list[str]]:
+    """Run a launch script in dry-run mode; return each printed command as argv."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    result = subprocess.run(
+        ["bash", str(LAUNCH / script), *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line) for line in result.stdout.splitlines()]
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_multinode_command_from_slurm_variables(fake_slurm):
+    (cmd,) = dry_run("train_multinode.sh", ["--shards", "/data/s", "--run-name", "a b"], fake_slurm)
+    assert cmd[:2] == ["accelerate", "launch"]
+    assert option(cmd, "--num_machines") == "2"
+    assert option(cmd, "--machine_rank") == "1"
+    assert option(cmd, "--main_process_ip") == "gpu-node-07"
+    assert option(cmd, "--main_process_port") == "29500"
+    assert option(cmd, "--num_processes") == "8"
+    assert "--multi_gpu" in cmd
+    # User flags pass through unchanged, after the script's defaults so they win.
+    assert cmd[cmd.index("-m") + 1 : cmd.index("-m") + 3] == ["seqtrain", "train"]
+    assert cmd[-4:] == ["--shards", "/data/s", "--run-name", "a b"]
+
+
+def test_torchrun_command_from_slurm_variables(fake_slurm):
+    (cmd,) = dry_run("torchrun_train.sh", ["--epochs", "3"], fake_slurm)
+    assert cmd[0] == "torchrun"
+    assert option(cmd, "--nnodes") == "2"
+    assert option(cmd, "--node_rank") == "1"
+    assert option(cmd, "--nproc_per_node") == "4"
+    assert option(cmd, "--master_addr") == "gpu-node-07"
+    assert cmd[-2:] == ["--epochs", "3"]
+
+
+def test_explicit_variables_override_slurm(fake_slurm):
+    env = {**fake_slurm, "MAIN_PROCESS_IP": "10.1.2.3", "MAIN_PROCESS_PORT": "1234"}
+    (cmd,) = dry_run("train_multinode.sh", [], env)
+    assert option(cmd, "--main_process_ip") == "10.1.2.3"
+    assert option(cmd, "--main_process_port") == "1234"
+
+
+def test_single_node_uses_all_gpus():
+    (cmd,) = dry_run("train_node.sh", ["--shards", "d"], {"DRY_RUN": "1", "NUM_GPUS": "8"})
+    assert option(cmd, "--num_processes") == "8"
+    assert option(cmd, "--config_file").endswith("node-8gpu-bf16.yaml")
+    assert option(cmd, "--mixed-precision") == "bf16"
+
+
+def test_generate_array_then_dependent_finalize(fake_slurm):
+    env = {**fake_slurm, "NODES": "3"}
+    submit, finalize = dry_run("slurm/submit_generate.sh", ["--out", "/s d", "--epochs", "2"], env)
+    assert option(submit, "--array") == "0-2"
+    assert submit[-4:] == ["--out", "/s d", "--epochs", "2"]
+    assert option(finalize, "--dependency").startswith("afterok:")
+    assert shlex.split(option(finalize, "--wrap")) == ["seqtrain-data", "finalize", "/s d"]
+
+
+def test_generate_array_task_maps_to_node_rank(fake_slurm):
+    env = {**fake_slurm, "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_ID": "2"}
+    (cmd,) = dry_run(
+        "slurm/generate.sbatch", ["--out", "o"], {**env, "SLURM_SUBMIT_DIR": str(REPO)}
+    )
+    assert cmd[:2] == ["seqtrain-data", "generate"]
+    assert option(cmd, "--num-nodes") == "4"
+    assert option(cmd, "--node-rank") == "2"
+
+
+@pytest.mark.parametrize(
+    ("script", "env", "message"),
+    [
+        (
+            "train_multinode.sh",
+            {"NUM_MACHINES": "2", "MACHINE_RANK": "2", "GPUS_PER_NODE": "1"},
+            "MACHINE_RANK",
+        ),
+        ("train_node.sh", {"NUM_GPUS": "0"}, "no GPUs"),
+        ("slurm/submit_generate.sh", {}, "--out"),
+    ],
+)
+def test_bad_environment_is_one_line_error(script, env, message):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    result = subprocess.run(
+        ["bash", str(LAUNCH / script)],
+        env={**clean, **env, "DRY_RUN": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="Debian's shellcheck not installed")
+def test_scripts_are_shellcheck_clean():
+    scripts = sorted(str(p) for p in LAUNCH.rglob("*") if p.suffix in (".sh", ".sbatch"))
+    result = subprocess.run(
+        ["shellcheck", "-x", *scripts], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
