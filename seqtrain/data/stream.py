@@ -1,0 +1,338 @@
+"""Train and eval loaders: webdataset pipelines over the shards of `seqtrain.data.format`.
+
+Each loader is one explicit list of stages, built per epoch:
+
+    plan (seeded shard order, split by rank and worker) → read tar chunks → shuffle + batch
+    → WebLoader.with_epoch
+
+The split is by *sample range*, not by whole shards. The shards of an epoch, in a seeded order
+shared by all ranks, form one sequence of samples (repeated, reshuffled, when an epoch needs
+more than the generator wrote); rank r takes its contiguous run of `steps * batch_size`
+samples and cuts it between its workers in proportion to the batches each worker will deliver.
+So every rank gets exactly `steps` batches whatever the number of shards, ranks and workers
+(no uneven-shard hang), and an epoch reads every sample once, losing fewer than one global
+batch (no shard is silently dropped, none read twice). Eval splits the same way without
+shuffling or repetition: every sample exactly once over all ranks.
+
+Everything is a pure function of the arguments, so the same call gives the same batches in
+the same order: that is what makes mid-epoch resume (`skip_batches`) exact.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+from seqtrain.config import DataConfig
+from seqtrain.data.format import IMAGE_EXT, LABEL_EXT, Manifest, ShardInfo, _check_chunk
+from seqtrain.errors import UserError
+
+Batch = tuple[Tensor, Tensor]
+Chunk = tuple[np.ndarray, np.ndarray]
+
+# Domain tags keep the shard-order and sample-shuffle random streams apart.
+_SHARD_ORDER, _SAMPLE_ORDER = 0, 1
+
+
+def images_to_float(images: Tensor) -> Tensor:
+    """uint8 images (any shape) → float32 in [0, 1]; call it on the device, after the copy."""
+    return images.to(torch.float32).div_(255)
+
+
+def train_steps_per_epoch(
+    manifest: Manifest, batch_size: int, world_size: int, epoch: int = 0
+) -> int:
+    """Steps per rank in training epoch `epoch`: its samples // global batch, at least 1."""
+    samples = manifest.num_samples("train", _generator_epoch(manifest, epoch))
+    return max(1, samples // (batch_size * world_size))
+
+
+def train_loader(
+    manifest: Manifest,
+    cfg: DataConfig,
+    epoch: int,
+    steps: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    skip_batches: int = 0,
+) -> Batches:
+    """This rank's training batches of `epoch`: exactly `steps - skip_batches` of them.
+
+    Yields (images uint8 [B, 1, 28, 84], labels int64 [B, 3]). Do not pass the loader through
+    `accelerator.prepare`: it is already split by rank. `skip_batches` resumes mid-epoch: the
+    result equals the full epoch's batches from that index on.
+    """
+    if not 0 <= skip_batches <= steps:
+        raise ValueError(f"skip_batches={skip_batches} is outside [0, steps={steps}]")
+    shards = manifest.shards("train", _generator_epoch(manifest, epoch))
+    total = _total_samples(shards, "train")
+    batch = cfg.batch_size
+    workers = max(1, cfg.num_workers)
+    # DataLoader takes batches round-robin from its workers: worker w delivers batches
+    # w, w + workers, ... of the rank's epoch.
+    counts = [len(range(w, steps, workers)) for w in range(workers)]
+    order = partial(_shuffled_order, shards, (seed, epoch, _SHARD_ORDER))
+    start = rank * steps * batch
+    plans = []
+    for count in counts:
+        plans.append(_pieces(order, total, start, count * batch))
+        start += count * batch
+    # Each worker skips its share of whole rounds itself (no transfer of skipped batches);
+    # the main process drops the rest, fewer than one round.
+    rounds, drop = divmod(skip_batches, workers)
+    stages = _stages(
+        plans,
+        batch_size=batch,
+        block=max(cfg.shuffle_buffer, batch),
+        seed=(seed, epoch, _SAMPLE_ORDER, rank),
+        skip=rounds,
+    )
+    loader = _web_loader(stages, cfg.num_workers, cfg.pin_memory)
+    return Batches(loader.with_epoch(nbatches=steps - rounds * workers), drop, steps - skip_batches)
+
+
+def eval_loader(
+    manifest: Manifest, cfg: DataConfig, split: str, rank: int, world_size: int
+) -> Batches:
+    """This rank's part of `split` (generator epoch 0), in order, in batches of
+    `cfg.eval_batch_size` (each worker's last batch may be short).
+
+    Over ranks 0..world_size-1 every sample appears exactly once; a rank may get no batches
+    (fewer samples than ranks), so reduce metrics once after the loop, never per batch.
+    """
+    shards = manifest.shards(split, 0)
+    total = _total_samples(shards, split)
+    start, stop = total * rank // world_size, total * (rank + 1) // world_size
+    batch = cfg.eval_batch_size
+    num_batches = math.ceil((stop - start) / batch)
+    workers = min(cfg.num_workers, num_batches)  # no idle worker processes
+    parts = max(1, workers)
+    plans = []
+    for w in range(parts):
+        # Whole batches per worker, so only the rank's last batch can be short.
+        lo = start + num_batches * w // parts * batch
+        hi = min(stop, start + num_batches * (w + 1) // parts * batch)
+        plans.append(_pieces(lambda _cycle: shards, total, lo, hi - lo))
+    stages = _stages(plans, batch_size=batch, block=batch, seed=None, skip=0)
+    return Batches(_web_loader(stages, workers, cfg.pin_memory), 0, num_batches)
+
+
+class Batches:
+    """One epoch of batches: iterable (again and again, identically) with a known length."""
+
+    def __init__(self, loader: Iterable, drop: int, length: int) -> None:
+        self._loader = loader
+        self._drop = drop
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[Batch]:
+        for item in islice(self._loader, self._drop, None):
+            if isinstance(item, _LoaderError):
+                raise UserError(item.message)
+            yield item
+
+
+def _generator_epoch(manifest: Manifest, epoch: int) -> int:
+    epochs = manifest.epochs("train")
+    if epochs < 1:
+        raise UserError(f"{manifest.root}: the manifest lists no training epochs")
+    return epoch % epochs
+
+
+def _total_samples(shards: Sequence[ShardInfo], split: str) -> int:
+    total = sum(s.count for s in shards)
+    if total == 0:
+        raise UserError(f"the manifest lists no {split} samples")
+    return total
+
+
+def _shuffled_order(
+    shards: Sequence[ShardInfo], seed: tuple[int, ...], cycle: int
+) -> list[ShardInfo]:
+    """Shard order of one pass over the epoch's shards: the same on every rank and worker."""
+    permutation = np.random.default_rng([*seed, cycle]).permutation(len(shards))
+    return [shards[i] for i in permutation]
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Samples [start, stop) of one shard."""
+
+    path: str
+    start: int
+    stop: int
+
+
+def _pieces(
+    order: Callable[[int], Sequence[ShardInfo]], total: int, start: int, length: int
+) -> list[_Piece]:
+    """Samples [start, start + length) of the endless sequence pass 0, pass 1, ... where pass
+    c is the shards in `order(c)` (`total` samples per pass), as per-shard pieces."""
+    pieces = []
+    end = start + length
+    cycle = start // total
+    while cycle * total < end:
+        base = cycle * total
+        for shard in order(cycle):
+            lo, hi = max(start, base), min(end, base + shard.count)
+            if lo < hi:
+                pieces.append(_Piece(str(shard.path), lo - base, hi - base))
+            base += shard.count
+        cycle += 1
+    return pieces
+
+
+def _worker() -> tuple[int, int]:
+    """(worker id, number of workers) of the calling loader process; (0, 1) without workers."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class _WorkerPieces(IterableDataset):
+    """Pipeline source: the shard pieces planned for the worker that iterates it."""
+
+    def __init__(self, plans: list[list[_Piece]]) -> None:
+        super().__init__()
+        self.plans = plans
+
+    def __iter__(self) -> Iterator[_Piece]:
+        worker, num_workers = _worker()
+        if num_workers != len(self.plans):
+            raise RuntimeError(f"planned {len(self.plans)} workers, running {num_workers}")
+        return iter(self.plans[worker])
+
+
+def _read_chunks(pieces: Iterable[_Piece]) -> Iterator[Chunk]:
+    """Pipeline stage: shard pieces → (images [n, 28, 84], labels [n, 3]) uint8 arrays."""
+    for piece in pieces:
+        yield from _read_piece(piece)
+
+
+def _read_piece(piece: _Piece) -> Iterator[Chunk]:
+    offset = 0  # index in the shard of the first sample of the current chunk
+    try:
+        for sample in wds.tarfile_samples([{"url": piece.path}]):
+            if offset >= piece.stop:
+                break
+            images, labels = _decode(sample)
+            lo, hi = max(piece.start - offset, 0), min(piece.stop - offset, len(images))
+            if lo < hi:
+                yield images[lo:hi], labels[lo:hi]
+            offset += len(images)
+    except FileNotFoundError:
+        raise UserError(f"shard {piece.path} is missing") from None
+    except Exception as e:
+        # webdataset appends the stream and URL to the exception's args; keep the message.
+        reason = str(e.args[0]).split(" @ ")[0] if e.args else type(e).__name__
+        raise UserError(f"shard {piece.path} is corrupt: {reason}") from None
+    if offset < piece.stop:
+        raise UserError(f"shard {piece.path} holds {offset} samples, fewer than its manifest count")
+
+
+def _decode(sample: dict) -> Chunk:
+    key = sample["__key__"]
+    if IMAGE_EXT not in sample or LABEL_EXT not in sample:
+        raise ValueError(f"{key}: needs members .{IMAGE_EXT} and .{LABEL_EXT}")
+    images = np.load(io.BytesIO(sample[IMAGE_EXT]), allow_pickle=False)
+    labels = np.load(io.BytesIO(sample[LABEL_EXT]), allow_pickle=False)
+    return _check_chunk(key, images, labels)
+
+
+def _shuffle_batches(
+    chunks: Iterable[Chunk],
+    batch_size: int,
+    block: int,
+    seed: tuple[int, ...] | None,
+    skip: int,
+) -> Iterator[Batch]:
+    """Pipeline stage: chunks → batches, permuting blocks of >= `block` samples.
+
+    Vectorised: the buffer is concatenated, permuted with one numpy index and cut into batches
+    by slicing. Samples left over after the last full batch of a block join the next block.
+    `seed` None keeps the order; the end of the stream yields a short last batch if needed.
+    The first `skip` batches are computed (they advance the random state) but not yielded.
+    """
+    rng = None if seed is None else np.random.default_rng([*seed, _worker()[0]])
+    pending: list[Chunk] = []
+    buffered = 0
+    emitted = 0
+
+    def flush(final: bool) -> Iterator[Batch]:
+        nonlocal pending, buffered, emitted
+        images = np.concatenate([c[0] for c in pending])
+        labels = np.concatenate([c[1] for c in pending])
+        if rng is not None:
+            permutation = rng.permutation(len(images))
+            images, labels = images[permutation], labels[permutation]
+        cut = len(images) if final else len(images) - len(images) % batch_size
+        for lo in range(0, cut, batch_size):
+            if emitted >= skip:
+                yield (
+                    torch.from_numpy(images[lo : lo + batch_size]).unsqueeze(1),
+                    torch.from_numpy(labels[lo : lo + batch_size].astype(np.int64)),
+                )
+            emitted += 1
+        pending = [(images[cut:], labels[cut:])]
+        buffered = len(images) - cut
+
+    for chunk in chunks:
+        pending.append(chunk)
+        buffered += len(chunk[0])
+        if buffered >= block:
+            yield from flush(final=False)
+    if buffered:
+        yield from flush(final=True)
+
+
+@dataclass(frozen=True)
+class _LoaderError:
+    """A UserError raised in a worker, carried as an item: re-raised as is, one line, in the
+    main process (DataLoader would wrap it in a multi-line traceback message)."""
+
+    message: str
+
+
+def _errors_as_items(items: Iterable[Batch]) -> Iterator[Batch | _LoaderError]:
+    """Pipeline stage: the last one; turns a UserError into a `_LoaderError` item."""
+    try:
+        yield from items
+    except UserError as e:
+        yield _LoaderError(str(e))
+
+
+def _stages(
+    plans: list[list[_Piece]],
+    batch_size: int,
+    block: int,
+    seed: tuple[int, ...] | None,
+    skip: int,
+) -> wds.DataPipeline:
+    return wds.DataPipeline(
+        _WorkerPieces(plans),
+        _read_chunks,
+        partial(_shuffle_batches, batch_size=batch_size, block=block, seed=seed, skip=skip),
+        _errors_as_items,
+    )
+
+
+def _web_loader(stages: wds.DataPipeline, num_workers: int, pin_memory: bool) -> wds.WebLoader:
+    return wds.WebLoader(
+        stages,
+        batch_size=None,  # the pipeline batches
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+    )

@@ -1,0 +1,87 @@
+"""Tiny shard sets for tests: every sample's image encodes a unique id, so tests can check
+exactly which samples a loader delivered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seqtrain.data.format import (
+    BLANK,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    IMAGE_SHAPE,
+    MANIFEST_NAME,
+    SPLITS,
+    sha256_file,
+    shard_bytes,
+    shard_relpath,
+)
+
+
+def sample_id(split: str, epoch: int, index: int) -> int:
+    """The id written into sample `index` of `split`, generator epoch `epoch`."""
+    return SPLITS.index(split) * 10_000_000 + epoch * 100_000 + index
+
+
+def decode_ids(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Ids of a batch of images [B, 1, 28, 84] or [B, 28, 84] (first 4 pixels, little-endian)."""
+    flat = np.asarray(images).reshape(len(images), -1)[:, :4].astype(np.int64)
+    return flat[:, 0] | flat[:, 1] << 8 | flat[:, 2] << 16 | flat[:, 3] << 24
+
+
+def tiny_labels(ids: np.ndarray) -> np.ndarray:
+    """Deterministic labels of lengths 1-3 (digits first, then blanks)."""
+    labels = np.full((len(ids), 3), BLANK, dtype=np.uint8)
+    lengths = ids % 3 + 1
+    for slot in range(3):
+        digits = (ids // 10**slot) % 10
+        labels[:, slot] = np.where(slot < lengths, digits, BLANK)
+    return labels
+
+
+def write_tiny_dataset(
+    root: Path,
+    sizes: dict[str, list[int]],
+    chunk_size: int = 4,
+    epochs: int = 1,
+) -> Path:
+    """Write shards with the given per-shard sample counts per split (the same for every
+    generator epoch of train; val/test have one epoch) and their manifest.json."""
+    root = Path(root)
+    splits = {}
+    for split in SPLITS:
+        split_epochs = epochs if split == "train" else 1
+        entries = []
+        for epoch in range(split_epochs):
+            index = 0
+            for shard, count in enumerate(sizes.get(split, [])):
+                ids = np.array([sample_id(split, epoch, index + i) for i in range(count)])
+                index += count
+                images = np.zeros((count, *IMAGE_SHAPE), dtype=np.uint8)
+                images.reshape(count, -1)[:, :4] = ids[:, None] >> np.arange(0, 32, 8) & 0xFF
+                path = root / shard_relpath(split, epoch, shard)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(
+                    shard_bytes(images, tiny_labels(ids), split, epoch, shard, chunk_size)
+                )
+                entries.append(
+                    {
+                        "path": shard_relpath(split, epoch, shard),
+                        "epoch": epoch,
+                        "count": count,
+                        "sha256": sha256_file(path),
+                    }
+                )
+        splits[split] = {"epochs": split_epochs, "shards": entries}
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": {"chunk_size": chunk_size},
+        "splits": splits,
+    }
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+    return root
