@@ -95,6 +95,8 @@ class TrainConfig:
     """Continue from a checkpoint folder, or `auto` for the run folder's latest one."""
     log_every: int = 50
     """Log train loss, LR and samples/s every this many steps."""
+    checkpoint_every: int = 0
+    """Also save checkpoints/last every this many steps within an epoch (0: at epoch ends only)."""
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "--epochs", "must be > 0")
@@ -105,6 +107,7 @@ class TrainConfig:
             "must be > 0",
         )
         _require(self.log_every > 0, "--log-every", "must be > 0")
+        _require(self.checkpoint_every >= 0, "--checkpoint-every", "must be >= 0")
 
 
 @dataclass

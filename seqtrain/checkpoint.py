@@ -1,0 +1,102 @@
+"""Checkpoints: Accelerate's `save_state` written aside and renamed into place only when complete.
+
+A checkpoint folder holds Accelerate's files (model, optimizer, registered objects, one RNG file
+per rank) plus `seqtrain_checkpoint.json`, written last: a folder without it is incomplete.
+Replacing a checkpoint renames the old one to `.<name>.old` first, so a crash at any moment
+leaves either the old or the new checkpoint findable by `find_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from seqtrain.atomic import atomic_write_json
+from seqtrain.errors import UserError
+
+META_NAME = "seqtrain_checkpoint.json"
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training continues: epoch index and batches of it already done, global step."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    step: int = 0
+
+
+def save_checkpoint(
+    accelerator: Accelerator, folder: Path, model_name: str, position: Position
+) -> None:
+    """Collective: every rank must call it (`save_state` writes per-rank RNG files)."""
+    tmp = _sibling(folder, "tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_json(tmp / META_NAME, {"model": model_name, **asdict(position)})
+        _replace(tmp, folder)
+    accelerator.wait_for_everyone()
+
+
+def copy_checkpoint(accelerator: Accelerator, source: Path, folder: Path) -> None:
+    """Collective: `folder` becomes a copy of the complete checkpoint `source` (e.g. best)."""
+    if accelerator.is_main_process:
+        tmp = _sibling(folder, "tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        _replace(tmp, folder)
+    accelerator.wait_for_everyone()
+
+
+def find_checkpoint(folder: Path) -> Path | None:
+    """`folder` if complete, else the old copy a crash mid-replacement left, else None."""
+    for candidate in (folder, _sibling(folder, "old")):
+        if (candidate / META_NAME).is_file():
+            return candidate
+    return None
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """`--resume auto`: the run folder's last checkpoint if any (a fresh start otherwise)."""
+    if resume is None:
+        return None
+    if resume == AUTO:
+        return find_checkpoint(run_dir / "checkpoints" / "last")
+    found = find_checkpoint(Path(resume))
+    if found is None:
+        raise UserError(f"--resume {resume}: not a complete seqtrain checkpoint folder")
+    return found
+
+
+def load_checkpoint(accelerator: Accelerator, folder: Path, model_name: str) -> Position:
+    """Collective: restore everything `save_checkpoint` saved; returns where to continue."""
+    meta = json.loads((folder / META_NAME).read_text())
+    if meta["model"] != model_name:
+        raise UserError(
+            f"checkpoint {folder} is of model {meta['model']!r}, not --model {model_name!r}"
+        )
+    accelerator.load_state(str(folder))
+    return Position(meta["epoch"], meta["batches_done"], meta["step"])
+
+
+def _sibling(folder: Path, kind: str) -> Path:
+    return folder.with_name(f".{folder.name}.{kind}")
+
+
+def _replace(complete: Path, folder: Path) -> None:
+    old = _sibling(folder, "old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(complete, folder)
+    shutil.rmtree(old, ignore_errors=True)

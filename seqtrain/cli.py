@@ -1,0 +1,44 @@
+"""`seqtrain <command> [flags]`: dispatch on the first word; each command parses its own flags."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from seqtrain.errors import UserError, report_user_errors
+
+PROG = "seqtrain"
+
+
+def _train(argv: list[str]) -> None:
+    # Imported here so `seqtrain --help` and flag errors stay fast (no torch import).
+    from seqtrain.cliparse import parse_config
+    from seqtrain.config import RunConfig
+
+    cfg = parse_config(RunConfig, argv, prog=f"{PROG} train", description=RunConfig.__doc__ or "")
+    from seqtrain.train import train
+
+    train(cfg)
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
+    "train": (_train, "train a model on seqtrain-data shards"),
+}
+
+
+def _usage() -> str:
+    lines = [f"usage: {PROG} <command> [flags]   ({PROG} <command> --help)", "commands:"]
+    lines += [f"  {name:10s} {about}" for name, (_, about) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+@report_user_errors(PROG)
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    command, *rest = argv
+    if command not in COMMANDS:
+        raise UserError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
+    COMMANDS[command][0](rest)

@@ -1,0 +1,88 @@
+"""Accelerate and device concerns: the process group, precision, device transfer, model placement.
+
+Nothing else in seqtrain reads rank environment variables or picks devices: the loop asks the
+Accelerator (built here) and these helpers.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, reduce
+from torch import nn
+
+from seqtrain.config import RunConfig
+from seqtrain.data.stream import images_to_float
+from seqtrain.errors import UserError
+
+
+def use_cpu(cfg: RunConfig) -> bool:
+    return cfg.train.cpu or not torch.cuda.is_available()
+
+
+def join_processes(cfg: RunConfig) -> PartialState:
+    """Join the launcher's process group before anything else needs it.
+
+    `cpu=True` on a GPU-less machine makes `accelerate launch --multi_gpu` and `torchrun` form
+    one gloo group of CPU ranks instead of N independent rank-0-of-1 runs.
+    """
+    if cfg.train.mixed_precision == "fp16" and use_cpu(cfg):
+        raise UserError("--mixed-precision fp16 needs a GPU (use bf16 on CPU)")
+    return PartialState(cpu=use_cpu(cfg))
+
+
+def from_main_process(value: Any) -> Any:
+    """The main process's `value` on every rank (e.g. a timestamp that must agree)."""
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
+    return Accelerator(
+        cpu=use_cpu(cfg),
+        mixed_precision=cfg.train.mixed_precision,
+        log_with=None if cfg.log.wandb_mode == "disabled" else "wandb",
+        project_dir=str(run_dir),
+        # ReduceLROnPlateau is stepped by us once per epoch, never per optimizer step.
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over all ranks (a copy; the input is left unchanged)."""
+    return reduce(tensor, reduction="sum")
+
+
+def to_device(
+    images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a uint8 batch to the device and convert it there: a quarter of the bytes to copy."""
+    images = images_to_float(images.to(device, non_blocking=True))
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def prepare_model(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
+    """Apply memory format and compilation from outside the model code."""
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.model.compile:
+        reason = _compile_unsupported(device)
+        if reason:
+            print(f"seqtrain: --compile skipped: {reason}")
+        else:
+            # In-place compile keeps state-dict keys unchanged, so checkpoints stay portable.
+            model.compile()
+    return model
+
+
+def _compile_unsupported(device: torch.device) -> str | None:
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile is not supported on this Python/platform"
+    if device.type == "cpu" and shutil.which("g++") is None and shutil.which("clang++") is None:
+        return "torch.compile on CPU needs a C++ compiler"
+    return None

@@ -1,0 +1,426 @@
+"""The training loop: the reference recipe, with every decision taken identically on all ranks.
+
+for each epoch:
+    train one epoch            (per-step logging every --log-every steps)
+    evaluate val               (metric counts summed over ranks -> global loss)
+    plateau LR step, early-stopping update    (from the global val loss)
+    save last (and best)
+load best, evaluate test, write metrics and the predictions picture
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.optim import Adam
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from tqdm.auto import tqdm
+
+from seqtrain import tracking
+from seqtrain.atomic import atomic_write_json, atomic_write_text
+from seqtrain.checkpoint import (
+    Position,
+    copy_checkpoint,
+    find_checkpoint,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
+from seqtrain.cliparse import dump_config
+from seqtrain.config import RunConfig
+from seqtrain.data.format import Manifest, load_manifest
+from seqtrain.data.stream import eval_loader, train_loader, train_steps_per_epoch
+from seqtrain.distributed import (
+    all_reduce_sum,
+    from_main_process,
+    join_processes,
+    make_accelerator,
+    prepare_model,
+    to_device,
+)
+from seqtrain.errors import UserError
+from seqtrain.metrics import SequenceMetrics, sequence_loss
+from seqtrain.models import build_model
+from seqtrain.plots import save_predictions
+
+PREDICTION_SAMPLES = 10
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after `patience` epochs without a lower value; fed the same global value on every
+    rank, so every rank reaches the same decision without further communication."""
+
+    patience: int
+    best: float = math.inf
+    bad_epochs: int = 0
+
+    def update(self, value: float) -> bool:
+        """Record one epoch's value; True when it is a new best."""
+        if value < self.best:
+            self.best, self.bad_epochs = value, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
+
+
+@dataclass
+class Session:
+    """Everything one training run holds (built once by `_build`)."""
+
+    cfg: RunConfig
+    run_dir: Path
+    manifest: Manifest
+    accelerator: Accelerator
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: ReduceLROnPlateau
+    stopper: EarlyStopping
+    position: Position
+    lr_history: list[float] = field(default_factory=list)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def log(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(message)
+
+
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Train, evaluate the best model on test, and return the test metrics and run folder."""
+    run = _build(cfg)
+    for epoch in range(run.position.epoch, cfg.train.epochs):
+        if run.stopper.should_stop:
+            run.log(f"early stopping: val loss did not improve for {run.stopper.patience} epochs")
+            break
+        start = time.perf_counter()
+        train_loss = train_epoch(run, epoch)
+        val = evaluate(run, "val")
+        improved, lr_reduced = _end_of_epoch_decisions(run, val["loss"])
+        run.position = Position(epoch + 1, 0, run.position.step)
+        _save(run, improved)
+        _report_epoch(run, epoch, train_loss, val, improved, lr_reduced, start)
+    return _finish(run)
+
+
+def _build(cfg: RunConfig) -> Session:
+    join_processes(cfg)
+    run_name = cfg.train.run_name or from_main_process(datetime.now().strftime("%Y%m%d-%H%M%S"))
+    run_dir = cfg.train.output_dir / run_name
+    manifest = load_manifest(cfg.data.shards)
+    accelerator = make_accelerator(cfg, run_dir)
+    set_seed(cfg.train.seed)
+    model = prepare_model(build_model(cfg.model.model), cfg, accelerator.device)
+    optimizer = Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Kept out of `prepare`: a prepared scheduler would step once per process per call.
+    scheduler = ReduceLROnPlateau(
+        optimizer, factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience
+    )
+    stopper = EarlyStopping(cfg.train.early_stop_patience)
+    accelerator.register_for_checkpointing(scheduler, stopper)
+    run = Session(
+        cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position()
+    )
+    resume_from = resolve_resume(cfg.train.resume, run_dir)
+    if resume_from is not None:
+        run.position = load_checkpoint(accelerator, resume_from, cfg.model.model)
+        run.log(
+            f"resumed from {resume_from} at epoch {run.position.epoch + 1}, "
+            f"batch {run.position.batches_done}"
+        )
+    _start_outputs(run)
+    return run
+
+
+def _start_outputs(run: Session) -> None:
+    """The resolved config beside the outputs before step 1, metrics of replayed epochs cut."""
+    if run.accelerator.is_main_process:
+        resolved = dump_config(run.cfg)
+        print(f"# resolved config (saved as {run.run_dir / 'config.yaml'})\n{resolved}", flush=True)
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.run_dir / "config.yaml", resolved)
+        _truncate_metrics(run.run_dir / "metrics.jsonl", run.position.epoch)
+    tracking.start_tracking(run.accelerator, run.cfg, run.run_dir)
+    run.accelerator.wait_for_everyone()
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep only the epochs a resumed run will not redo (a crash may have left one more)."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epochs_done]
+        atomic_write_text(path, "".join(f"{ln}\n" for ln in kept))
+
+
+def _batches(loader):
+    """Iterate `loader` without touching the global RNG: a DataLoader draws its workers' base
+    seed from it, which would make dropout differ between a resumed and an unbroken run."""
+    with torch.random.fork_rng(devices=[]):
+        iterator = iter(loader)
+    yield from iterator
+
+
+def train_epoch(run: Session, epoch: int) -> float:
+    """One epoch of optimizer steps; returns the mean train loss over all ranks."""
+    cfg, accelerator = run.cfg, run.accelerator
+    steps = cfg.train.steps_per_epoch or train_steps_per_epoch(
+        run.manifest, cfg.data.batch_size, accelerator.num_processes, epoch
+    )
+    skip = run.position.batches_done if epoch == run.position.epoch else 0
+    loader = train_loader(
+        run.manifest,
+        cfg.data,
+        epoch,
+        steps,
+        accelerator.process_index,
+        accelerator.num_processes,
+        cfg.train.seed,
+        skip_batches=skip,
+    )
+    run.model.train()
+    window = LossWindow(accelerator.device)
+    epoch_loss = LossWindow(accelerator.device)
+    bar = tqdm(
+        total=steps,
+        initial=skip,
+        desc=f"epoch {epoch + 1}",
+        leave=False,
+        disable=not accelerator.is_main_process,
+        dynamic_ncols=True,
+    )
+    for batch_index, (images, labels) in enumerate(_batches(loader), start=skip + 1):
+        x, y = to_device(images, labels, accelerator.device, cfg.model.channels_last)
+        loss = sequence_loss(run.model(x).float(), y, cfg.optim.label_smoothing)
+        run.optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        run.optimizer.step()
+        run.position = Position(epoch, batch_index, run.position.step + 1)
+        window.add(loss, run.position.step)
+        epoch_loss.add(loss, run.position.step)
+        bar.update()
+        if run.position.step % cfg.train.log_every == 0:
+            _log_window(run, window, len(y), bar)
+        if _mid_epoch_checkpoint_due(cfg, batch_index, steps):
+            _check_finite(accelerator, epoch_loss)
+            save_checkpoint(accelerator, run.checkpoints / "last", cfg.model.model, run.position)
+    bar.close()
+    return _check_finite(accelerator, epoch_loss)
+
+
+def _mid_epoch_checkpoint_due(cfg: RunConfig, batch_index: int, steps: int) -> bool:
+    """Every --checkpoint-every batches, except at the epoch's end (saved after val anyway)."""
+    every = cfg.train.checkpoint_every
+    return every > 0 and batch_index % every == 0 and batch_index < steps
+
+
+class LossWindow:
+    """Loss sum, batch count and first non-finite step, kept on the device: no per-step sync."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.values = torch.zeros(2, dtype=torch.float64, device=device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach().to(torch.float64)
+        self.values += torch.stack([loss, torch.ones_like(loss)])
+        first_bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
+        self.first_bad_step = torch.where(first_bad, step, self.first_bad_step)
+
+    def reset(self) -> None:
+        self.values.zero_()
+        self.started = time.perf_counter()
+
+
+def _check_finite(accelerator: Accelerator, window: LossWindow) -> float:
+    """Global mean loss of the window; every rank raises together if any rank saw NaN/inf."""
+    bad_steps = accelerator.gather(window.first_bad_step.reshape(1)).tolist()
+    bad_steps = [s for s in bad_steps if s >= 0]
+    if bad_steps:
+        raise UserError(
+            f"loss became NaN/inf at step {min(bad_steps)}; stopped, the last good checkpoint "
+            "is kept (try a lower --lr)"
+        )
+    loss_sum, batches = all_reduce_sum(window.values).tolist()
+    return loss_sum / max(batches, 1)
+
+
+def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) -> None:
+    """The one host sync every --log-every steps: global train loss, lr, samples/s."""
+    accelerator = run.accelerator
+    loss = _check_finite(accelerator, window)
+    batches = int(window.values[1].item())
+    seconds = time.perf_counter() - window.started
+    samples_per_s = batches * batch_size * accelerator.num_processes / max(seconds, 1e-9)
+    tracking.log_metrics(
+        accelerator,
+        {"train/loss": loss, "train/lr": run.lr, "train/samples_per_s": samples_per_s},
+        step=run.position.step,
+    )
+    bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.0f}")
+    window.reset()
+
+
+@torch.no_grad()
+def evaluate(run: Session, split: str) -> dict[str, Any]:
+    """Metrics over the whole split: each rank evaluates its disjoint part, counts are summed."""
+    accelerator = run.accelerator
+    # The unwrapped model: no DDP collectives, so a rank without eval data cannot hang others.
+    model = accelerator.unwrap_model(run.model)
+    model.eval()
+    metrics = SequenceMetrics(accelerator.device)
+    loader = eval_loader(
+        run.manifest, run.cfg.data, split, accelerator.process_index, accelerator.num_processes
+    )
+    for images, labels in _batches(loader):
+        x, y = to_device(images, labels, accelerator.device, run.cfg.model.channels_last)
+        with accelerator.autocast():
+            logits = model(x).float()
+        metrics.update(logits, y, sequence_loss(logits, y) * len(y))
+    run.model.train()
+    return SequenceMetrics.from_state(all_reduce_sum(metrics.state())).summary()
+
+
+def _end_of_epoch_decisions(run: Session, val_loss: float) -> tuple[bool, bool]:
+    """Plateau LR step and early-stopping update from the same global value on every rank."""
+    lr_before = run.lr
+    run.scheduler.step(val_loss)
+    run.lr_history.append(run.lr)
+    return run.stopper.update(val_loss), run.lr < lr_before
+
+
+def _save(run: Session, improved: bool) -> None:
+    last = run.checkpoints / "last"
+    save_checkpoint(run.accelerator, last, run.cfg.model.model, run.position)
+    if improved:
+        copy_checkpoint(run.accelerator, last, run.checkpoints / "best")
+
+
+def _report_epoch(
+    run: Session,
+    epoch: int,
+    train_loss: float,
+    val: dict,
+    improved: bool,
+    lr_reduced: bool,
+    start: float,
+) -> None:
+    seconds = time.perf_counter() - start
+    record = {
+        "epoch": epoch + 1,
+        "step": run.position.step,
+        "train_loss": train_loss,
+        "val_loss": val["loss"],
+        "val_exact_match": val["exact_match"],
+        "val_count": val["count"],
+        "lr": run.lr,
+        "epoch_seconds": seconds,
+        "best": improved,
+        "num_processes": run.accelerator.num_processes,
+    }
+    tracking.log_metrics(
+        run.accelerator,
+        {
+            "epoch": epoch + 1,
+            "val/loss": val["loss"],
+            "val/exact_match": val["exact_match"],
+            "train/epoch_loss": train_loss,
+            "epoch_seconds": seconds,
+        },
+        step=run.position.step,
+    )
+    if not run.accelerator.is_main_process:
+        return
+    with open(run.run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    line = (
+        f"Epoch {epoch + 1}/{run.cfg.train.epochs} - train loss {train_loss:.4f} - "
+        f"val loss {val['loss']:.4f} - val exact match {val['exact_match']:.4f} - "
+        f"lr {run.lr:.1e} - {seconds:.1f}s"
+    )
+    if lr_reduced:
+        line += f" - LR reduced to {run.lr:.1e}"
+    if improved:
+        line += " - best model saved"
+    run.log(line)
+
+
+def _finish(run: Session) -> dict[str, Any]:
+    """Load the best checkpoint, evaluate test, write results, close tracking."""
+    accelerator = run.accelerator
+    best = find_checkpoint(run.checkpoints / "best")
+    if best is None:
+        raise UserError(f"no best checkpoint in {run.checkpoints}: no epoch had a finite val loss")
+    load_checkpoint(accelerator, best, run.cfg.model.model)
+    test = evaluate(run, "test")
+    _write_rank_record(run)
+    if accelerator.is_main_process:
+        atomic_write_json(run.run_dir / "test_metrics.json", test)
+        picture = run.run_dir / "predictions.png"
+        _predictions_picture(run, picture)
+        tracking.log_summary(accelerator, {f"test/{k}": v for k, v in test.items()})
+        tracking.log_image(accelerator, "predictions", picture, step=run.position.step)
+        run.log(
+            f"test exact match {test['exact_match']:.4f} on {test['count']} samples; "
+            f"outputs in {run.run_dir}"
+        )
+    accelerator.wait_for_everyone()
+    tracking.finish_tracking(accelerator)
+    return {"run_dir": str(run.run_dir), "test": test, "epochs": run.position.epoch}
+
+
+def _write_rank_record(run: Session) -> None:
+    """Each rank's own view (world size, LR per epoch, last epoch): proof that all ranks formed
+    one group and took the same decisions. One file per rank, so no rank writes another's."""
+    accelerator = run.accelerator
+    record = {
+        "process_index": accelerator.process_index,
+        "num_processes": accelerator.num_processes,
+        "lr_history": run.lr_history,
+        "epochs": run.position.epoch,
+    }
+    atomic_write_json(run.run_dir / "ranks" / f"{accelerator.process_index}.json", record)
+
+
+@torch.no_grad()
+def _predictions_picture(run: Session, path: Path) -> None:
+    """Random test samples (seeded) from the first test batch, run through the best model."""
+    loader = eval_loader(run.manifest, run.cfg.data, "test", rank=0, world_size=1)
+    images, labels = next(iter(_batches(loader)))
+    chosen = np.random.default_rng(run.cfg.train.seed).choice(
+        len(images), size=min(PREDICTION_SAMPLES, len(images)), replace=False
+    )
+    images, labels = images[chosen], labels[chosen]
+    model = run.accelerator.unwrap_model(run.model)
+    x, _ = to_device(images, labels, run.accelerator.device, run.cfg.model.channels_last)
+    with run.accelerator.autocast():
+        predicted = model(x).argmax(dim=-1).cpu().numpy()
+    save_predictions(path, images[:, 0].numpy(), labels.numpy(), predicted)
