@@ -1,0 +1,111 @@
+"""`seqtrain-data generate`: render this node's shards with a pool of worker processes."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import time
+from collections.abc import Iterator
+
+import torch
+from tqdm import tqdm
+
+from data_gen.config import GenConfig
+from data_gen.finalize import finalize
+from data_gen.mnist import load_mnist
+from data_gen.outdir import RECORDS_DIR, claim, fingerprint
+from data_gen.plan import ShardJob, node_jobs, plan_jobs
+from data_gen.splits import digit_pools
+from data_gen.writer import ShardRecord, WriterContext, produce
+from seqtrain.data.format import SPLITS
+from seqtrain.errors import UserError
+
+_WORKER_CONTEXT: WriterContext | None = None
+
+
+def generate(cfg: GenConfig) -> None:
+    jobs = plan_jobs(cfg)
+    mine = node_jobs(jobs, cfg.num_nodes, cfg.node_rank)
+    mnist = load_mnist(cfg.mnist_dir, cfg.download_dir)
+    try:
+        claim(cfg, jobs)
+        if cfg.num_nodes == 1:  # nobody else can be mid-write: temp files are from a killed run
+            _remove_temp_files(cfg)
+    except OSError as e:
+        raise UserError(f"cannot write to --out {cfg.out}: {e.strerror or e}") from None
+    ctx = WriterContext(
+        out=cfg.out,
+        pools=digit_pools(mnist, cfg.seed),
+        seed=cfg.seed,
+        length_weights=cfg.length_weights,
+        chunk_size=cfg.chunk_size,
+        fingerprint=fingerprint(cfg),
+    )
+    start = time.perf_counter()
+    written = run_jobs(mine, ctx, cfg.num_workers)
+    seconds = time.perf_counter() - start
+    sequences = sum(job.count for job in mine)
+    print(
+        f"node {cfg.node_rank}/{cfg.num_nodes}: {len(mine)} shards ({written} written, "
+        f"{len(mine) - written} already complete), {sequences} sequences in {seconds:.1f}s"
+    )
+    if cfg.num_nodes == 1:
+        finalize(cfg.out)
+    else:
+        print(f"when every node is done: seqtrain-data finalize {cfg.out}")
+
+
+def run_jobs(jobs: list[ShardJob], ctx: WriterContext, workers: int) -> int:
+    """Produce every job with a progress bar (sequences/s); returns how many were written."""
+    written = 0
+    with tqdm(total=sum(j.count for j in jobs), unit="seq", unit_scale=True, disable=None) as bar:
+        for record, wrote in _results(jobs, ctx, min(workers, len(jobs))):
+            written += wrote
+            bar.update(record.count)
+    return written
+
+
+def _results(
+    jobs: list[ShardJob], ctx: WriterContext, workers: int
+) -> Iterator[tuple[ShardRecord, bool]]:
+    if workers <= 1:
+        with _torch_threads(1):
+            for job in jobs:
+                yield produce(job, ctx)
+        return
+    # fork: workers share the MNIST pools copy-on-write instead of unpickling 50 MB each
+    # (the pattern of torch's DataLoader, with one torch thread per worker).
+    pool = multiprocessing.get_context("fork").Pool(workers, _init_worker, (ctx,))
+    with pool:
+        yield from pool.imap_unordered(_produce_in_worker, jobs)
+
+
+def _init_worker(ctx: WriterContext) -> None:
+    global _WORKER_CONTEXT
+    _WORKER_CONTEXT = ctx
+    torch.set_num_threads(1)
+
+
+def _produce_in_worker(job: ShardJob) -> tuple[ShardRecord, bool]:
+    assert _WORKER_CONTEXT is not None, "worker not initialised"
+    return produce(job, _WORKER_CONTEXT)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """One thread like a pool worker (fair speed per core), restoring the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _remove_temp_files(cfg: GenConfig) -> None:
+    """atomic_open's leftovers (`.<name>.<random>.tmp`) in the folders we write to."""
+    records = cfg.out / RECORDS_DIR
+    folders = [cfg.out, *(cfg.out / s for s in SPLITS), *(records / s for s in SPLITS)]
+    for folder in folders:
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,105 @@
+"""The output folder: its config fingerprint, where records live, and claiming it for a run.
+
+`OUT/generate.json` records the config that determines the shard bytes. A rerun with the same
+config resumes; a different config in a non-empty folder is refused unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import data_gen
+from data_gen.config import GenConfig
+from data_gen.plan import ShardJob
+from seqtrain.atomic import atomic_write_json
+from seqtrain.cliparse import config_from_dict, config_to_dict
+from seqtrain.data.format import MANIFEST_NAME, SPLITS
+from seqtrain.errors import UserError
+
+RUN_FILE = "generate.json"
+RECORDS_DIR = "records"
+GENERATOR = {"name": "seqtrain-data", "version": data_gen.__version__}
+# The fields that decide the bytes of the shards; paths, workers and node layout do not.
+OUTPUT_FIELDS = (
+    "train_size",
+    "val_size",
+    "test_size",
+    "epochs",
+    "shard_size",
+    "chunk_size",
+    "length_weights",
+    "seed",
+)
+
+
+def output_config(cfg: GenConfig) -> dict:
+    full = config_to_dict(cfg)
+    return {name: full[name] for name in OUTPUT_FIELDS}
+
+
+def fingerprint(cfg: GenConfig) -> str:
+    text = json.dumps({"generator": GENERATOR, "config": output_config(cfg)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def record_path(out: Path, job: ShardJob) -> Path:
+    return out / RECORDS_DIR / f"{job.relpath}.json"
+
+
+def read_run_config(out: Path) -> GenConfig:
+    """The config a folder was generated with (for finalize)."""
+    path = out / RUN_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run `seqtrain-data generate --out {out}`") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON: {e}") from None
+    return config_from_dict(GenConfig, {**saved["config"], "out": str(out)})
+
+
+def claim(cfg: GenConfig, planned: list[ShardJob]) -> None:
+    """Make OUT ours for this config, or raise a one-line error; never touches foreign files."""
+    out = cfg.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    saved = _saved_fingerprint(out)
+    mine = fingerprint(cfg)
+    if saved != mine and out.is_dir() and any(out.iterdir()):
+        if not cfg.overwrite:
+            what = "a different config" if saved else "files not made by seqtrain-data"
+            raise UserError(
+                f"--out {out} holds {what}: choose an empty folder or pass --overwrite "
+                f"(see {out / RUN_FILE})"
+            )
+        _remove_stale(out, planned)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        out / RUN_FILE,
+        {"generator": GENERATOR, "config": output_config(cfg), "fingerprint": mine},
+    )
+
+
+def _saved_fingerprint(out: Path) -> str | None:
+    try:
+        return json.loads((out / RUN_FILE).read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove_stale(out: Path, planned: list[ShardJob]) -> None:
+    """--overwrite: drop the old manifest and our shards/records the new plan does not contain.
+
+    Planned shards are left in place: their records carry the old fingerprint, so they get
+    regenerated. Only files not in the plan are removed, so concurrent nodes cannot collide.
+    """
+    keep = {job.relpath for job in planned}
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for split in SPLITS:
+        for shard in (out / split).glob(f"{split}-e*-s*.tar"):
+            relpath = f"{split}/{shard.name}"
+            if relpath not in keep:
+                shard.unlink(missing_ok=True)
+                (out / RECORDS_DIR / f"{relpath}.json").unlink(missing_ok=True)

@@ -1,0 +1,108 @@
+"""One shard job: render its sequences, write the tar atomically, then its small record.
+
+The record (count, sha256, histograms, config fingerprint) is written only after the shard
+is in place, so "record present and sha256 matches the file" means the shard is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_gen.outdir import record_path
+from data_gen.plan import ShardJob
+from data_gen.splits import DigitPool
+from data_gen.stitch import Sequences, compose
+from seqtrain.atomic import atomic_write_bytes, atomic_write_json
+from seqtrain.data.format import BLANK, NUM_CLASSES, NUM_SLOTS, sha256_file, shard_bytes
+from seqtrain.errors import UserError
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    path: str
+    split: str
+    epoch: int
+    shard: int
+    count: int
+    sha256: str
+    label_histogram: list[int]  # over all slots, classes 0-9 and BLANK
+    length_histogram: list[int]  # sequences of length 1, 2, 3
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class WriterContext:
+    """Everything a worker needs besides the job; built once per run."""
+
+    out: Path
+    pools: dict[str, DigitPool]
+    seed: int
+    length_weights: tuple[float, ...]
+    chunk_size: int
+    fingerprint: str
+
+
+def render(job: ShardJob, ctx: WriterContext) -> Sequences:
+    """The sequences of a shard: a pure function of the job and the run's config."""
+    return compose(
+        ctx.pools[job.split],
+        job.count,
+        ctx.length_weights,
+        job.rng(ctx.seed),
+        augment=job.split == "train",
+    )
+
+
+def produce(job: ShardJob, ctx: WriterContext) -> tuple[ShardRecord, bool]:
+    """Make sure the shard exists; returns its record and whether it was (re)written."""
+    done = completed_record(job, ctx)
+    if done is not None:
+        return done, False
+    seqs = render(job, ctx)
+    data = shard_bytes(seqs.images, seqs.labels, job.split, job.epoch, job.shard, ctx.chunk_size)
+    record = ShardRecord(
+        path=job.relpath,
+        split=job.split,
+        epoch=job.epoch,
+        shard=job.shard,
+        count=job.count,
+        sha256=hashlib.sha256(data).hexdigest(),
+        label_histogram=np.bincount(seqs.labels.ravel(), minlength=NUM_CLASSES).tolist(),
+        length_histogram=_length_histogram(seqs.labels),
+        fingerprint=ctx.fingerprint,
+    )
+    try:
+        atomic_write_bytes(ctx.out / job.relpath, data)
+        atomic_write_json(record_path(ctx.out, job), asdict(record))
+    except OSError as e:
+        # Raised in a worker process too: a UserError travels back through the pool intact.
+        raise UserError(f"cannot write {ctx.out / job.relpath}: {e.strerror or e}") from None
+    return record, True
+
+
+def read_record(out: Path, job: ShardJob) -> ShardRecord | None:
+    try:
+        return ShardRecord(**json.loads(record_path(out, job).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def completed_record(job: ShardJob, ctx: WriterContext) -> ShardRecord | None:
+    """The record of a finished shard of this config whose file is intact, else None."""
+    record = read_record(ctx.out, job)
+    if record is None or record.fingerprint != ctx.fingerprint or record.count != job.count:
+        return None
+    try:
+        return record if sha256_file(ctx.out / job.relpath) == record.sha256 else None
+    except OSError:
+        return None
+
+
+def _length_histogram(labels: np.ndarray) -> list[int]:
+    lengths = (labels != BLANK).sum(axis=1)
+    return np.bincount(lengths, minlength=NUM_SLOTS + 1)[1:].tolist()
