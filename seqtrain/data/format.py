@@ -110,7 +110,7 @@ def iter_shard_chunks(path: str | Path) -> Iterator[tuple[str, np.ndarray, np.nd
                 parts[ext] = array
                 if len(parts) == 2:
                     del pending[key]
-                    yield key, _check_chunk(key, parts[IMAGE_EXT], parts[LABEL_EXT])
+                    yield (key, *_check_chunk(key, parts[IMAGE_EXT], parts[LABEL_EXT]))
     except (tarfile.TarError, OSError, EOFError) as e:
         raise ValueError(f"unreadable tar: {e}") from e
     if pending:
