@@ -1,0 +1,171 @@
+"""Train and eval loaders: equal steps on every rank, exact coverage, determinism, bad shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from shardutil import decode_ids, sample_id, tiny_labels, write_tiny_dataset
+
+from seqtrain.config import DataConfig
+from seqtrain.data.format import load_manifest
+from seqtrain.data.stream import (
+    eval_loader,
+    images_to_float,
+    train_loader,
+    train_steps_per_epoch,
+)
+from seqtrain.errors import UserError
+
+TRAIN_SHARDS = [10, 3, 17, 8, 12, 5, 9]  # 64 samples, 7 uneven shards
+VAL_SHARDS = [7, 6]  # fewer shards than most rank x worker layouts
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    write_tiny_dataset(
+        root, {"train": TRAIN_SHARDS, "val": VAL_SHARDS, "test": [5]}, chunk_size=4, epochs=2
+    )
+    return load_manifest(root)
+
+
+def config(manifest, num_workers: int, shuffle_buffer: int = 8) -> DataConfig:
+    return DataConfig(
+        shards=manifest.root,
+        batch_size=BATCH,
+        eval_batch_size=5,
+        num_workers=num_workers,
+        shuffle_buffer=shuffle_buffer,
+    )
+
+
+def ids_of(batches) -> list[int]:
+    return [int(i) for images, _ in batches for i in decode_ids(images)]
+
+
+def check_batch(images: torch.Tensor, labels: torch.Tensor, size: int) -> None:
+    assert images.shape == (size, 1, 28, 84) and images.dtype == torch.uint8
+    assert labels.shape == (size, 3) and labels.dtype == torch.int64
+    # Images and labels stay paired through the shuffle.
+    expected = tiny_labels(decode_ids(images)).astype(np.int64)
+    assert torch.equal(labels, torch.from_numpy(expected))
+
+
+@pytest.mark.parametrize("world_size, num_workers", [(1, 0), (2, 2), (3, 2)])
+def test_every_rank_gets_exactly_steps_batches_and_the_epoch_reads_each_sample_once(
+    manifest, world_size, num_workers
+):
+    cfg = config(manifest, num_workers)
+    steps = train_steps_per_epoch(manifest, BATCH, world_size)
+    assert steps == sum(TRAIN_SHARDS) // (BATCH * world_size)
+    seen = []
+    for rank in range(world_size):
+        batches = list(train_loader(manifest, cfg, 0, steps, rank, world_size, seed=3))
+        assert len(batches) == steps
+        for images, labels in batches:
+            check_batch(images, labels, BATCH)
+        seen += ids_of(batches)
+    epoch_ids = {sample_id("train", 0, i) for i in range(sum(TRAIN_SHARDS))}
+    assert len(set(seen)) == len(seen) == steps * BATCH * world_size
+    assert set(seen) <= epoch_ids
+    assert len(epoch_ids) - len(seen) < BATCH * world_size  # less than one global batch lost
+
+
+def test_more_steps_than_data_repeats_the_data_without_hanging(manifest):
+    cfg = config(manifest, num_workers=2)
+    for rank in range(3):
+        batches = list(train_loader(manifest, cfg, 0, 25, rank, 3, seed=0))
+        assert len(batches) == 25
+    # 25 * 4 * 3 = 300 samples: each of the 64 read 4 or 5 times.
+    assert len(set(ids_of(batches))) == 64
+
+
+def test_a_single_shard_feeds_many_ranks_and_workers(tmp_path):
+    manifest = load_manifest(write_tiny_dataset(tmp_path, {"train": [30], "val": [1]}))
+    cfg = config(manifest, num_workers=2)
+    seen = []
+    for rank in range(3):
+        batches = list(train_loader(manifest, cfg, 0, 2, rank, 3, seed=0))
+        assert len(batches) == 2
+        seen += ids_of(batches)
+    assert len(set(seen)) == len(seen) == 24
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_same_arguments_same_batches_and_skip_gives_the_tail(manifest, num_workers):
+    cfg = config(manifest, num_workers)
+    steps = 7
+
+    def run(skip: int = 0, seed: int = 5, epoch: int = 0) -> list[list[int]]:
+        batches = train_loader(manifest, cfg, epoch, steps, 1, 2, seed=seed, skip_batches=skip)
+        assert len(batches) == steps - skip
+        return [ids_of([batch]) for batch in batches]
+
+    full = run()
+    assert run() == full
+    for skip in (1, 2, 3, 6, 7):
+        assert run(skip) == full[skip:]
+    assert run(seed=6) != full
+    assert run(epoch=2) != full  # same generator epoch as 0, other shuffle
+
+
+def test_training_epochs_wrap_around_the_generator_epochs(manifest):
+    cfg = config(manifest, num_workers=0)
+    for epoch, generator_epoch in [(0, 0), (1, 1), (2, 0), (5, 1)]:
+        ids = ids_of(train_loader(manifest, cfg, epoch, 16, 0, 1, seed=0))
+        expected = {sample_id("train", generator_epoch, i) for i in range(64)}
+        assert set(ids) == expected
+
+
+def test_shuffling_mixes_shards_and_positions(manifest):
+    cfg = config(manifest, num_workers=0, shuffle_buffer=64)
+    ids = ids_of(train_loader(manifest, cfg, 0, 16, 0, 1, seed=0))
+    assert ids != sorted(ids)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5, 20])
+def test_eval_reads_every_sample_exactly_once_across_ranks(manifest, world_size, num_workers):
+    cfg = config(manifest, num_workers)
+    seen = []
+    for rank in range(world_size):
+        batches = eval_loader(manifest, cfg, "val", rank, world_size)
+        sizes = [len(labels) for _, labels in batches]
+        assert len(sizes) == len(batches)
+        assert all(size == 5 for size in sizes[:-1])  # only the last batch may be short
+        for images, labels in batches:
+            check_batch(images, labels, len(labels))
+        seen += ids_of(batches)
+    assert sorted(seen) == [sample_id("val", 0, i) for i in range(sum(VAL_SHARDS))]
+
+
+def test_a_rank_without_samples_gets_a_valid_empty_loader(manifest):
+    # 5 test samples over 8 ranks: rank 0 gets none.
+    batches = eval_loader(manifest, config(manifest, 2), "test", 0, 8)
+    assert len(batches) == 0 and list(batches) == []
+
+
+def test_images_to_float_scales_to_unit_range():
+    images = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
+    out = images_to_float(images)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, torch.tensor([[0.0, 128 / 255, 1.0]]))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
+def test_a_bad_shard_is_a_one_line_user_error_naming_it(tmp_path, num_workers, damage):
+    manifest = load_manifest(write_tiny_dataset(tmp_path, {"train": [12, 12], "val": [4]}))
+    shard = manifest.shards("train", 0)[1].path
+    data = shard.read_bytes()
+    if damage == "truncate":
+        shard.write_bytes(data[: len(data) // 2 + 100])
+    elif damage == "garbage":
+        shard.write_bytes(data[:512] + b"\x07" * (len(data) - 512))
+    else:
+        shard.unlink()
+    with pytest.raises(UserError, match=shard.name) as info:
+        list(train_loader(manifest, config(manifest, num_workers), 0, 6, 0, 1, seed=0))
+    assert "\n" not in str(info.value)
