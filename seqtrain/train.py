@@ -208,7 +208,7 @@ def train_epoch(run: Session, epoch: int) -> float:
     run.model.train()
     window = LossWindow(accelerator.device)
     epoch_loss = LossWindow(accelerator.device)
-    bar = tqdm(
+    progress = tqdm(
         total=steps,
         initial=skip,
         desc=f"epoch {epoch + 1}",
@@ -216,23 +216,30 @@ def train_epoch(run: Session, epoch: int) -> float:
         disable=not accelerator.is_main_process,
         dynamic_ncols=True,
     )
-    for batch_index, (images, labels) in enumerate(_batches(loader), start=skip + 1):
-        x, y = to_device(images, labels, accelerator.device, cfg.model.channels_last)
-        loss = sequence_loss(run.model(x).float(), y, cfg.optim.label_smoothing)
-        run.optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        run.optimizer.step()
-        run.position = Position(epoch, batch_index, run.position.step + 1)
-        window.add(loss, run.position.step)
-        epoch_loss.add(loss, run.position.step)
-        bar.update()
-        if run.position.step % cfg.train.log_every == 0:
-            _log_window(run, window, len(y), bar)
-        if _mid_epoch_checkpoint_due(cfg, batch_index, steps):
-            _check_finite(accelerator, epoch_loss)
-            save_checkpoint(accelerator, run.checkpoints / "last", cfg.model.model, run.position)
-    bar.close()
+    with progress as bar:  # closed on errors too, so an error line starts on a clean line
+        for batch_index, (images, labels) in enumerate(_batches(loader), start=skip + 1):
+            loss = _train_step(run, images, labels)
+            run.position = Position(epoch, batch_index, run.position.step + 1)
+            window.add(loss, run.position.step)
+            epoch_loss.add(loss, run.position.step)
+            bar.update()
+            if run.position.step % cfg.train.log_every == 0:
+                _log_window(run, window, len(labels), bar)
+            if _mid_epoch_checkpoint_due(cfg, batch_index, steps):
+                _check_finite(accelerator, epoch_loss)
+                save_checkpoint(
+                    accelerator, run.checkpoints / "last", cfg.model.model, run.position
+                )
     return _check_finite(accelerator, epoch_loss)
+
+
+def _train_step(run: Session, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    x, y = to_device(images, labels, run.accelerator.device, run.cfg.model.channels_last)
+    loss = sequence_loss(run.model(x).float(), y, run.cfg.optim.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.accelerator.backward(loss)
+    run.optimizer.step()
+    return loss
 
 
 def _mid_epoch_checkpoint_due(cfg: RunConfig, batch_index: int, steps: int) -> bool:
