@@ -38,6 +38,8 @@ from seqtrain.data.format import IMAGE_EXT, LABEL_EXT, Manifest, ShardInfo, _che
 from seqtrain.errors import UserError
 
 Batch = tuple[Tensor, Tensor]
+# Arrays, not tensors, cross from the workers: a pickled array through the pipe is about 3x
+# faster here than torch's per-tensor shared-memory handover (see bench/loader_throughput.py).
 Chunk = tuple[np.ndarray, np.ndarray]
 
 # Domain tags keep the shard-order and sample-shuffle random streams apart.
@@ -98,8 +100,8 @@ def train_loader(
         seed=(seed, epoch, _SAMPLE_ORDER, rank),
         skip=rounds,
     )
-    loader = _web_loader(stages, cfg.num_workers, cfg.pin_memory)
-    return Batches(loader.with_epoch(nbatches=steps - rounds * workers), drop, steps - skip_batches)
+    loader = _web_loader(stages, cfg.num_workers).with_epoch(nbatches=steps - rounds * workers)
+    return Batches(loader, drop, steps - skip_batches, cfg.pin_memory)
 
 
 def eval_loader(
@@ -125,16 +127,17 @@ def eval_loader(
         hi = min(stop, start + num_batches * (w + 1) // parts * batch)
         plans.append(_pieces(lambda _cycle: shards, total, lo, hi - lo))
     stages = _stages(plans, batch_size=batch, block=batch, seed=None, skip=0)
-    return Batches(_web_loader(stages, workers, cfg.pin_memory), 0, num_batches)
+    return Batches(_web_loader(stages, workers), 0, num_batches, cfg.pin_memory)
 
 
 class Batches:
     """One epoch of batches: iterable (again and again, identically) with a known length."""
 
-    def __init__(self, loader: Iterable, drop: int, length: int) -> None:
+    def __init__(self, loader: Iterable, drop: int, length: int, pin_memory: bool) -> None:
         self._loader = loader
         self._drop = drop
         self._length = length
+        self._pin = pin_memory and torch.cuda.is_available()
 
     def __len__(self) -> int:
         return self._length
@@ -143,7 +146,11 @@ class Batches:
         for item in islice(self._loader, self._drop, None):
             if isinstance(item, _LoaderError):
                 raise UserError(item.message)
-            yield item
+            images = torch.from_numpy(item[0]).unsqueeze(1)  # [B, 1, 28, 84]
+            labels = torch.from_numpy(item[1])
+            if self._pin:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield images, labels
 
 
 def _generator_epoch(manifest: Manifest, epoch: int) -> int:
@@ -258,7 +265,7 @@ def _shuffle_batches(
     block: int,
     seed: tuple[int, ...] | None,
     skip: int,
-) -> Iterator[Batch]:
+) -> Iterator[Chunk]:
     """Pipeline stage: chunks → batches, permuting blocks of >= `block` samples.
 
     Vectorised: the buffer is concatenated, permuted with one numpy index and cut into batches
@@ -271,7 +278,7 @@ def _shuffle_batches(
     buffered = 0
     emitted = 0
 
-    def flush(final: bool) -> Iterator[Batch]:
+    def flush(final: bool) -> Iterator[Chunk]:
         nonlocal pending, buffered, emitted
         images = np.concatenate([c[0] for c in pending])
         labels = np.concatenate([c[1] for c in pending])
@@ -281,10 +288,7 @@ def _shuffle_batches(
         cut = len(images) if final else len(images) - len(images) % batch_size
         for lo in range(0, cut, batch_size):
             if emitted >= skip:
-                yield (
-                    torch.from_numpy(images[lo : lo + batch_size]).unsqueeze(1),
-                    torch.from_numpy(labels[lo : lo + batch_size].astype(np.int64)),
-                )
+                yield images[lo : lo + batch_size], labels[lo : lo + batch_size].astype(np.int64)
             emitted += 1
         pending = [(images[cut:], labels[cut:])]
         buffered = len(images) - cut
@@ -306,7 +310,7 @@ class _LoaderError:
     message: str
 
 
-def _errors_as_items(items: Iterable[Batch]) -> Iterator[Batch | _LoaderError]:
+def _errors_as_items(items: Iterable[Chunk]) -> Iterator[Chunk | _LoaderError]:
     """Pipeline stage: the last one; turns a UserError into a `_LoaderError` item."""
     try:
         yield from items
@@ -329,10 +333,11 @@ def _stages(
     )
 
 
-def _web_loader(stages: wds.DataPipeline, num_workers: int, pin_memory: bool) -> wds.WebLoader:
-    return wds.WebLoader(
-        stages,
-        batch_size=None,  # the pipeline batches
-        num_workers=num_workers,
-        pin_memory=pin_memory and torch.cuda.is_available(),
-    )
+def _as_is(item: object) -> object:
+    return item
+
+
+def _web_loader(stages: wds.DataPipeline, num_workers: int) -> wds.WebLoader:
+    # batch_size None: the pipeline batches; collate_fn keeps the arrays (see `Chunk`);
+    # `Batches` makes tensors and pins them.
+    return wds.WebLoader(stages, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
