@@ -141,8 +141,9 @@ def _build(cfg: RunConfig) -> Session:
     optimizer = Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     # Kept out of `prepare`: a prepared scheduler would step once per process per call.
+    # eps=0: torch's default skips reductions smaller than 1e-8, freezing a tiny LR silently.
     scheduler = ReduceLROnPlateau(
-        optimizer, factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience
+        optimizer, factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience, eps=0.0
     )
     stopper = EarlyStopping(cfg.train.early_stop_patience)
     accelerator.register_for_checkpointing(scheduler, stopper)
