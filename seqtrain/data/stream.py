@@ -107,8 +107,8 @@ def train_loader(
 def eval_loader(
     manifest: Manifest, cfg: DataConfig, split: str, rank: int, world_size: int
 ) -> Batches:
-    """This rank's part of `split` (generator epoch 0), in order, in batches of
-    `cfg.eval_batch_size` (each worker's last batch may be short).
+    """This rank's part of `split` (generator epoch 0), unshuffled, in batches of
+    `cfg.eval_batch_size` (the rank's last batch may be short).
 
     Over ranks 0..world_size-1 every sample appears exactly once; a rank may get no batches
     (fewer samples than ranks), so reduce metrics once after the loop, never per batch.
