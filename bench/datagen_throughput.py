@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_gen.config import GenConfig
 from data_gen.generate import run_jobs
 from data_gen.mnist import load_mnist
 from data_gen.plan import split_plan
-from data_gen.splits import digit_pools
 from data_gen.writer import WriterContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,14 +71,7 @@ def main() -> None:
     mnist = load_mnist(args.mnist_dir, Path("unused"))
     base = one = two = 0.0
     with tempfile.TemporaryDirectory(dir=args.tmp) as out:
-        ctx = WriterContext(
-            out=Path(out),
-            pools=digit_pools(mnist, 0),
-            seed=0,
-            length_weights=(1.0, 1.0, 1.0),
-            chunk_size=args.chunk_size,
-            fingerprint="bench",
-        )
+        ctx = WriterContext.from_config(GenConfig(out=Path(out), chunk_size=args.chunk_size), mnist)
         for _ in range(args.repeats):
             base = max(base, base_rate(args.baseline_sequences))
             one = max(one, generate_rate(ctx, args.sequences, args.shard_size, 1))

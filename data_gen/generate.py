@@ -13,9 +13,8 @@ from tqdm import tqdm
 from data_gen.config import GenConfig
 from data_gen.finalize import finalize
 from data_gen.mnist import load_mnist
-from data_gen.outdir import RECORDS_DIR, claim, fingerprint
+from data_gen.outdir import RECORDS_DIR, claim
 from data_gen.plan import ShardJob, node_jobs, plan_jobs
-from data_gen.splits import digit_pools
 from data_gen.writer import ShardRecord, WriterContext, produce
 from seqtrain.data.format import SPLITS
 from seqtrain.errors import UserError
@@ -33,14 +32,7 @@ def generate(cfg: GenConfig) -> None:
             _remove_temp_files(cfg)
     except OSError as e:
         raise UserError(f"cannot write to --out {cfg.out}: {e.strerror or e}") from None
-    ctx = WriterContext(
-        out=cfg.out,
-        pools=digit_pools(mnist, cfg.seed),
-        seed=cfg.seed,
-        length_weights=cfg.length_weights,
-        chunk_size=cfg.chunk_size,
-        fingerprint=fingerprint(cfg),
-    )
+    ctx = WriterContext.from_config(cfg, mnist)
     start = time.perf_counter()
     written = run_jobs(mine, ctx, cfg.num_workers)
     seconds = time.perf_counter() - start

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from data_gen.outdir import record_path
+from data_gen.config import GenConfig
+from data_gen.mnist import Mnist
+from data_gen.outdir import fingerprint, record_path
 from data_gen.plan import ShardJob
-from data_gen.splits import DigitPool
+from data_gen.splits import DigitPool, digit_pools
 from data_gen.stitch import Sequences, compose
 from seqtrain.atomic import atomic_write_bytes, atomic_write_json
 from seqtrain.data.format import BLANK, NUM_CLASSES, NUM_SLOTS, sha256_file, shard_bytes
@@ -45,6 +47,17 @@ class WriterContext:
     length_weights: tuple[float, ...]
     chunk_size: int
     fingerprint: str
+
+    @classmethod
+    def from_config(cls, cfg: GenConfig, mnist: Mnist) -> WriterContext:
+        return cls(
+            out=cfg.out,
+            pools=digit_pools(mnist, cfg.seed),
+            seed=cfg.seed,
+            length_weights=cfg.length_weights,
+            chunk_size=cfg.chunk_size,
+            fingerprint=fingerprint(cfg),
+        )
 
 
 def render(job: ShardJob, ctx: WriterContext) -> Sequences:
