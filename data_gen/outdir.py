@@ -57,7 +57,8 @@ def read_run_config(out: Path) -> GenConfig:
         raise UserError(f"{path} not found: run `seqtrain-data generate --out {out}`") from None
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is not readable JSON: {e}") from None
-    return config_from_dict(GenConfig, {**saved["config"], "out": str(out)})
+    num_nodes = saved.get("num_nodes", 1)
+    return config_from_dict(GenConfig, {**saved["config"], "out": str(out), "num_nodes": num_nodes})
 
 
 def claim(cfg: GenConfig, planned: list[ShardJob]) -> None:
@@ -78,7 +79,13 @@ def claim(cfg: GenConfig, planned: list[ShardJob]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         out / RUN_FILE,
-        {"generator": GENERATOR, "config": output_config(cfg), "fingerprint": mine},
+        # num_nodes is not part of the fingerprint: it only tells finalize who owns what.
+        {
+            "generator": GENERATOR,
+            "config": output_config(cfg),
+            "fingerprint": mine,
+            "num_nodes": cfg.num_nodes,
+        },
     )
 
 
