@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +56,7 @@ from seqtrain.models import build_model
 from seqtrain.plots import save_predictions
 
 PREDICTION_SAMPLES = 10
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -181,12 +183,19 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
         atomic_write_text(path, "".join(f"{ln}\n" for ln in kept))
 
 
-def _batches(loader):
-    """Iterate `loader` without touching the global RNG: a DataLoader draws its workers' base
-    seed from it, which would make dropout differ between a resumed and an unbroken run."""
+def _batches(loader: Iterable[Batch]) -> Iterator[Batch]:
+    """Iterate `loader` without touching the global RNG that dropout draws from.
+
+    A DataLoader draws its workers' base seed from the global RNG when its iterator starts
+    (lazily, at the first batch): after a mid-epoch resume that draw would come after the
+    restored RNG state instead of before it, and dropout would differ from an unbroken run.
+    """
     with torch.random.fork_rng(devices=[]):
         iterator = iter(loader)
-    yield from iterator
+        first = next(iterator, None)
+    if first is not None:
+        yield first
+        yield from iterator
 
 
 def train_epoch(run: Session, epoch: int) -> float:
