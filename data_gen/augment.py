@@ -15,6 +15,10 @@ from torch.nn import functional
 DEGREES = 10.0
 TRANSLATE = 0.1
 SCALE = (0.9, 1.1)
+# Digits warped per grid_sample call: small enough that the float buffers stay in cache and
+# come from the allocator's free lists; a whole shard at once page-faults fresh memory each
+# time (measured: a third more time, mostly in the kernel).
+BLOCK = 512
 
 
 def random_affine(digits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -29,6 +33,10 @@ def random_affine(digits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def warp(digits: np.ndarray, angle: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Rotate `angle` degrees clockwise and scale about the centre, then shift by
     `shift` [m, 2] pixels (x right, y down): torchvision `F.affine` semantics, bilinear."""
+    if len(digits) > BLOCK:
+        blocks = range(0, len(digits), BLOCK)
+        parts = [warp(*(a[i : i + BLOCK] for a in (digits, angle, shift, scale))) for i in blocks]
+        return np.concatenate(parts)
     m, height, width = digits.shape
     if m == 0:
         return digits.copy()
