@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=REPO / "../shared/bench/seed_baseline.py")
     parser.add_argument("--sequences", type=int, default=108000, help="generated per run")
     parser.add_argument("--baseline-sequences", type=int, default=54000, help="one seed epoch")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--tmp", type=Path, default=None, help="where shards are written")
