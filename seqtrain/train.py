@@ -138,10 +138,7 @@ def _build(cfg: RunConfig) -> Session:
     run_dir = cfg.train.output_dir / run_name
     manifest = load_manifest(cfg.data.shards)
     accelerator = make_accelerator(cfg, run_dir)
-    set_seed(cfg.train.seed)
-    model = prepare_model(build_model(cfg.model.model), cfg, accelerator.device)
-    optimizer = Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = build_model_and_optimizer(cfg, accelerator)
     # Kept out of `prepare`: a prepared scheduler would step once per process per call.
     # eps=0: torch's default skips reductions smaller than 1e-8, freezing a tiny LR silently.
     scheduler = ReduceLROnPlateau(
@@ -161,6 +158,16 @@ def _build(cfg: RunConfig) -> Session:
         )
     _start_outputs(run)
     return run
+
+
+def build_model_and_optimizer(
+    cfg: RunConfig, accelerator: Accelerator
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The seeded model with memory format/compile applied, and Adam, both prepared."""
+    set_seed(cfg.train.seed)
+    model = prepare_model(build_model(cfg.model.model), cfg, accelerator.device)
+    optimizer = Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return accelerator.prepare(model, optimizer)
 
 
 def _start_outputs(run: Session) -> None:
@@ -228,7 +235,7 @@ def train_epoch(run: Session, epoch: int) -> float:
     )
     with progress as bar:  # closed on errors too, so an error line starts on a clean line
         for batch_index, (images, labels) in enumerate(_batches(loader), start=skip + 1):
-            loss = _train_step(run, images, labels)
+            loss = train_step(accelerator, run.model, run.optimizer, (images, labels), cfg)
             run.position = Position(epoch, batch_index, run.position.step + 1)
             window.add(loss, run.position.step)
             epoch_loss.add(loss, run.position.step)
@@ -243,12 +250,19 @@ def train_epoch(run: Session, epoch: int) -> float:
     return _check_finite(accelerator, epoch_loss)
 
 
-def _train_step(run: Session, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    x, y = to_device(images, labels, run.accelerator.device, run.cfg.model.channels_last)
-    loss = sequence_loss(run.model(x).float(), y, run.cfg.optim.label_smoothing)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.accelerator.backward(loss)
-    run.optimizer.step()
+def train_step(
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    cfg: RunConfig,
+) -> torch.Tensor:
+    """One optimizer step on a host batch (uint8 images); returns the loss, still on device."""
+    x, y = to_device(*batch, accelerator.device, cfg.model.channels_last)
+    loss = sequence_loss(model(x).float(), y, cfg.optim.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    optimizer.step()
     return loss
 
 
