@@ -1,3 +1,19 @@
 """seqtrain: train multi-head CNNs on stitched MNIST digit sequences from WebDataset shards."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
 __version__ = "0.1.0"
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """The trained model (eval mode, CPU) from an export, checkpoint or run folder; see
+    `seqtrain.export.load_model`. Imported on use, so `import seqtrain` stays torch-free."""
+    from seqtrain.export import load_model as load
+
+    return load(path)

@@ -1,0 +1,193 @@
+"""Deployment export: the best weights as safetensors plus a plain JSON model description.
+
+An export folder holds `model.safetensors` (the bare model's state dict) and `model.json`
+(written last, so a folder without it is incomplete). `load_model` reads an export, a training
+checkpoint or a run folder with torch and safetensors only: no Accelerate, W&B or data loaders,
+so a deployment needs nothing of the training stack.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from seqtrain import __version__
+from seqtrain.atomic import atomic_write_bytes, atomic_write_json
+from seqtrain.data.format import BLANK, IMAGE_SHAPE, NUM_CLASSES, NUM_SLOTS
+from seqtrain.errors import UserError
+from seqtrain.models import build_model
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "model.json"
+EXPORT_FORMAT = "seqtrain-model"
+EXPORT_VERSION = 1
+# Mirrors seqtrain.checkpoint.META_NAME; not imported, because that module imports Accelerate.
+CHECKPOINT_META = "seqtrain_checkpoint.json"
+# Prefixes a wrapped model adds to state-dict keys: DDP's `module.` (Accelerate saves the
+# prepared model unwrapped=False) and torch.compile's `_orig_mod.`.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class ExportConfig:
+    """Export a run's best weights for deployment: model.safetensors + model.json."""
+
+    checkpoint: Path
+    """Run folder (its best checkpoint), checkpoint folder or export folder."""
+    out: Path
+    """Folder to write model.safetensors and model.json to (created if needed)."""
+
+
+def command(argv: list[str]) -> None:
+    """`seqtrain export --checkpoint RUN --out DIR`."""
+    from seqtrain.cliparse import parse_config  # tyro is not needed to load a model
+
+    cfg = parse_config(ExportConfig, argv, "seqtrain export", ExportConfig.__doc__ or "")
+    source = resolve_source(cfg.checkpoint)
+    export_model(cfg.checkpoint, cfg.out)
+    print(f"exported {source.model!r} from {source.origin} to {cfg.out}")
+
+
+def class_names() -> list[str]:
+    """Output class index -> name: the digits, then `blank` (an empty slot)."""
+    return [str(c) if c != BLANK else "blank" for c in range(NUM_CLASSES)]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights are and which registered architecture they belong to."""
+
+    weights: Path
+    model: str
+    origin: Path
+    """The folder the weights were found in (a checkpoint or export folder)."""
+
+
+def resolve_source(path: str | Path) -> ModelSource:
+    """An export folder, a checkpoint folder, a run folder (its best checkpoint) or the
+    `model.safetensors` file inside one of them; anything else is a UserError."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    if (path / CONFIG_NAME).is_file():
+        return ModelSource(path / WEIGHTS_NAME, _read_export_config(path)["model"], path)
+    for folder in (path, path / "checkpoints" / "best"):
+        checkpoint = _complete_checkpoint(folder)
+        if checkpoint is not None:
+            meta = _read_json(checkpoint / CHECKPOINT_META)
+            return ModelSource(checkpoint / WEIGHTS_NAME, str(meta.get("model")), checkpoint)
+    raise UserError(
+        f"{path} is not a seqtrain run, checkpoint or export folder "
+        f"(no {CONFIG_NAME}, no {CHECKPOINT_META}, no complete checkpoints/best)"
+    )
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """The trained model in eval mode on CPU, from an export, checkpoint or run folder.
+
+    It maps float32 images [B, 1, 28, 84] in [0, 1] (white digits on black, left-aligned)
+    to logits [B, 3, 11]; class 10 is an empty slot.
+    """
+    source = resolve_source(path)
+    model = build_model(source.model)
+    state = _strip_wrappers(_load_weights(source.weights))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        reason = str(e).splitlines()[-1].strip() or type(e).__name__
+        raise UserError(
+            f"{source.weights} does not hold {source.model!r} weights: {reason}"
+        ) from None
+    return model.eval()
+
+
+def export_model(source: str | Path, out_dir: str | Path) -> Path:
+    """Write `model.safetensors` and `model.json` of `source` (see `load_model`) to `out_dir`.
+
+    The weights are loaded into the model before writing, so a broken source never produces
+    an export; each file is written atomically, `model.json` last.
+    """
+    resolved = resolve_source(source)
+    model = load_model(resolved.origin)
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == resolved.origin.resolve():
+        raise UserError(f"--out {out_dir} is the source folder itself; choose another folder")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(out_dir / WEIGHTS_NAME, safetensors_bytes(state))
+    atomic_write_json(out_dir / CONFIG_NAME, _export_config(resolved))
+    return out_dir
+
+
+def _export_config(source: ModelSource) -> dict:
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "model": source.model,
+        "seqtrain_version": __version__,
+        "exported_from": str(source.origin),
+        "input": {
+            "shape": [1, *IMAGE_SHAPE],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "layout": "white digits on black, left-aligned; slot i is columns [28i, 28i+28)",
+        },
+        "output": {"shape": [NUM_SLOTS, NUM_CLASSES], "classes": class_names()},
+    }
+
+
+def _read_export_config(folder: Path) -> dict:
+    config = _read_json(folder / CONFIG_NAME)
+    if config.get("format") != EXPORT_FORMAT or "model" not in config:
+        raise UserError(f"{folder / CONFIG_NAME} is not a {EXPORT_FORMAT} description")
+    if config.get("format_version") != EXPORT_VERSION:
+        raise UserError(
+            f"{folder / CONFIG_NAME} has format version {config.get('format_version')}, this "
+            f"seqtrain reads version {EXPORT_VERSION}"
+        )
+    return config
+
+
+def _complete_checkpoint(folder: Path) -> Path | None:
+    """Same rule as seqtrain.checkpoint.find_checkpoint: the folder if its metadata file is
+    there, else the `.NAME.old` copy a crash during replacement leaves."""
+    for candidate in (folder, folder.with_name(f".{folder.name}.old")):
+        if (candidate / CHECKPOINT_META).is_file():
+            return candidate
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path, device="cpu")
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    stripped = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        stripped[key] = value
+    return stripped
