@@ -1,0 +1,155 @@
+"""`seqtrain evaluate`: the metrics of a trained model on one split of the shards.
+
+`evaluate_model` is the one evaluation implementation: each rank runs its disjoint part of the
+split (`eval_loader`) and the metric counters are summed over ranks, so any number of processes
+gives the numbers of one. The command wraps it: load the model, evaluate, print a table on the
+main process and optionally write JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator, PartialState
+from torch import nn
+
+from seqtrain.atomic import atomic_write_json
+from seqtrain.config import DataConfig, LogConfig, RunConfig, TrainConfig
+from seqtrain.data.format import NUM_SLOTS, Manifest, load_manifest
+from seqtrain.data.stream import eval_loader
+from seqtrain.distributed import all_reduce_sum, join_processes, make_accelerator, to_device
+from seqtrain.errors import UserError
+from seqtrain.export import class_names, load_model, resolve_source
+from seqtrain.metrics import SequenceMetrics, sequence_loss
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate a trained model on a split of seqtrain-data shards (any number of processes
+    under `accelerate launch` gives the numbers of one)."""
+
+    checkpoint: Path
+    """Run folder (its best checkpoint), checkpoint folder or export folder."""
+    shards: Path
+    """Folder written by `seqtrain-data generate` (holds manifest.json)."""
+    split: Literal["train", "val", "test"] = "test"
+    """Split to evaluate (generator epoch 0 for train)."""
+    json: Path | None = None
+    """Also write the metrics to this JSON file."""
+    batch_size: int = 1000
+    """Batch size per process."""
+    num_workers: int = 2
+    """Loader worker processes per process (0 loads in the main process)."""
+    cpu: bool = False
+    """Run on CPU even when GPUs are visible."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise UserError("--batch-size must be > 0")
+        if self.num_workers < 0:
+            raise UserError("--num-workers must be >= 0")
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    accelerator: Accelerator,
+    manifest: Manifest,
+    data: DataConfig,
+    split: str,
+    channels_last: bool = False,
+) -> SequenceMetrics:
+    """Metrics of `model` over the whole `split`, the same on every rank (collective).
+
+    Pass the bare model (`accelerator.unwrap_model`), already on `accelerator.device`: no DDP
+    collectives run per batch, so a rank with less or no data cannot hang the others. The
+    model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    metrics = SequenceMetrics(accelerator.device)
+    loader = eval_loader(
+        manifest, data, split, accelerator.process_index, accelerator.num_processes
+    )
+    for images, labels in _keeping_global_rng(loader):
+        x, y = to_device(images, labels, accelerator.device, channels_last)
+        with accelerator.autocast():
+            logits = model(x).float()
+        metrics.update(logits, y, sequence_loss(logits, y) * len(y))
+    model.train(was_training)
+    return SequenceMetrics.from_state(all_reduce_sum(metrics.state()))
+
+
+def _keeping_global_rng(loader: Iterable) -> Iterator:
+    """Iterate without drawing from torch's global RNG (a DataLoader draws its workers' base
+    seed from it), so evaluating mid-training does not change the training's random stream."""
+    with torch.random.fork_rng(devices=[]):
+        iterator = iter(loader)
+    yield from iterator
+
+
+def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Load the model, evaluate `cfg.split` on all ranks; the summary plus what was evaluated."""
+    source = resolve_source(cfg.checkpoint)
+    run_cfg = RunConfig(
+        data=DataConfig(
+            shards=cfg.shards, eval_batch_size=cfg.batch_size, num_workers=cfg.num_workers
+        ),
+        train=TrainConfig(cpu=cfg.cpu),
+        log=LogConfig(wandb_mode="disabled"),
+    )
+    join_processes(run_cfg)
+    manifest = load_manifest(cfg.shards)
+    accelerator = make_accelerator(run_cfg, source.origin)
+    model = load_model(source.origin).to(accelerator.device)
+    metrics = evaluate_model(model, accelerator, manifest, run_cfg.data, cfg.split)
+    return {
+        "checkpoint": str(source.origin),
+        "model": source.model,
+        "shards": str(cfg.shards),
+        "split": cfg.split,
+        "num_processes": accelerator.num_processes,
+        **metrics.summary(),
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The evaluation result as aligned text: summary lines, then the confusion matrix."""
+    count = result["count"]
+    lines = [
+        f"{result['split']} split of {result['shards']}: {count} sequences, "
+        f"model {result['model']!r} from {result['checkpoint']}",
+        f"  {'exact match':<20}{result['exact_match']:.4f}",
+        f"  {'loss':<20}{result['loss']:.4f}",
+    ]
+    for slot, accuracy in enumerate(result["position_accuracy"], start=1):
+        lines.append(f"  {f'position {slot}':<20}{accuracy:.4f}")
+    for length in range(1, NUM_SLOTS + 1):
+        key = str(length)
+        label = f"length {length}"
+        n = result["length_count"][key]
+        lines.append(f"  {label:<20}{result['length_accuracy'][key]:.4f}  ({n} sequences)")
+    lines += ["", "confusion over all slots (rows: true class, columns: predicted)"]
+    names = [n if n != "blank" else "_" for n in class_names()]
+    width = max(6, len(str(max(map(max, result["confusion"])))) + 1)
+    lines.append(" " * 7 + "".join(f"{n:>{width}}" for n in names))
+    for name, row in zip(names, result["confusion"], strict=True):
+        lines.append(f"  {name:>5}" + "".join(f"{v:>{width}}" for v in row))
+    lines.append("  (_ = blank slot)")
+    return "\n".join(lines)
+
+
+def command(argv: list[str]) -> None:
+    """`seqtrain evaluate --checkpoint RUN --shards DIR [--split test] [--json FILE]`."""
+    from seqtrain.cliparse import parse_config
+
+    cfg = parse_config(EvaluateConfig, argv, "seqtrain evaluate", EvaluateConfig.__doc__ or "")
+    result = evaluate_checkpoint(cfg)
+    if PartialState().is_main_process:
+        print(format_table(result))
+        if cfg.json is not None:
+            atomic_write_json(cfg.json, result)

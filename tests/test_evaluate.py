@@ -1,0 +1,104 @@
+"""`seqtrain evaluate`: one process and two processes give the same numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_export import trained_run_dir
+from test_train import run_in_process
+from test_train_multiprocess import ACCELERATE
+
+from seqtrain.data.format import load_manifest
+
+COUNTERS = ("count", "exact_match", "position_accuracy", "length_accuracy", "length_count")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_run_dir(tiny_shards, tmp_path_factory)
+
+
+def evaluate_argv(run: Path, shards: Path, out: Path, *extra: str) -> list[str]:
+    # Batches of 25: each of two ranks gets 125 test samples, so both runs see the same
+    # batches and the loss sums differ only in their summation order.
+    return [
+        "evaluate", "--checkpoint", str(run), "--shards", str(shards), "--json", str(out),
+        "--batch-size", "25", "--num-workers", "0", *extra,
+    ]  # fmt: skip
+
+
+def test_one_process_matches_training_test_metrics(
+    trained_run: Path, tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_in_process(evaluate_argv(trained_run, tiny_shards, tmp_path / "eval.json"))
+    result = json.loads((tmp_path / "eval.json").read_text())
+    trained = json.loads((trained_run / "test_metrics.json").read_text())
+    for key in (*COUNTERS, "confusion"):
+        assert result[key] == trained[key], key
+    assert result["loss"] == pytest.approx(trained["loss"], rel=1e-6)
+    assert (result["split"], result["model"], result["num_processes"]) == ("test", "tiny", 1)
+    table = capsys.readouterr().out
+    assert f"exact match         {result['exact_match']:.4f}" in table
+    assert "confusion over all slots" in table
+
+
+def test_two_processes_give_the_numbers_of_one(
+    trained_run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    run_in_process(evaluate_argv(trained_run, tiny_shards, tmp_path / "one.json"))
+    launch = [
+        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "seqtrain",
+    ]  # fmt: skip
+    argv = evaluate_argv(trained_run, tiny_shards, tmp_path / "two.json")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*launch, *argv], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["num_processes"] == 2
+    assert two["count"] == load_manifest(tiny_shards).num_samples("test")
+    for key in (*COUNTERS, "confusion"):
+        assert two[key] == one[key], key
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-12)
+    assert done.stdout.count("confusion over all slots") == 1, "only the main process prints"
+
+
+def test_val_split_and_export_folder(trained_run: Path, tiny_shards: Path, tmp_path: Path) -> None:
+    from seqtrain.export import export_model
+
+    export_model(trained_run, tmp_path / "export")
+    out = tmp_path / "val.json"
+    run_in_process(evaluate_argv(tmp_path / "export", tiny_shards, out, "--split", "val"))
+    result = json.loads(out.read_text())
+    assert result["count"] == load_manifest(tiny_shards).num_samples("val")
+    assert sum(map(sum, result["confusion"])) == 3 * result["count"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--split", "dev"], "dev"),
+        (["--batch-size", "0"], "--batch-size must be > 0"),
+        (["--checkpoint", "/nonexistent"], "/nonexistent does not exist"),
+    ],
+)
+def test_bad_input_is_one_line(
+    trained_run: Path,
+    tiny_shards: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(evaluate_argv(trained_run, tiny_shards, tmp_path / "x.json", *flags))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
