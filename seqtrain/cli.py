@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -21,8 +22,21 @@ def _train(argv: list[str]) -> None:
     train(cfg)
 
 
+def _module_command(name: str) -> Callable[[list[str]], None]:
+    """The command `seqtrain.<name>.command(argv)`, imported only when it runs."""
+
+    def run(argv: list[str]) -> None:
+        importlib.import_module(f"seqtrain.{name}").command(argv)
+
+    return run
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (_train, "train a model on seqtrain-data shards"),
+    "evaluate": (_module_command("evaluate"), "metrics of a trained model on a split of shards"),
+    "predict": (_module_command("predict"), "read the digits in image files"),
+    "report": (_module_command("report"), "draw a run's curves and test results as PNGs"),
+    "export": (_module_command("export"), "write the best weights for deployment"),
 }
 
 
