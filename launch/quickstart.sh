@@ -13,5 +13,5 @@ epochs=${EPOCHS:-3}
   --train-size 6000 --val-size 1000 --test-size 2000
 .venv/bin/seqtrain-data verify "$out/shards"
 .venv/bin/seqtrain train --shards "$out/shards" --output-dir "$out" --run-name cpu \
-  --epochs "$epochs" --cpu True --wandb-mode offline
+  --epochs "$epochs" --cpu --wandb-mode offline
 echo "run folder: $out/cpu (config.yaml, metrics.jsonl, test_metrics.json, predictions.png)"

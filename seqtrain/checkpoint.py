@@ -13,11 +13,13 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from accelerate import Accelerator
+from typing import TYPE_CHECKING
 
 from seqtrain.atomic import atomic_write_json
 from seqtrain.errors import UserError
+
+if TYPE_CHECKING:  # keeps Accelerate out of `seqtrain.load_model`, which reads checkpoints too
+    from accelerate import Accelerator
 
 META_NAME = "seqtrain_checkpoint.json"
 AUTO = "auto"

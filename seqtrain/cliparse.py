@@ -58,7 +58,7 @@ def parse_config(
                 prog=prog,
                 description=description,
                 default=default,
-                config=(tyro.conf.OmitArgPrefixes, tyro.conf.FlagConversionOff),
+                config=(tyro.conf.OmitArgPrefixes,),
             )
     except SystemExit as e:
         if e.code not in (0, None):

@@ -59,8 +59,9 @@ def _rows(cls: type, section: str) -> list[str]:
             rows += _rows(type(nested), field.name)
             continue
         flag = "--" + field.name.replace("_", "-")
+        flags = f"`{flag}`, `--no-{flag[2:]}`" if isinstance(field.default, bool) else f"`{flag}`"
         doc = docs.get(field.name, "").replace("|", "\\|")
-        rows.append(f"| {section} | `{flag}` | `{_default_text(field)}` | {doc} |")
+        rows.append(f"| {section} | {flags} | `{_default_text(field)}` | {doc} |")
     return rows
 
 

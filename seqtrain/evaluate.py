@@ -8,7 +8,6 @@ main process and optionally write JSON.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -75,21 +74,13 @@ def evaluate_model(
     loader = eval_loader(
         manifest, data, split, accelerator.process_index, accelerator.num_processes
     )
-    for images, labels in _keeping_global_rng(loader):
+    for images, labels in loader:
         x, y = to_device(images, labels, accelerator.device, channels_last)
         with accelerator.autocast():
             logits = model(x).float()
         metrics.update(logits, y, sequence_loss(logits, y) * len(y))
     model.train(was_training)
     return SequenceMetrics.from_state(all_reduce_sum(metrics.state()))
-
-
-def _keeping_global_rng(loader: Iterable) -> Iterator:
-    """Iterate without drawing from torch's global RNG (a DataLoader draws its workers' base
-    seed from it), so evaluating mid-training does not change the training's random stream."""
-    with torch.random.fork_rng(devices=[]):
-        iterator = iter(loader)
-    yield from iterator
 
 
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:

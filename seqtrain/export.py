@@ -20,6 +20,7 @@ from torch import nn
 
 from seqtrain import __version__
 from seqtrain.atomic import atomic_write_bytes, atomic_write_json
+from seqtrain.checkpoint import META_NAME, find_checkpoint
 from seqtrain.data.format import BLANK, IMAGE_SHAPE, NUM_CLASSES, NUM_SLOTS
 from seqtrain.errors import UserError
 from seqtrain.models import build_model
@@ -28,8 +29,6 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
 EXPORT_FORMAT = "seqtrain-model"
 EXPORT_VERSION = 1
-# Mirrors seqtrain.checkpoint.META_NAME; not imported, because that module imports Accelerate.
-CHECKPOINT_META = "seqtrain_checkpoint.json"
 # Prefixes a wrapped model adds to state-dict keys: DDP's `module.` (Accelerate saves the
 # prepared model unwrapped=False) and torch.compile's `_orig_mod.`.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -81,13 +80,13 @@ def resolve_source(path: str | Path) -> ModelSource:
     if (path / CONFIG_NAME).is_file():
         return ModelSource(path / WEIGHTS_NAME, _read_export_config(path)["model"], path)
     for folder in (path, path / "checkpoints" / "best"):
-        checkpoint = _complete_checkpoint(folder)
+        checkpoint = find_checkpoint(folder)
         if checkpoint is not None:
-            meta = _read_json(checkpoint / CHECKPOINT_META)
+            meta = _read_json(checkpoint / META_NAME)
             return ModelSource(checkpoint / WEIGHTS_NAME, str(meta.get("model")), checkpoint)
     raise UserError(
         f"{path} is not a seqtrain run, checkpoint or export folder "
-        f"(no {CONFIG_NAME}, no {CHECKPOINT_META}, no complete checkpoints/best)"
+        f"(no {CONFIG_NAME}, no {META_NAME}, no complete checkpoints/best)"
     )
 
 
@@ -154,15 +153,6 @@ def _read_export_config(folder: Path) -> dict:
             f"seqtrain reads version {EXPORT_VERSION}"
         )
     return config
-
-
-def _complete_checkpoint(folder: Path) -> Path | None:
-    """Same rule as seqtrain.checkpoint.find_checkpoint: the folder if its metadata file is
-    there, else the `.NAME.old` copy a crash during replacement leaves."""
-    for candidate in (folder, folder.with_name(f".{folder.name}.old")):
-        if (candidate / CHECKPOINT_META).is_file():
-            return candidate
-    return None
 
 
 def _read_json(path: Path) -> dict:

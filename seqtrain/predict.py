@@ -51,7 +51,7 @@ class PredictConfig:
     invert: Invert = "auto"
     """Invert dark-on-light images: `auto` does when the image border is bright."""
     json: bool = False
-    """Print one JSON object per line: {"path", "digits", "confidence"} (`--json` alone works)."""
+    """Print one JSON object per line: {"path", "digits", "confidence"}."""
     batch_size: int = 256
     """Images per forward pass."""
 
@@ -170,23 +170,10 @@ def predict_files(
             yield results[path] if path in results else (path, failures[path])
 
 
-def _bare_json_flag(argv: list[str]) -> list[str]:
-    """`--json` alone means `--json True`: seqtrain's bool flags take a value (tyro's
-    FlagConversionOff), but here the next word is usually an image path."""
-    out = []
-    for i, word in enumerate(argv):
-        out.append(word)
-        following = argv[i + 1] if i + 1 < len(argv) else None
-        if word == "--json" and following not in ("True", "False"):
-            out.append("True")
-    return out
-
-
 def command(argv: list[str]) -> None:
     """`seqtrain predict --checkpoint RUN IMAGE...`."""
     from seqtrain.cliparse import parse_config
 
-    argv = _bare_json_flag(argv)
     cfg = parse_config(PredictConfig, argv, "seqtrain predict", PredictConfig.__doc__ or "")
     model = load_model(cfg.checkpoint)
     failed = 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -51,7 +50,9 @@ from seqtrain.distributed import (
     to_device,
 )
 from seqtrain.errors import UserError
-from seqtrain.metrics import SequenceMetrics, sequence_loss
+from seqtrain.evaluate import evaluate_model
+from seqtrain.export import export_model
+from seqtrain.metrics import sequence_loss
 from seqtrain.models import build_model
 from seqtrain.plots import save_predictions
 
@@ -190,21 +191,6 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
         atomic_write_text(path, "".join(f"{ln}\n" for ln in kept))
 
 
-def _batches(loader: Iterable[Batch]) -> Iterator[Batch]:
-    """Iterate `loader` without touching the global RNG that dropout draws from.
-
-    A DataLoader draws its workers' base seed from the global RNG when its iterator starts
-    (lazily, at the first batch): after a mid-epoch resume that draw would come after the
-    restored RNG state instead of before it, and dropout would differ from an unbroken run.
-    """
-    with torch.random.fork_rng(devices=[]):
-        iterator = iter(loader)
-        first = next(iterator, None)
-    if first is not None:
-        yield first
-        yield from iterator
-
-
 def train_epoch(run: Session, epoch: int) -> float:
     """One epoch of optimizer steps; returns the mean train loss over all ranks."""
     cfg, accelerator = run.cfg, run.accelerator
@@ -234,7 +220,7 @@ def train_epoch(run: Session, epoch: int) -> float:
         dynamic_ncols=True,
     )
     with progress as bar:  # closed on errors too, so an error line starts on a clean line
-        for batch_index, (images, labels) in enumerate(_batches(loader), start=skip + 1):
+        for batch_index, (images, labels) in enumerate(loader, start=skip + 1):
             loss = train_step(accelerator, run.model, run.optimizer, (images, labels), cfg)
             run.position = Position(epoch, batch_index, run.position.step + 1)
             window.add(loss, run.position.step)
@@ -320,24 +306,13 @@ def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) ->
     window.reset()
 
 
-@torch.no_grad()
 def evaluate(run: Session, split: str) -> dict[str, Any]:
-    """Metrics over the whole split: each rank evaluates its disjoint part, counts are summed."""
-    accelerator = run.accelerator
-    # The unwrapped model: no DDP collectives, so a rank without eval data cannot hang others.
-    model = accelerator.unwrap_model(run.model)
-    model.eval()
-    metrics = SequenceMetrics(accelerator.device)
-    loader = eval_loader(
-        run.manifest, run.cfg.data, split, accelerator.process_index, accelerator.num_processes
+    """Metrics over the whole split, identical on every rank (see `evaluate_model`)."""
+    model = run.accelerator.unwrap_model(run.model)
+    metrics = evaluate_model(
+        model, run.accelerator, run.manifest, run.cfg.data, split, run.cfg.model.channels_last
     )
-    for images, labels in _batches(loader):
-        x, y = to_device(images, labels, accelerator.device, run.cfg.model.channels_last)
-        with accelerator.autocast():
-            logits = model(x).float()
-        metrics.update(logits, y, sequence_loss(logits, y) * len(y))
-    run.model.train()
-    return SequenceMetrics.from_state(all_reduce_sum(metrics.state())).summary()
+    return metrics.summary()
 
 
 def _end_of_epoch_decisions(run: Session, val_loss: float) -> tuple[bool, bool]:
@@ -419,6 +394,7 @@ def _finish(run: Session) -> dict[str, Any]:
         _predictions_picture(run, picture)
         tracking.log_summary(accelerator, {f"test/{k}": v for k, v in test.items()})
         tracking.log_image(accelerator, "predictions", picture, step=run.position.step)
+        export_model(best, run.run_dir / "export")
         run.log(
             f"test exact match {test['exact_match']:.4f} on {test['count']} samples; "
             f"outputs in {run.run_dir}"
@@ -445,7 +421,7 @@ def _write_rank_record(run: Session) -> None:
 def _predictions_picture(run: Session, path: Path) -> None:
     """Random test samples (seeded) from the first test batch, run through the best model."""
     loader = eval_loader(run.manifest, run.cfg.data, "test", rank=0, world_size=1)
-    images, labels = next(iter(_batches(loader)))
+    images, labels = next(iter(loader))
     chosen = np.random.default_rng(run.cfg.train.seed).choice(
         len(images), size=min(PREDICTION_SAMPLES, len(images)), replace=False
     )

@@ -43,7 +43,7 @@ CASES = {
     "invalid value": (lambda s, t: ["--batch-size", "0"], "--batch-size must be > 0"),
     "unknown flag": (lambda s, t: ["--bogus", "1"], "bogus"),
     "missing resume": (lambda s, t: ["--resume", str(t / "nope")], "not a complete seqtrain"),
-    "fp16 on cpu": (lambda s, t: ["--mixed-precision", "fp16", "--cpu", "True"], "needs a GPU"),
+    "fp16 on cpu": (lambda s, t: ["--mixed-precision", "fp16", "--cpu"], "needs a GPU"),
     "other model's checkpoint": (other_models_checkpoint, "is of model 'tiny'"),
 }
 

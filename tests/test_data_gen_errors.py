@@ -135,7 +135,6 @@ def test_other_config_needs_overwrite(mnist_dir, tmp_path, capsys):
         "--epochs",
         "1",
         "--overwrite",
-        "True",
     ]
     code, out_text, err = run_cli(fewer, capsys)
     assert code == 0, err

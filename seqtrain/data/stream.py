@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from itertools import islice
+from itertools import chain, islice
 
 import numpy as np
 import torch
@@ -143,7 +143,15 @@ class Batches:
         return self._length
 
     def __iter__(self) -> Iterator[Batch]:
-        for item in islice(self._loader, self._drop, None):
+        # A DataLoader draws its workers' base seed from torch's global RNG when the first batch
+        # is fetched. Keep that draw off the global stream, which dropout also uses: otherwise a
+        # mid-epoch resume, or an evaluation between epochs, shifts the training's randomness.
+        with torch.random.fork_rng(devices=[]):
+            items = islice(self._loader, self._drop, None)
+            first = next(items, None)
+        if first is None:
+            return
+        for item in chain([first], items):
             if isinstance(item, _LoaderError):
                 raise UserError(item.message)
             images = torch.from_numpy(item[0]).unsqueeze(1)  # [B, 1, 28, 84]
