@@ -98,6 +98,9 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     accelerator = make_accelerator(run_cfg, source.origin)
     model = load_model(source.origin).to(accelerator.device)
     metrics = evaluate_model(model, accelerator, manifest, run_cfg.data, cfg.split)
+    # Tear the process group down on every rank together: a rank exiting with gloo's threads
+    # still alive aborts ("terminate called without an active exception").
+    accelerator.end_training()
     return {
         "checkpoint": str(source.origin),
         "model": source.model,
