@@ -12,7 +12,8 @@ from data_gen.generate import generate
 from data_gen.preview import PreviewConfig, preview
 from data_gen.verify import VerifyConfig, verify
 from seqtrain.cliparse import parse_config
-from seqtrain.errors import UserError, report_user_errors
+from seqtrain.errors import report_user_errors
+from seqtrain.subcommands import Commands, dispatch
 
 PROG = "seqtrain-data"
 
@@ -24,29 +25,28 @@ def _verify(cfg: VerifyConfig) -> None:
         raise SystemExit(1)
 
 
-# name -> (config class, action, one-line description for the overview)
-COMMANDS: dict[str, tuple[type, Callable[[Any], object], str]] = {
-    "generate": (GenConfig, generate, "render shards (this node's part) and, alone, the manifest"),
-    "finalize": (FinalizeConfig, lambda c: finalize(c.out), "merge all nodes' parts: manifest"),
-    "verify": (VerifyConfig, _verify, "check every shard against the manifest"),
-    "preview": (PreviewConfig, preview, "draw a PNG grid of samples with their labels"),
+def _parsed(cls: type, action: Callable[[Any], object], name: str) -> Callable[[list[str]], object]:
+    """A command that parses argv into `cls` (flags = its fields), then runs `action`."""
+    return lambda argv: action(parse_config(cls, argv, f"{PROG} {name}", cls.__doc__ or ""))
+
+
+COMMANDS: Commands = {
+    "generate": (
+        _parsed(GenConfig, generate, "generate"),
+        "render shards (this node's part) and, alone, the manifest",
+    ),
+    "finalize": (
+        _parsed(FinalizeConfig, lambda c: finalize(c.out), "finalize"),
+        "merge all nodes' parts: manifest",
+    ),
+    "verify": (_parsed(VerifyConfig, _verify, "verify"), "check every shard against the manifest"),
+    "preview": (
+        _parsed(PreviewConfig, preview, "preview"),
+        "draw a PNG grid of samples with their labels",
+    ),
 }
-
-
-def _usage() -> str:
-    lines = [f"usage: {PROG} {{{','.join(COMMANDS)}}} [--help] ...", ""]
-    lines += [f"  {name:<9} {desc}" for name, (_, _, desc) in COMMANDS.items()]
-    return "\n".join(lines)
 
 
 @report_user_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        raise UserError(f"unknown command {name!r}: choose one of {', '.join(COMMANDS)}")
-    cls, action, _ = COMMANDS[name]
-    action(parse_config(cls, rest, prog=f"{PROG} {name}", description=cls.__doc__))
+    dispatch(PROG, COMMANDS, argv)

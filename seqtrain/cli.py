@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Callable, Sequence
 
-from seqtrain.errors import UserError, report_user_errors
+from seqtrain.errors import report_user_errors
+from seqtrain.subcommands import Commands, dispatch
 
 PROG = "seqtrain"
 
@@ -31,7 +31,7 @@ def _module_command(name: str) -> Callable[[list[str]], None]:
     return run
 
 
-COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
+COMMANDS: Commands = {
     "train": (_train, "train a model on seqtrain-data shards"),
     "evaluate": (_module_command("evaluate"), "metrics of a trained model on a split of shards"),
     "predict": (_module_command("predict"), "read the digits in image files"),
@@ -40,19 +40,6 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
 }
 
 
-def _usage() -> str:
-    lines = [f"usage: {PROG} <command> [flags]   ({PROG} <command> --help)", "commands:"]
-    lines += [f"  {name:10s} {about}" for name, (_, about) in COMMANDS.items()]
-    return "\n".join(lines)
-
-
 @report_user_errors(PROG)
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return
-    command, *rest = argv
-    if command not in COMMANDS:
-        raise UserError(f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
-    COMMANDS[command][0](rest)
+    dispatch(PROG, COMMANDS, argv)

@@ -12,23 +12,13 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, tiny_generate_argv
+from test_data_gen_errors import run_cli
 
-from data_gen.cli import main
 from seqtrain.data.format import MANIFEST_NAME, SPLITS, iter_shard_chunks
 
 
 def shard_bytes_of(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for s in SPLITS for p in (out / s).glob("*")}
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_two_workers_write_the_same_bytes(tiny_shards, mnist_dir, tmp_path, capsys):
