@@ -37,3 +37,24 @@ def test_unknown_model_is_a_user_error_listing_the_names():
     assert "tiny" in str(info.value)
     assert "\n" not in str(info.value)
     assert model_names() == sorted(MODELS)
+
+
+def test_slotnet_is_small_and_cheaper_than_the_reference():
+    from seqtrain.flops import forward_flops
+
+    model = build_model("slotnet")
+    assert num_params(model) == 131_307
+    assert forward_flops(lambda: build_model("slotnet")) <= forward_flops(
+        lambda: build_model("reference")
+    )
+
+
+def test_slotnet_slots_are_independent():
+    model = build_model("slotnet").eval()
+    x = torch.rand(4, 1, 28, 84)
+    changed = x.clone()
+    changed[..., 56:] = torch.rand(4, 1, 28, 28)  # only the third slot
+    with torch.no_grad():
+        before, after = model(x), model(changed)
+    torch.testing.assert_close(before[:, :2], after[:, :2])
+    assert not torch.allclose(before[:, 2], after[:, 2])

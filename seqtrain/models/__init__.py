@@ -12,10 +12,12 @@ from torch import nn
 
 from seqtrain.errors import UserError
 from seqtrain.models.reference import ReferenceNet
+from seqtrain.models.slotnet import SlotNet
 from seqtrain.models.tiny import TinyNet
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "reference": ReferenceNet,
+    "slotnet": SlotNet,
     "tiny": TinyNet,
 }
 

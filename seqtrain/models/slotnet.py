@@ -1,0 +1,51 @@
+"""SlotNet: one small digit classifier shared by the three slots.
+
+The generator writes digit i into columns [28i, 28i + 28), so each 28x28 slot is classified
+on its own by the same CNN (10 digits + blank). Slots are independent by construction: a slot's
+logits depend only on its own pixels, and every slot trains the same weights (three times the
+training signal per sample for one set of weights).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from seqtrain.data.format import DIGIT_SIZE, NUM_CLASSES, NUM_SLOTS
+
+
+def _conv_block(channels_in: int, channels_out: int) -> list[nn.Module]:
+    """3x3 conv (no bias: BatchNorm follows), BatchNorm, ReLU."""
+    return [
+        nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class SlotNet(nn.Module):
+    """Shared per-slot classifier: [B, 1, 28, 84] -> 3 slots [3B, 1, 28, 28] -> [B, 3, 11].
+
+    Per slot: conv 32 @28x28, pool, conv 64 + conv 64 @14x14, pool, conv 128 @7x7, global
+    average pool, dropout, linear 11.
+    """
+
+    def __init__(self, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_block(1, 32),
+            nn.MaxPool2d(2),  # 28 -> 14
+            *_conv_block(32, 64),
+            *_conv_block(64, 64),
+            nn.MaxPool2d(2),  # -> 7
+            *_conv_block(64, 128),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(128, NUM_CLASSES))
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[0]
+        # [B, C, 28, 84] -> [B, C, 28, 3, 28] -> [B, 3, C, 28, 28] -> [3B, C, 28, 28]
+        slots = x.unflatten(3, (NUM_SLOTS, DIGIT_SIZE)).permute(0, 3, 1, 2, 4)
+        slots = slots.reshape(batch * NUM_SLOTS, x.shape[1], DIGIT_SIZE, DIGIT_SIZE)
+        return self.classifier(self.features(slots)).view(batch, NUM_SLOTS, NUM_CLASSES)
