@@ -34,6 +34,10 @@ class DataConfig:
     """Samples mixed in the in-memory shuffle buffer of each loader worker."""
     pin_memory: bool = True
     """Pin host batches for faster, asynchronous copies to a CUDA device (ignored on CPU)."""
+    stage_on_device: bool = False
+    """Load each epoch's training samples of this process (uint8) into device memory at the
+    epoch's start and serve shuffled batches from there instead of the loader workers (same
+    samples per process, same steps; about 2.4 KB per sample)."""
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "--batch-size", "must be > 0")
@@ -55,9 +59,14 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1e-3
-    """Adam learning rate."""
+    """Learning rate (with `--sched onecycle`: the peak learning rate)."""
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """`adam` (weight decay added to the gradient, the reference) or `adamw` (decoupled)."""
     weight_decay: float = 0.0
-    """Adam weight decay."""
+    """Weight decay of the optimizer."""
+    sched: Literal["plateau", "onecycle"] = "plateau"
+    """LR schedule: `plateau` (ReduceLROnPlateau on the val loss once per epoch, the reference)
+    or `onecycle` (OneCycleLR up to --lr and down, stepped per optimizer step over --epochs)."""
     label_smoothing: float = 0.0
     """Label smoothing of each head's cross-entropy."""
     plateau_factor: float = 0.1

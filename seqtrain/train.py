@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
-from torch.optim import Adam
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim import Adam, AdamW
 from tqdm.auto import tqdm
 
 from seqtrain import tracking
@@ -40,6 +40,7 @@ from seqtrain.checkpoint import (
 from seqtrain.cliparse import dump_config
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, load_manifest
+from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import eval_loader, train_loader, train_steps_per_epoch
 from seqtrain.distributed import (
     all_reduce_sum,
@@ -52,9 +53,11 @@ from seqtrain.distributed import (
 from seqtrain.errors import UserError
 from seqtrain.evaluate import evaluate_model
 from seqtrain.export import export_model
+from seqtrain.flops import device_name, flops_per_sample, peak_flops, throughput_metrics
 from seqtrain.metrics import sequence_loss
 from seqtrain.models import build_model
 from seqtrain.plots import save_predictions
+from seqtrain.schedules import LRSchedule
 
 PREDICTION_SAMPLES = 10
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -98,9 +101,11 @@ class Session:
     accelerator: Accelerator
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: ReduceLROnPlateau
+    scheduler: LRSchedule
     stopper: EarlyStopping
     position: Position
+    flops_per_sample: int = 0
+    peak_flops: float | None = None
     lr_history: list[float] = field(default_factory=list)
 
     @property
@@ -140,16 +145,18 @@ def _build(cfg: RunConfig) -> Session:
     manifest = load_manifest(cfg.data.shards)
     accelerator = make_accelerator(cfg, run_dir)
     model, optimizer = build_model_and_optimizer(cfg, accelerator)
-    # Kept out of `prepare`: a prepared scheduler would step once per process per call.
-    # eps=0: torch's default skips reductions smaller than 1e-8, freezing a tiny LR silently.
-    scheduler = ReduceLROnPlateau(
-        optimizer, factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience, eps=0.0
+    total_steps = sum(
+        _steps_in_epoch(cfg, manifest, accelerator.num_processes, epoch)
+        for epoch in range(cfg.train.epochs)
     )
+    scheduler = LRSchedule(optimizer, cfg.optim, total_steps)
     stopper = EarlyStopping(cfg.train.early_stop_patience)
     accelerator.register_for_checkpointing(scheduler, stopper)
     run = Session(
         cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position()
     )
+    run.flops_per_sample = flops_per_sample(partial(build_model, cfg.model.model))
+    run.peak_flops = peak_flops(device_name(accelerator.device), cfg.train.mixed_precision)
     resume_from = resolve_resume(cfg.train.resume, run_dir)
     if resume_from is not None:
         run.position = load_checkpoint(accelerator, resume_from, cfg.model.model)
@@ -164,10 +171,13 @@ def _build(cfg: RunConfig) -> Session:
 def build_model_and_optimizer(
     cfg: RunConfig, accelerator: Accelerator
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The seeded model with memory format/compile applied, and Adam, both prepared."""
+    """The seeded model with memory format/compile applied, and Adam(W), both prepared."""
     set_seed(cfg.train.seed)
     model = prepare_model(build_model(cfg.model.model), cfg, accelerator.device)
-    optimizer = Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer_class = AdamW if cfg.optim.optimizer == "adamw" else Adam
+    optimizer = optimizer_class(
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
+    )
     return accelerator.prepare(model, optimizer)
 
 
@@ -194,20 +204,30 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
 def train_epoch(run: Session, epoch: int) -> float:
     """One epoch of optimizer steps; returns the mean train loss over all ranks."""
     cfg, accelerator = run.cfg, run.accelerator
-    steps = cfg.train.steps_per_epoch or train_steps_per_epoch(
-        run.manifest, cfg.data.batch_size, accelerator.num_processes, epoch
-    )
+    steps = _steps_in_epoch(cfg, run.manifest, accelerator.num_processes, epoch)
     skip = run.position.batches_done if epoch == run.position.epoch else 0
-    loader = train_loader(
-        run.manifest,
-        cfg.data,
-        epoch,
-        steps,
-        accelerator.process_index,
-        accelerator.num_processes,
-        cfg.train.seed,
-        skip_batches=skip,
-    )
+    if cfg.data.stage_on_device:
+        loader = staged_train_loader(
+            run.manifest,
+            cfg.data.batch_size,
+            epoch,
+            steps,
+            accelerator.process_index,
+            cfg.train.seed,
+            accelerator.device,
+            skip_batches=skip,
+        )
+    else:
+        loader = train_loader(
+            run.manifest,
+            cfg.data,
+            epoch,
+            steps,
+            accelerator.process_index,
+            accelerator.num_processes,
+            cfg.train.seed,
+            skip_batches=skip,
+        )
     run.model.train()
     window = LossWindow(accelerator.device)
     epoch_loss = LossWindow(accelerator.device)
@@ -222,6 +242,7 @@ def train_epoch(run: Session, epoch: int) -> float:
     with progress as bar:  # closed on errors too, so an error line starts on a clean line
         for batch_index, (images, labels) in enumerate(loader, start=skip + 1):
             loss = train_step(accelerator, run.model, run.optimizer, (images, labels), cfg)
+            run.scheduler.after_step()
             run.position = Position(epoch, batch_index, run.position.step + 1)
             window.add(loss, run.position.step)
             epoch_loss.add(loss, run.position.step)
@@ -234,6 +255,12 @@ def train_epoch(run: Session, epoch: int) -> float:
                     accelerator, run.checkpoints / "last", cfg.model.model, run.position
                 )
     return _check_finite(accelerator, epoch_loss)
+
+
+def _steps_in_epoch(cfg: RunConfig, manifest: Manifest, world_size: int, epoch: int) -> int:
+    return cfg.train.steps_per_epoch or train_steps_per_epoch(
+        manifest, cfg.data.batch_size, world_size, epoch
+    )
 
 
 def train_step(
@@ -291,7 +318,8 @@ def _check_finite(accelerator: Accelerator, window: LossWindow) -> float:
 
 
 def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) -> None:
-    """The one host sync every --log-every steps: global train loss, lr, samples/s."""
+    """The one host sync every --log-every steps: global train loss, lr, samples/s, model
+    TFLOP/s and MFU (on a GPU of known peak)."""
     accelerator = run.accelerator
     loss = _check_finite(accelerator, window)
     batches = int(window.values[1].item())
@@ -299,7 +327,12 @@ def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) ->
     samples_per_s = batches * batch_size * accelerator.num_processes / max(seconds, 1e-9)
     tracking.log_metrics(
         accelerator,
-        {"train/loss": loss, "train/lr": run.lr, "train/samples_per_s": samples_per_s},
+        {
+            "train/loss": loss,
+            "train/lr": run.lr,
+            "train/samples_per_s": samples_per_s,
+            **throughput_metrics(samples_per_s, run.flops_per_sample, run.peak_flops),
+        },
         step=run.position.step,
     )
     bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.0f}")
@@ -318,7 +351,7 @@ def evaluate(run: Session, split: str) -> dict[str, Any]:
 def _end_of_epoch_decisions(run: Session, val_loss: float) -> tuple[bool, bool]:
     """Plateau LR step and early-stopping update from the same global value on every rank."""
     lr_before = run.lr
-    run.scheduler.step(val_loss)
+    run.scheduler.after_epoch(val_loss)
     run.lr_history.append(run.lr)
     return run.stopper.update(val_loss), run.lr < lr_before
 

@@ -1,0 +1,79 @@
+"""Training batches served from device memory (`--stage-on-device`).
+
+At an epoch's start the process reads its share of the epoch's samples, the very samples
+`train_loader` would give it (the same plan: seeded shard order, contiguous run of
+`steps * batch_size` samples per rank), into one uint8 tensor on the device, then serves
+batches by indexing that tensor with a seeded permutation: no loader workers, no host-to-device
+copy per step, a full shuffle of the epoch instead of a shuffle buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import numpy as np
+import torch
+
+from seqtrain.data.format import Manifest
+from seqtrain.data.stream import (
+    _SAMPLE_ORDER,
+    _SHARD_ORDER,
+    Batch,
+    _generator_epoch,
+    _pieces,
+    _read_chunks,
+    _shuffled_order,
+    _total_samples,
+)
+
+
+class StagedBatches:
+    """One epoch of a rank's training batches from a device tensor: iterable, with a length."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        order: torch.Tensor,
+        batch_size: int,
+        skip_batches: int,
+    ) -> None:
+        self.images, self.labels, self.order = images, labels, order
+        self.batch_size = batch_size
+        self.skip = skip_batches
+
+    def __len__(self) -> int:
+        return len(self.order) // self.batch_size - self.skip
+
+    def __iter__(self) -> Iterator[Batch]:
+        for index in range(self.skip, self.skip + len(self)):
+            chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+            yield self.images[chosen].unsqueeze(1), self.labels[chosen].long()
+
+
+def staged_train_loader(
+    manifest: Manifest,
+    batch_size: int,
+    epoch: int,
+    steps: int,
+    rank: int,
+    seed: int,
+    device: torch.device,
+    skip_batches: int = 0,
+) -> StagedBatches:
+    """This rank's `steps` training batches of `epoch` (from `skip_batches` on), staged on
+    `device`: images uint8 [B, 1, 28, 84] and labels int64 [B, 3], already on the device."""
+    if not 0 <= skip_batches <= steps:
+        raise ValueError(f"skip_batches={skip_batches} is outside [0, steps={steps}]")
+    shards = manifest.shards("train", _generator_epoch(manifest, epoch))
+    order = partial(_shuffled_order, shards, (seed, epoch, _SHARD_ORDER))
+    length = steps * batch_size
+    pieces = _pieces(order, _total_samples(shards, "train"), rank * length, length)
+    chunks = list(_read_chunks(pieces))
+    images = torch.from_numpy(np.concatenate([c[0] for c in chunks])).to(device)
+    labels = torch.from_numpy(np.concatenate([c[1] for c in chunks])).to(device)
+    permutation = np.random.default_rng([seed, epoch, _SAMPLE_ORDER, rank]).permutation(length)
+    return StagedBatches(
+        images, labels, torch.from_numpy(permutation).to(device), batch_size, skip_batches
+    )

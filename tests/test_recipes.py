@@ -1,0 +1,66 @@
+"""Recipe options through the real CLI: --sched onecycle, --optimizer adamw, --stage-on-device,
+and the model TFLOP/s logged per window."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_train import read_jsonl, run_in_process, train_argv
+from test_train_resume import assert_same_weights, kill_mid_second_epoch, resume_argv, run_to_end
+
+from seqtrain.tracking import read_offline_run
+
+STEPS = ["--epochs", "3", "--steps-per-epoch", "6", "--log-every", "1"]
+
+
+def test_onecycle_rises_to_the_peak_lr_then_falls(tiny_shards: Path, tmp_path: Path) -> None:
+    argv = train_argv(tiny_shards, tmp_path, "cycle", *STEPS, "--sched", "onecycle")
+    run_in_process([*argv, "--optimizer", "adamw", "--weight-decay", "0.01"])
+    run = tmp_path / "cycle"
+    assert (run / "test_metrics.json").is_file()
+    history = read_offline_run(run / "wandb")["history"]
+    lrs = [row["train/lr"] for row in history if "train/lr" in row]
+    assert len(lrs) == 18  # one per step, each the LR of the next step
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < len(lrs) - 1
+    assert lrs[: peak + 1] == sorted(lrs[: peak + 1])
+    assert lrs[peak:] == sorted(lrs[peak:], reverse=True)
+    assert max(lrs) == pytest.approx(1e-2, rel=0.05)
+    assert lrs[-1] == pytest.approx(1e-2 / 25 / 1e4)  # OneCycleLR defaults: div 25, final 1e4
+    # CPU: achieved model TFLOP/s is logged, MFU is not (no known peak).
+    assert all(row["train/tflops"] > 0 for row in history if "train/lr" in row)
+    assert not any("train/mfu" in row for row in history)
+
+
+def test_stage_on_device_runs_the_same_steps(tiny_shards: Path, tmp_path: Path) -> None:
+    argv = train_argv(tiny_shards, tmp_path, "staged", "--epochs", "2", "--stage-on-device")
+    run_in_process([*argv, "--wandb-mode", "disabled"])
+    argv = train_argv(tiny_shards, tmp_path, "streamed", "--epochs", "2")
+    run_in_process([*argv, "--wandb-mode", "disabled"])
+    staged = read_jsonl(tmp_path / "staged" / "metrics.jsonl")
+    streamed = read_jsonl(tmp_path / "streamed" / "metrics.jsonl")
+    assert [e["step"] for e in staged] == [e["step"] for e in streamed] == [37, 74]
+    test = json.loads((tmp_path / "staged" / "test_metrics.json").read_text())
+    assert test["exact_match"] > 0.05
+
+
+@pytest.mark.slow
+def test_onecycle_resume_after_kill_matches_uninterrupted_run(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    def argv(out: Path) -> list[str]:
+        return [*resume_argv(tiny_shards, out), "--sched", "onecycle"]
+
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    run_to_end(argv(unbroken))
+    kill_mid_second_epoch(argv(broken), broken / "job")
+    assert "at epoch 2, batch " in run_to_end([*argv(broken), "--resume", "auto"])
+    for checkpoint in ("last", "best"):
+        assert_same_weights(
+            unbroken / "job" / "checkpoints" / checkpoint,
+            broken / "job" / "checkpoints" / checkpoint,
+        )
+    lrs = [e["lr"] for e in read_jsonl(unbroken / "job" / "metrics.jsonl")]
+    assert [e["lr"] for e in read_jsonl(broken / "job" / "metrics.jsonl")] == lrs
