@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_export import trained_run_dir
 from test_train import run_in_process
-from test_train_multiprocess import ACCELERATE
+from trainutil import launch_argv
 
 from seqtrain.data.format import load_manifest
 
@@ -50,10 +50,7 @@ def test_two_processes_give_the_numbers_of_one(
     trained_run: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
     run_in_process(evaluate_argv(trained_run, tiny_shards, tmp_path / "one.json"))
-    launch = [
-        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "seqtrain",
-    ]  # fmt: skip
+    launch = launch_argv()
     argv = evaluate_argv(trained_run, tiny_shards, tmp_path / "two.json")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(

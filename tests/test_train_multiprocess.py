@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from test_train import train_argv
-from trainutil import FORCED_EARLY_STOP, assert_ranks_agree, cpu_env
-
-ACCELERATE = Path(sys.executable).with_name("accelerate")
+from trainutil import FORCED_EARLY_STOP, assert_ranks_agree, cpu_env, launch_argv
 
 
 @pytest.mark.multiprocess
@@ -19,12 +16,13 @@ def test_two_ranks_share_lr_schedule_early_stop_and_exact_counts(
     tiny_shards: Path, tmp_path: Path
 ) -> None:
     argv = train_argv(tiny_shards, tmp_path, "ddp", "--wandb-mode", "disabled", *FORCED_EARLY_STOP)
-    launch = [
-        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "seqtrain",
-    ]  # fmt: skip
     done = subprocess.run(
-        [*launch, *argv], env=cpu_env(), capture_output=True, text=True, timeout=240, check=False
+        [*launch_argv(), *argv],
+        env=cpu_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert_ranks_agree(tmp_path / "ddp", tiny_shards)

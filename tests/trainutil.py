@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
 from pathlib import Path
 
 from test_train import read_jsonl
@@ -17,6 +19,23 @@ from seqtrain.data.format import load_manifest
 FORCED_EARLY_STOP = ["--lr", "1e-12", "--plateau-patience", "0", "--early-stop-patience", "1"]
 FORCED_LR_HISTORY = [1e-12, 1e-13]
 FORCED_STOP_EPOCH = 2
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, so parallel launches don't collide on 29500."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_argv(num_processes: int = 2) -> list[str]:
+    """`accelerate launch` of `python -m seqtrain` with CPU ranks on a free port."""
+    return [
+        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(num_processes),
+        "--num_machines", "1", "--main_process_port", str(free_port()),
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "seqtrain",
+    ]  # fmt: skip
 
 
 def cpu_env(**extra: str) -> dict[str, str]:
@@ -24,19 +43,29 @@ def cpu_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **extra}
 
 
-def assert_ranks_agree(run: Path, shards: Path, world_size: int = 2) -> None:
-    """Every rank saw `world_size`, took the forced LR cut and early stop together, and val/test
-    metrics counted each sample of the manifest exactly once."""
+def assert_ranks_agree(
+    run: Path,
+    shards: Path,
+    world_size: int = 2,
+    lr_history: list[float] | None = FORCED_LR_HISTORY,
+    stop_epoch: int | None = FORCED_STOP_EPOCH,
+) -> dict:
+    """Every rank saw `world_size`, took the same LR cuts and early stop (the expected ones
+    unless None), and val/test metrics counted each sample of the manifest exactly once.
+    Returns rank 0's record."""
     ranks = [json.loads((run / "ranks" / f"{i}.json").read_text()) for i in range(world_size)]
     assert [(r["process_index"], r["num_processes"]) for r in ranks] == [
         (i, world_size) for i in range(world_size)
     ]
-    assert all(r["lr_history"] == FORCED_LR_HISTORY for r in ranks), ranks
-    assert all(r["epochs"] == FORCED_STOP_EPOCH for r in ranks), ranks
+    assert all(r["lr_history"] == ranks[0]["lr_history"] for r in ranks), ranks
+    assert all(r["epochs"] == ranks[0]["epochs"] for r in ranks), ranks
+    assert lr_history is None or ranks[0]["lr_history"] == lr_history, ranks
+    assert stop_epoch is None or ranks[0]["epochs"] == stop_epoch, ranks
 
     manifest = load_manifest(shards)
     epochs = read_jsonl(run / "metrics.jsonl")
-    assert [e["num_processes"] for e in epochs] == [world_size] * FORCED_STOP_EPOCH
+    assert [e["num_processes"] for e in epochs] == [world_size] * ranks[0]["epochs"]
     assert all(e["val_count"] == manifest.num_samples("val") for e in epochs)
     test = json.loads((run / "test_metrics.json").read_text())
     assert test["count"] == manifest.num_samples("test")
+    return ranks[0]
