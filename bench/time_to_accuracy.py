@@ -1,0 +1,165 @@
+"""Time to accuracy: seconds and epochs for each recipe to reach a target val exact match.
+
+    .venv/bin/python bench/time_to_accuracy.py --mnist-dir ../shared/mnist
+        [--train-size 6000] [--val-size 1000] [--test-size 2000] [--epochs 5]
+        [--target 0.95] [--budget-s 420] [--recipes reference slotnet_onecycle]
+        [--shards DIR] [--json-out bench/results/time_to_accuracy.json]
+
+Generates one small shard set (`seqtrain-data generate`; or reuses --shards), then trains each
+recipe on it with `seqtrain train` in its own subprocess (the real CLI, fresh process state),
+stopped after --budget-s seconds. From the run's metrics.jsonl: the first epoch whose val exact
+match reaches --target, and the training+validation seconds up to it (the sum of
+`epoch_seconds`, so start-up, test evaluation and export are excluded); the wall time of the
+whole process beside it. Prints a table, then one JSON line (also written to --json-out).
+On a GPU machine the same command runs unchanged (recipes add `--mixed-precision bf16` there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from seqtrain.flops import flops_per_sample
+from seqtrain.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (model, extra `seqtrain train` flags); `reference` is the reference recipe, unchanged.
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    "reference": ("reference", []),
+    "slotnet_onecycle": ("slotnet", ["--sched", "onecycle", "--lr", "3e-3"]),
+    "slotnet_plateau": ("slotnet", []),
+    "reference_onecycle": ("reference", ["--sched", "onecycle"]),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--mnist-dir", type=Path, default=REPO.parent / "shared" / "mnist")
+    p.add_argument("--shards", type=Path, help="reuse this shard folder instead of generating")
+    p.add_argument("--train-size", type=int, default=6000)
+    p.add_argument("--val-size", type=int, default=1000)
+    p.add_argument("--test-size", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--target", type=float, default=0.95)
+    p.add_argument("--budget-s", type=float, default=420.0, help="wall seconds per recipe")
+    p.add_argument("--recipes", nargs="+", default=["reference", "slotnet_onecycle"])
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--json-out", type=Path)
+    args = p.parse_args(argv)
+    unknown = set(args.recipes) - set(RECIPES)
+    if unknown:
+        p.error(f"unknown recipes {sorted(unknown)}; choose from {sorted(RECIPES)}")
+    return args
+
+
+def generate(args: argparse.Namespace, out: Path) -> float:
+    """Render the shard set; returns its seconds."""
+    start = time.perf_counter()
+    argv = [
+        sys.executable, "-m", "data_gen", "generate",
+        "--mnist-dir", str(args.mnist_dir), "--out", str(out),
+        "--train-size", str(args.train_size), "--val-size", str(args.val_size),
+        "--test-size", str(args.test_size), "--epochs", str(args.epochs), "--shard-size", "500",
+    ]  # fmt: skip
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def train(args: argparse.Namespace, shards: Path, out: Path, name: str) -> dict:
+    """One recipe in a subprocess, killed at the budget; its per-epoch and test results."""
+    model, extra = RECIPES[name]
+    if torch.cuda.is_available():
+        extra = [*extra, "--mixed-precision", "bf16", "--channels-last"]
+    argv = [
+        sys.executable, "-m", "seqtrain", "train",
+        "--shards", str(shards), "--model", model, "--epochs", str(args.epochs),
+        "--num-workers", str(args.num_workers), "--output-dir", str(out), "--run-name", name,
+        "--wandb-mode", "disabled", *extra,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=args.budget_s)
+        finished = done.returncode == 0
+        if not finished:
+            print(done.stderr[-2000:], file=sys.stderr)
+    except subprocess.TimeoutExpired:
+        finished = False
+    wall = time.perf_counter() - start
+    run = out / name
+    metrics = run / "metrics.jsonl"
+    epochs = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+    test = run / "test_metrics.json"
+    reached = next((e for e in epochs if e["val_exact_match"] >= args.target), None)
+    return {
+        "recipe": name,
+        "argv": ["seqtrain", *argv[3:]],
+        "gflop_per_train_sample": flops_per_sample(partial(build_model, model)) / 1e9,
+        "finished": finished,
+        "wall_seconds": wall,
+        "epochs_run": len(epochs),
+        "epochs_to_target": reached["epoch"] if reached else None,
+        "seconds_to_target": (
+            sum(e["epoch_seconds"] for e in epochs[: reached["epoch"]]) if reached else None
+        ),
+        "val_exact_match": [e["val_exact_match"] for e in epochs],
+        "epoch_seconds": [e["epoch_seconds"] for e in epochs],
+        "test_exact_match": json.loads(test.read_text())["exact_match"] if test.exists() else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
+        shards, gen_seconds = args.shards, None
+        if shards is None:
+            shards = Path(tmp) / "shards"
+            gen_seconds = generate(args, shards)
+        results = [train(args, shards, Path(tmp) / "runs", name) for name in args.recipes]
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    print(f"target val exact match {args.target}; {args.train_size} train samples/epoch; {device}")
+    print(f"{'recipe':<20} {'GFLOP/smp':>9} {'epochs':>6} {'s to target':>11} "
+          f"{'ep. to target':>13} {'best val':>8} {'test':>6} {'wall s':>7}")  # fmt: skip
+    for r in results:
+        print(
+            f"{r['recipe']:<20} {r['gflop_per_train_sample']:>9.3f} {r['epochs_run']:>6} "
+            f"{fmt(r['seconds_to_target'], '.1f'):>11} {fmt(r['epochs_to_target'], 'd'):>13} "
+            f"{fmt(max(r['val_exact_match'], default=None), '.4f'):>8} "
+            f"{fmt(r['test_exact_match'], '.4f'):>6} {r['wall_seconds']:>7.1f}"
+        )
+    record = {
+        "bench": "time_to_accuracy",
+        "device": device,
+        "cpu_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "target": args.target,
+        "train_size": args.train_size,
+        "val_size": args.val_size,
+        "test_size": args.test_size,
+        "epochs": args.epochs,
+        "budget_s": args.budget_s,
+        "generate_seconds": gen_seconds,
+        "results": results,
+    }
+    line = json.dumps(record)
+    print(line)
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
