@@ -97,8 +97,10 @@ def _sibling(folder: Path, kind: str) -> Path:
 
 def _replace(complete: Path, folder: Path) -> None:
     old = _sibling(folder, "old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
+    if folder.exists():  # complete (only ever renamed into place), so `old` is redundant
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(folder, old)
+    # Else a crash mid-replacement may have left `old` as the only complete copy: keep it
+    # until `complete` is in place.
     os.replace(complete, folder)
     shutil.rmtree(old, ignore_errors=True)

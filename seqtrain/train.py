@@ -357,10 +357,14 @@ def _end_of_epoch_decisions(run: Session, val_loss: float) -> tuple[bool, bool]:
 
 
 def _save(run: Session, improved: bool) -> None:
-    last = run.checkpoints / "last"
-    save_checkpoint(run.accelerator, last, run.cfg.model.model, run.position)
+    """A new best is written before `last` moves past its epoch: a crash in between resumes
+    from the old `last` and redoes the epoch, so no best is ever lost."""
+    last, best = run.checkpoints / "last", run.checkpoints / "best"
     if improved:
-        copy_checkpoint(run.accelerator, last, run.checkpoints / "best")
+        save_checkpoint(run.accelerator, best, run.cfg.model.model, run.position)
+        copy_checkpoint(run.accelerator, best, last)
+    else:
+        save_checkpoint(run.accelerator, last, run.cfg.model.model, run.position)
 
 
 def _report_epoch(
