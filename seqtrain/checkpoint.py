@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from safetensors import SafetensorError
+
 from seqtrain.atomic import atomic_write_json
 from seqtrain.errors import UserError
 
@@ -23,6 +25,9 @@ if TYPE_CHECKING:  # keeps Accelerate out of `seqtrain.load_model`, which reads 
 
 META_NAME = "seqtrain_checkpoint.json"
 AUTO = "auto"
+# What writing a checkpoint raises when the disk is full: OSError from Python, RuntimeError
+# from torch.save ("PytorchStreamWriter failed writing file"), SafetensorError from safetensors.
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,15 @@ def save_checkpoint(
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_write_json(tmp / META_NAME, {"model": model_name, **asdict(position)})
+    except WRITE_ERRORS as e:  # a full disk, a quota, a file size limit
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write checkpoint {folder}: {_write_error(e)}") from None
     if accelerator.is_main_process:
-        atomic_write_json(tmp / META_NAME, {"model": model_name, **asdict(position)})
         _replace(tmp, folder)
     accelerator.wait_for_everyone()
 
@@ -89,6 +99,13 @@ def load_checkpoint(accelerator: Accelerator, folder: Path, model_name: str) -> 
         )
     accelerator.load_state(str(folder))
     return Position(meta["epoch"], meta["batches_done"], meta["step"])
+
+
+def _write_error(e: BaseException) -> str:
+    """One line: the OS reason, or the first line of torch's/safetensors' message."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def _sibling(folder: Path, kind: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -44,6 +45,14 @@ def epoch_of(checkpoint: Path) -> int | None:
         return json.loads((checkpoint / META_NAME).read_text())["epoch"]
     except (OSError, ValueError, KeyError):
         return None
+
+
+def error_line(stderr: str) -> str:
+    """The one error line of a failed run's stderr (progress bars aside), no traceback."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    errors = [ln.split("\r")[-1] for ln in stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1, stderr[-3000:]
+    return errors[0]
 
 
 def assert_checkpoints_loadable(run: Path) -> None:
@@ -90,3 +99,26 @@ def test_kill_during_checkpoint_write_then_resume(
     assert_checkpoints_loadable(tmp_path / "job")
     assert "resumed from" in run_to_end([*argv, "--resume", "auto"])
     assert_same_result(unbroken, tmp_path / "job")
+
+
+def test_full_disk_during_checkpoint_is_one_line_and_keeps_last(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    """Once the first checkpoint is in place, cap the running trainer's file size (a real
+    write failure, EFBIG, as a full disk gives ENOSPC): the next checkpoint cannot be written."""
+    argv = resume_argv(tiny_shards, tmp_path)
+    last = tmp_path / "job" / "checkpoints" / "last"
+    proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.monotonic() + 200
+    while epoch_of(last) is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    good = json.loads((last / META_NAME).read_text())
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+    _, err = proc.communicate(timeout=200)
+    assert proc.returncode == 2, err[-3000:]
+    line = error_line(err)
+    assert line.startswith("seqtrain: error: cannot write checkpoint") and "File too large" in line
+    assert json.loads((last / META_NAME).read_text()) == good
+    seqtrain.load_model(last)
+    assert not list(last.parent.glob(".*.tmp")), "the partial checkpoint is left behind"
