@@ -106,6 +106,9 @@ class TrainConfig:
     """Log train loss, LR and samples/s every this many steps."""
     checkpoint_every: int = 0
     """Also save checkpoints/last every this many steps within an epoch (0: at epoch ends only)."""
+    dist_timeout: int = 1800
+    """Seconds a rank waits in a collective for the others before failing (a hung or vanished
+    rank then ends the run with an error instead of blocking it forever)."""
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "--epochs", "must be > 0")
@@ -117,6 +120,7 @@ class TrainConfig:
         )
         _require(self.log_every > 0, "--log-every", "must be > 0")
         _require(self.checkpoint_every >= 0, "--checkpoint-every", "must be >= 0")
+        _require(self.dist_timeout > 0, "--dist-timeout", "must be > 0")
 
 
 @dataclass

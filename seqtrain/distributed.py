@@ -7,6 +7,7 @@ Accelerator (built here) and these helpers.
 from __future__ import annotations
 
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def join_processes(cfg: RunConfig) -> PartialState:
     """
     if cfg.train.mixed_precision == "fp16" and use_cpu(cfg):
         raise UserError("--mixed-precision fp16 needs a GPU (use bf16 on CPU)")
-    return PartialState(cpu=use_cpu(cfg))
+    return PartialState(cpu=use_cpu(cfg), timeout=timedelta(seconds=cfg.train.dist_timeout))
 
 
 def from_main_process(value: Any) -> Any:
