@@ -1,14 +1,21 @@
 """Trainer throughput: samples/s of seqtrain's training step against the seed baseline's loop.
 
-    .venv/bin/python bench/train_throughput.py [--steps 20] [--warmup 3] [--batch-size 128]
-        [--baseline ../shared/bench/seed_baseline.py]
+    .venv/bin/python bench/train_throughput.py [--rounds 5] [--steps 3] [--max-seconds 170]
+        [--batch-size 128] [--baseline ../shared/bench/seed_baseline.py]
 
 Same network (the `reference` model is the seed's SeedNet), batch and data in one process:
 the seed's loop (fp32, float batches from its `stitch`) and seqtrain's `train_step` through
 Accelerate (uint8 batches converted on the device, as in training) in fp32, fp32 +
-channels_last and bf16. Each contender gets `--warmup` untimed steps, then `--steps` timed
-ones. Data loading is excluded on both sides (bench/loader_throughput.py measures the loader).
-Prints a table, then one JSON line with the ratios to the seed loop.
+channels_last and bf16. Data loading is excluded on both sides (bench/loader_throughput.py
+measures the loader).
+
+On a shared machine the load changes from second to second, so contenders measured one after
+another compare different machines. Here all four are built up front and measured in interleaved
+rounds: each round times `--steps` steps of every contender (after `--round-warmup` untimed
+ones), starting with a different contender each round. Each contender's ratio to the seed is
+taken within a round (both saw about the same load); the median over rounds is the figure to
+quote, with the best-of-rounds samples/s beside it. Under heavy load fewer rounds run (at least
+3) so the whole stays within `--max-seconds`. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -16,22 +23,38 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from accelerate.state import AcceleratorState
+from torch import nn
 
 from seqtrain.config import ModelConfig, RunConfig, TrainConfig
-from seqtrain.distributed import make_accelerator
+from seqtrain.distributed import make_accelerator, to_device
 from seqtrain.train import build_model_and_optimizer, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BASELINE = REPO.parent / "shared" / "bench" / "seed_baseline.py"
+SEED = "seed_fp32"
+MIN_ROUNDS = 3
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Contender:
+    name: str
+    step: Callable[[], torch.Tensor]
+    compute_dtype: Callable[[], torch.dtype]  # what the first conv computes in: precision applied
+    expected_dtype: torch.dtype
+    rates: list[float] = field(default_factory=list)  # samples/s, one per round
 
 
 def load_baseline(path: Path) -> ModuleType:
@@ -41,7 +64,21 @@ def load_baseline(path: Path) -> ModuleType:
     return module
 
 
-def seed_batch(seed: ModuleType, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def first_conv_dtype(model: nn.Module, forward: Callable[[], object]) -> torch.dtype:
+    """The dtype the first convolution computes in during `forward()` (the model's own output is
+    not telling: Accelerate converts autocast outputs back to fp32)."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    seen = []
+    hook = conv.register_forward_hook(lambda _module, _args, out: seen.append(out.dtype))
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def seed_batch(seed: ModuleType, batch_size: int) -> Batch:
     """A stitched batch the seed's way, from random 'digits' (speed does not depend on them)."""
     g = torch.Generator().manual_seed(0)
     digits = torch.randint(0, 256, (1000, 28, 28), dtype=torch.uint8, generator=g)
@@ -49,17 +86,7 @@ def seed_batch(seed: ModuleType, batch_size: int) -> tuple[torch.Tensor, torch.T
     return seed.stitch(digits, classes, batch_size, g, False)
 
 
-def timed(step: Callable[[], torch.Tensor], steps: int, warmup: int, batch_size: int) -> float:
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    loss.item()  # waits for queued device work before the clock stops
-    return steps * batch_size / (time.perf_counter() - start)
-
-
-def seed_rate(seed: ModuleType, batch, args) -> float:
+def seed_contender(seed: ModuleType, batch: Batch) -> Contender:
     torch.manual_seed(0)
     model = seed.SeedNet()
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
@@ -73,64 +100,142 @@ def seed_rate(seed: ModuleType, batch, args) -> float:
         optimizer.step()
         return loss
 
-    return timed(step, args.steps, args.warmup, args.batch_size)
+    return Contender(
+        SEED, step, lambda: first_conv_dtype(model, lambda: model(x[:2])), torch.float32
+    )
 
 
-def trainer_rate(batch, args, channels_last: bool, precision: str) -> float:
+def trainer_contender(
+    name: str, batch: Batch, run_dir: Path, cpu: bool, channels_last: bool, precision: str
+) -> Contender:
     images = (batch[0] * 255).round().to(torch.uint8)  # what the shards hold
     cfg = RunConfig(
         model=ModelConfig(model="reference", channels_last=channels_last),
-        train=TrainConfig(mixed_precision=precision, cpu=args.cpu),
+        train=TrainConfig(mixed_precision=precision, cpu=cpu),
     )
     cfg.log.wandb_mode = "disabled"
-    with tempfile.TemporaryDirectory() as run_dir:
-        accelerator = make_accelerator(cfg, Path(run_dir))
-        model, optimizer = build_model_and_optimizer(cfg, accelerator)
-        rate = timed(
-            lambda: train_step(accelerator, model, optimizer, (images, batch[1]), cfg),
-            args.steps,
-            args.warmup,
-            args.batch_size,
-        )
-    # Accelerate's state is a process-wide singleton; the next precision needs a fresh one.
+    # Accelerate's state is a process-wide singleton fixed at the first Accelerator; reset it so
+    # this one gets its own precision. `prepare` has already wrapped the earlier contenders'
+    # forward in their autocast; `compute_dtype` checks, after the rounds, that this held.
     AcceleratorState._reset_state(reset_partial_state=True)
-    return rate
+    accelerator = make_accelerator(cfg, run_dir)
+    model, optimizer = build_model_and_optimizer(cfg, accelerator)
+
+    def step() -> torch.Tensor:
+        return train_step(accelerator, model, optimizer, (images, batch[1]), cfg)
+
+    def compute_dtype() -> torch.dtype:
+        x, _ = to_device(images[:2], batch[1][:2], accelerator.device, channels_last)
+        return first_conv_dtype(model, lambda: model(x))
+
+    expected = torch.bfloat16 if precision == "bf16" else torch.float32
+    return Contender(name, step, compute_dtype, expected)
+
+
+def timed_rate(step: Callable[[], torch.Tensor], steps: int, batch_size: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    loss.item()  # waits for queued device work before the clock stops
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def run_rounds(contenders: list[Contender], args: argparse.Namespace, deadline: float) -> int:
+    """Interleaved rounds until `--rounds` or until the next would pass `deadline` (but at least
+    MIN_ROUNDS); returns the number run."""
+    for contender in contenders:
+        for _ in range(args.warmup):
+            contender.step()
+    for r in range(args.rounds):
+        started = time.perf_counter()
+        for contender in contenders[r % len(contenders) :] + contenders[: r % len(contenders)]:
+            for _ in range(args.round_warmup):
+                contender.step()
+            contender.rates.append(timed_rate(contender.step, args.steps, args.batch_size))
+        now = time.perf_counter()
+        if r + 1 >= MIN_ROUNDS and now + (now - started) > deadline:
+            return r + 1
+    return args.rounds
+
+
+def summarize(contenders: list[Contender]) -> dict[str, dict[str, float]]:
+    seed_rates = contenders[0].rates
+    summary = {}
+    for c in contenders:
+        ratios = [rate / base for rate, base in zip(c.rates, seed_rates, strict=True)]
+        summary[c.name] = {
+            "best_samples_per_s": round(max(c.rates), 1),
+            "median_samples_per_s": round(statistics.median(c.rates), 1),
+            "median_ratio": round(statistics.median(ratios), 3),
+            "min_ratio": round(min(ratios), 3),
+            "max_ratio": round(max(ratios), 3),
+        }
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per contender")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per contender")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per contender and round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender, once")
+    parser.add_argument(
+        "--round-warmup", type=int, default=1, help="untimed steps per contender before each round"
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=170,
+        help=f"start no round that would end past this (at least {MIN_ROUNDS} rounds run)",
+    )
     parser.add_argument("--cpu", action="store_true", help="measure on CPU even with a GPU")
     args = parser.parse_args()
 
+    started = time.perf_counter()
     seed = load_baseline(args.baseline)
     batch = seed_batch(seed, args.batch_size)
-    rates = {"seed_fp32": seed_rate(seed, batch, args)}
-    for name, channels_last, precision in (
-        ("seqtrain_fp32", False, "no"),
-        ("seqtrain_channels_last", True, "no"),
-        ("seqtrain_bf16", False, "bf16"),
-    ):
-        rates[name] = trainer_rate(batch, args, channels_last, precision)
+    with ExitStack() as stack:
+        run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        contenders = [seed_contender(seed, batch)] + [
+            trainer_contender(name, batch, run_dir, args.cpu, channels_last, precision)
+            for name, channels_last, precision in (
+                ("seqtrain_fp32", False, "no"),
+                ("seqtrain_channels_last", True, "no"),
+                ("seqtrain_bf16", False, "bf16"),
+            )
+        ]
+        rounds = run_rounds(contenders, args, started + args.max_seconds)
+        for c in contenders:
+            dtype = c.compute_dtype()
+            if dtype != c.expected_dtype:
+                raise SystemExit(f"{c.name}: computes in {dtype}, expected {c.expected_dtype}")
+    summary = summarize(contenders)
 
-    base = rates["seed_fp32"]
-    print(f"{'loop':26s} {'samples/s':>10s} {'vs seed':>8s}")
-    for name, rate in rates.items():
-        print(f"{name:26s} {rate:10.1f} {rate / base:8.2f}")
+    print(
+        f"{'loop':24s} {'best/s':>8s} {'median/s':>9s} {'median ratio':>13s} {'ratio range':>12s}"
+    )
+    for name, s in summary.items():
+        spread = f"{s['min_ratio']:.2f}-{s['max_ratio']:.2f}"
+        print(
+            f"{name:24s} {s['best_samples_per_s']:8.1f} {s['median_samples_per_s']:9.1f} "
+            f"{s['median_ratio']:13.2f} {spread:>12s}"
+        )
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    ratios = {f"{k}_vs_seed": round(v / base, 3) for k, v in rates.items() if k != "seed_fp32"}
     print(
         json.dumps(
             {
                 "bench": "train_throughput",
                 "device": device,
                 "batch_size": args.batch_size,
-                "steps": args.steps,
-                "samples_per_s": {k: round(v, 1) for k, v in rates.items()},
-                **ratios,
+                "rounds": rounds,
+                "steps_per_round": args.steps,
+                "seconds": round(time.perf_counter() - started, 1),
+                "best_samples_per_s": {k: s["best_samples_per_s"] for k, s in summary.items()},
+                **{f"{k}_vs_seed": s["median_ratio"] for k, s in summary.items() if k != SEED},
+                "ratio_range_vs_seed": {
+                    k: [s["min_ratio"], s["max_ratio"]] for k, s in summary.items() if k != SEED
+                },
             }
         )
     )
