@@ -4,7 +4,6 @@ a rank dying, a full disk; afterwards `--resume auto` ends exactly like an unbro
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -12,8 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 from test_train_resume import ENV, assert_same_weights, resume_argv, run_to_end
+from trainutil import cpu_env, launch_argv
 
 import seqtrain
 from seqtrain.checkpoint import META_NAME, find_checkpoint
@@ -21,23 +22,42 @@ from seqtrain.checkpoint import META_NAME, find_checkpoint
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants (torchrun's ranks run in sessions of their own)."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def rank_process(pid: int, rank: int) -> list[psutil.Process]:
+    """The rank `rank` worker below launcher `pid`."""
+    return [p for p in process_tree(pid)[1:] if p.environ().get("RANK") == str(rank)]
+
+
 def kill_when(
-    argv: list[str], ready: Callable[[], bool], env: dict[str, str] = ENV, timeout: float = 200
-) -> None:
-    """Run `argv` in its own process group; SIGKILL the whole group once `ready()` holds.
+    argv: list[str],
+    ready: Callable[[], bool],
+    env: dict[str, str] = ENV,
+    victims: Callable[[int], list[psutil.Process]] = process_tree,
+) -> subprocess.Popen:
+    """Start `argv`; once `ready()` holds, SIGKILL `victims(pid)` (default: the whole tree).
 
     Polls the file system every millisecond: a checkpoint folder appears and is swapped in
-    within tens of milliseconds."""
-    proc = subprocess.Popen(argv, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.001)
-        assert proc.poll() is None, "the run ended before the moment to kill it"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    within tens of milliseconds. Returns the started process (still running if only some of
+    its tree was killed)."""
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 200
+    while not ready() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.001)
+    chosen = victims(proc.pid) if proc.poll() is None else []
+    for victim in chosen:
+        victim.send_signal(signal.SIGKILL)
+    if not chosen:
+        for p in process_tree(proc.pid) if proc.poll() is None else []:
+            p.kill()
+        proc.communicate()
+        pytest.fail("the run ended before the moment to kill it")
+    return proc
 
 
 def epoch_of(checkpoint: Path) -> int | None:
@@ -94,7 +114,7 @@ def test_kill_during_checkpoint_write_then_resume(
 ) -> None:
     argv = resume_argv(tiny_shards, tmp_path)
     checkpoints = tmp_path / "job" / "checkpoints"
-    kill_when(argv, lambda: KILL_MOMENTS[moment](checkpoints))
+    kill_when(argv, lambda: KILL_MOMENTS[moment](checkpoints)).communicate()
     assert not (tmp_path / "job" / "test_metrics.json").exists()
     assert_checkpoints_loadable(tmp_path / "job")
     assert "resumed from" in run_to_end([*argv, "--resume", "auto"])
@@ -122,3 +142,57 @@ def test_full_disk_during_checkpoint_is_one_line_and_keeps_last(
     assert json.loads((last / META_NAME).read_text()) == good
     seqtrain.load_model(last)
     assert not list(last.parent.glob(".*.tmp")), "the partial checkpoint is left behind"
+
+
+def two_rank_argv(shards: Path, out: Path) -> list[str]:
+    """`resume_argv`'s run on two CPU ranks, with a short collective timeout."""
+    return [*launch_argv(), *resume_argv(shards, out)[3:], "--dist-timeout", "60"]
+
+
+def run_two_ranks_to_end(argv: list[str]) -> str:
+    done = subprocess.run(argv, env=cpu_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def unbroken_two_ranks(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("unbroken2")
+    run_two_ranks_to_end(two_rank_argv(tiny_shards, out))
+    return out / "job"
+
+
+@pytest.mark.multiprocess
+def test_two_ranks_killed_mid_epoch_then_resume(
+    unbroken_two_ranks: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """The whole job (launcher and both ranks) killed inside epoch 2, as a lost node would be."""
+    argv = two_rank_argv(tiny_shards, tmp_path)
+    last = tmp_path / "job" / "checkpoints" / "last"
+    kill_when(argv, lambda: epoch_of(last) == 1, env=cpu_env()).communicate()
+    assert_checkpoints_loadable(tmp_path / "job")
+    assert "resumed from" in run_two_ranks_to_end([*argv, "--resume", "auto"])
+    assert_same_result(unbroken_two_ranks, tmp_path / "job")
+
+
+@pytest.mark.multiprocess
+def test_rank_dying_during_checkpoint_ends_the_job_then_resume(
+    unbroken_two_ranks: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """SIGKILL rank 1 alone while a checkpoint is being written: rank 0 and the launcher must
+    exit with an error within a bounded time, and the run resumes to the unbroken result."""
+    argv = two_rank_argv(tiny_shards, tmp_path)
+    checkpoints = tmp_path / "job" / "checkpoints"
+    proc = kill_when(
+        argv,
+        lambda: (checkpoints / ".last.tmp").exists() and epoch_of(checkpoints / "last") == 1,
+        env=cpu_env(),
+        victims=lambda pid: rank_process(pid, 1),
+    )
+    start = time.monotonic()
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 120
+    assert_checkpoints_loadable(tmp_path / "job")
+    assert "resumed from" in run_two_ranks_to_end([*argv, "--resume", "auto"])
+    assert_same_result(unbroken_two_ranks, tmp_path / "job")
