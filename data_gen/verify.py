@@ -8,7 +8,7 @@ from pathlib import Path
 
 import tyro
 
-from seqtrain.data.format import SPLITS, ShardInfo, iter_shard_chunks, load_manifest, sha256_file
+from seqtrain.data.format import SPLITS, load_manifest, shard_problem
 
 
 @dataclass
@@ -17,19 +17,6 @@ class VerifyConfig:
 
     out: tyro.conf.Positional[Path]
     """The generated data folder."""
-
-
-def shard_problem(shard: ShardInfo) -> str | None:
-    """Why a shard is bad, or None when it is intact."""
-    if not shard.path.is_file():
-        return "missing"
-    if sha256_file(shard.path) != shard.sha256:
-        return "sha256 differs from the manifest"
-    try:
-        count = sum(len(labels) for _, _, labels in iter_shard_chunks(shard.path))
-    except ValueError as e:
-        return f"does not decode: {e}"
-    return None if count == shard.count else f"{count} samples, manifest says {shard.count}"
 
 
 def verify(out: Path) -> int:

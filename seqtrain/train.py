@@ -39,7 +39,7 @@ from seqtrain.checkpoint import (
 )
 from seqtrain.cliparse import dump_config
 from seqtrain.config import RunConfig
-from seqtrain.data.format import Manifest, load_manifest
+from seqtrain.data.format import Manifest, checked_manifest, load_manifest
 from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import eval_loader, train_loader, train_steps_per_epoch
 from seqtrain.distributed import (
@@ -142,7 +142,7 @@ def _build(cfg: RunConfig) -> Session:
     join_processes(cfg)
     run_name = cfg.train.run_name or from_main_process(datetime.now().strftime("%Y%m%d-%H%M%S"))
     run_dir = cfg.train.output_dir / run_name
-    manifest = load_manifest(cfg.data.shards)
+    manifest, skipped = _usable_shards(load_manifest(cfg.data.shards), cfg)
     accelerator = make_accelerator(cfg, run_dir)
     model, optimizer = build_model_and_optimizer(cfg, accelerator)
     total_steps = sum(
@@ -165,7 +165,18 @@ def _build(cfg: RunConfig) -> Session:
             f"batch {run.position.batches_done}"
         )
     _start_outputs(run)
+    if skipped:
+        run.log(f"skipped {len(skipped)} corrupt shard(s): " + "; ".join(skipped))
+        tracking.log_summary(accelerator, {"data/skipped_shards": len(skipped)})
     return run
+
+
+def _usable_shards(manifest: Manifest, cfg: RunConfig) -> tuple[Manifest, list[str]]:
+    """The manifest, checked at start with --verify-shards or --skip-corrupt (then without
+    the bad shards, listed); unchecked otherwise (damage is found when a shard is read)."""
+    if not (cfg.data.verify_shards or cfg.data.skip_corrupt):
+        return manifest, []
+    return checked_manifest(manifest, cfg.data.verify_shards, cfg.data.skip_corrupt)
 
 
 def build_model_and_optimizer(

@@ -14,6 +14,7 @@ Keys are globally unique: `<split>-e<epoch>-s<shard>-c<chunk>`. Tar metadata is 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -159,6 +160,42 @@ class Manifest:
 
     def num_samples(self, split: str, epoch: int = 0) -> int:
         return sum(s.count for s in self.shards(split, epoch))
+
+
+def shard_problem(shard: ShardInfo, check_sha256: bool = True) -> str | None:
+    """Why a shard is bad (missing, sha256 differs, does not decode, wrong count), or None."""
+    if not shard.path.is_file():
+        return "missing"
+    if check_sha256 and sha256_file(shard.path) != shard.sha256:
+        return "sha256 differs from the manifest"
+    try:
+        count = sum(len(labels) for _, _, labels in iter_shard_chunks(shard.path))
+    except ValueError as e:
+        return f"does not decode: {e}"
+    return None if count == shard.count else f"{count} samples, manifest says {shard.count}"
+
+
+def checked_manifest(
+    manifest: Manifest, check_sha256: bool, skip: bool
+) -> tuple[Manifest, list[str]]:
+    """Decode (and with `check_sha256` hash) every listed shard. A bad one is a UserError
+    naming it, or with `skip` left out of the returned manifest and described in the list."""
+    bad = {}
+    for split in SPLITS:
+        for epoch in range(manifest.epochs(split)):
+            for shard in manifest.shards(split, epoch):
+                problem = shard_problem(shard, check_sha256)
+                if problem and not skip:
+                    raise UserError(f"shard {shard.path}: {problem} (--skip-corrupt skips it)")
+                if problem:
+                    bad[str(shard.path)] = f"{shard.path}: {problem}"
+    if not bad:
+        return manifest, []
+    raw = copy.deepcopy(manifest.raw)
+    for split in SPLITS:
+        shards = raw["splits"][split]["shards"]
+        shards[:] = [s for s in shards if str(manifest.root / s["path"]) not in bad]
+    return Manifest(manifest.root, raw), list(bad.values())
 
 
 def load_manifest(root: str | Path) -> Manifest:

@@ -185,11 +185,12 @@ def _shuffled_order(
 
 @dataclass(frozen=True)
 class _Piece:
-    """Samples [start, stop) of one shard."""
+    """Samples [start, stop) of one shard of `count` samples."""
 
     path: str
     start: int
     stop: int
+    count: int
 
 
 def _pieces(
@@ -205,7 +206,7 @@ def _pieces(
         for shard in order(cycle):
             lo, hi = max(start, base), min(end, base + shard.count)
             if lo < hi:
-                pieces.append(_Piece(str(shard.path), lo - base, hi - base))
+                pieces.append(_Piece(str(shard.path), lo - base, hi - base, shard.count))
             base += shard.count
         cycle += 1
     return pieces
@@ -239,9 +240,10 @@ def _read_chunks(pieces: Iterable[_Piece]) -> Iterator[Chunk]:
 
 def _read_piece(piece: _Piece) -> Iterator[Chunk]:
     offset = 0  # index in the shard of the first sample of the current chunk
+    to_end = piece.stop == piece.count  # then read on, to catch samples beyond the count
     try:
         for sample in wds.tarfile_samples([{"url": piece.path}]):
-            if offset >= piece.stop:
+            if offset >= piece.stop and not to_end:
                 break
             images, labels = _decode(sample)
             lo, hi = max(piece.start - offset, 0), min(piece.stop - offset, len(images))
@@ -256,6 +258,8 @@ def _read_piece(piece: _Piece) -> Iterator[Chunk]:
         raise UserError(f"shard {piece.path} is corrupt: {reason}") from None
     if offset < piece.stop:
         raise UserError(f"shard {piece.path} holds {offset} samples, fewer than its manifest count")
+    if to_end and offset > piece.count:
+        raise UserError(f"shard {piece.path} holds {offset} samples, its manifest {piece.count}")
 
 
 def _decode(sample: dict) -> Chunk:
