@@ -27,3 +27,21 @@ def test_two_ranks_share_lr_schedule_early_stop_and_exact_counts(
     assert done.returncode == 0, done.stderr[-3000:]
     assert_ranks_agree(tmp_path / "ddp", tiny_shards)
     assert "early stopping" in done.stdout
+
+
+@pytest.mark.faults
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_long_run_ranks_never_diverge(tiny_shards: Path, tmp_path: Path) -> None:
+    """12 short epochs with a jumpy LR: plateau cuts and an early stop, taken by both ranks
+    from the same global val loss, on the same epochs."""
+    argv = train_argv(tiny_shards, tmp_path, "long", "--wandb-mode", "disabled", "--epochs", "12",
+                      "--steps-per-epoch", "3", "--lr", "0.3", "--plateau-patience", "0",
+                      "--early-stop-patience", "3")  # fmt: skip
+    done = subprocess.run([*launch_argv(), *argv], env=cpu_env(), capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0 = assert_ranks_agree(tmp_path / "long", tiny_shards, lr_history=None, stop_epoch=None)
+    history = rank0["lr_history"]
+    assert len(set(history)) >= 2, "no LR cut happened"
+    assert rank0["epochs"] < 12 and "early stopping" in done.stdout, history
