@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,9 +114,13 @@ def _border_is_bright(gray: np.ndarray) -> bool:
 def read_image(path: str, invert: Invert = "auto") -> np.ndarray:
     """One image file in the model layout; any problem is a ValueError with a short reason."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_model_layout(image, invert)
+        # Pillow warns (e.g. "Corrupt EXIF data") on damaged files it can still decode: the
+        # prediction or the one-line reason is the whole answer, so keep stderr to that.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                image.load()
+                return to_model_layout(image, invert)
     except FileNotFoundError:
         raise ValueError("no such file") from None
     except IsADirectoryError:

@@ -38,7 +38,7 @@ def other_models_checkpoint(shards: Path, tmp: Path) -> list[str]:
 CASES = {
     "missing shard folder": (lambda s, t: ["--shards", str(t / "nope")], "does not exist"),
     "manifest version": (bad_version, "format version 99"),
-    "corrupt shard": (corrupt_shard, "is corrupt"),
+    "corrupt shard": (corrupt_shard, "train-e000-s00000.tar: sha256 differs"),
     "unknown model": (lambda s, t: ["--model", "nope"], "--model 'nope' is unknown"),
     "invalid value": (lambda s, t: ["--batch-size", "0"], "--batch-size must be > 0"),
     "unknown flag": (lambda s, t: ["--bogus", "1"], "bogus"),

@@ -52,19 +52,28 @@ def recount(delta: int) -> Callable[[Path], None]:
     return damage
 
 
+NO_CHECK = "--no-verify-shards"
+
 # name: (damage to a copy of the shards, extra flags, text the error line holds)
 CASES: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
+    # Found by the start-up check (on by default) and, without it, where the shard is read.
     "truncated shard": (truncate, [], SHARD),
+    "truncated shard, read path": (truncate, [NO_CHECK], SHARD),
     "empty shard": (lambda s: (s / SHARD).write_bytes(b""), [], SHARD),
-    "missing shard": (lambda s: (s / SHARD).unlink(), [], f"{SHARD} is missing"),
-    "flipped byte in a tar header": (flip_byte(100), [], f"{SHARD} is corrupt"),
+    "empty shard, read path": (lambda s: (s / SHARD).write_bytes(b""), [NO_CHECK], SHARD),
+    "missing shard": (lambda s: (s / SHARD).unlink(), [NO_CHECK], f"{SHARD} is missing"),
+    "flipped byte in a tar header": (flip_byte(100), [NO_CHECK], f"{SHARD} is corrupt"),
     # A flipped pixel keeps the tar and npy valid: only the sha256 check finds it.
-    "flipped pixel byte": (flip_byte(2000), ["--verify-shards"], f"{SHARD}: sha256 differs"),
-    "manifest: count too high": (recount(+1), [], f"{VAL_SHARD} holds 100 samples, fewer"),
-    "manifest: count too low": (recount(-1), [], f"{VAL_SHARD} holds 100 samples, its manifest 99"),
+    "flipped pixel byte": (flip_byte(2000), [], f"{SHARD}: sha256 differs"),
+    "manifest: count too high": (recount(+1), [NO_CHECK], f"{VAL_SHARD} holds 100 samples, fewer"),
+    "manifest: count too low": (
+        recount(-1),
+        [NO_CHECK],
+        f"{VAL_SHARD} holds 100 samples, its manifest 99",
+    ),
     "manifest: wrong sha256": (
         lambda s: edit_manifest(s, lambda m: entry(m).update(sha256="0" * 64)),
-        ["--verify-shards"],
+        [],
         f"{SHARD}: sha256 differs",
     ),
     "manifest: garbage JSON": (
@@ -104,7 +113,7 @@ def test_damaged_input_is_one_line_naming_the_file(
     assert line.startswith("seqtrain: error: ") and expected in line, line
 
 
-@pytest.mark.parametrize("flags", [["--skip-corrupt"], ["--skip-corrupt", "--verify-shards"]])
+@pytest.mark.parametrize("flags", [["--skip-corrupt"], ["--skip-corrupt", NO_CHECK]])
 def test_skip_corrupt_counts_and_logs_the_skipped_shards(
     flags: list[str], tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
