@@ -37,8 +37,13 @@ def epoch_rate(manifest, cfg: DataConfig, epoch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=20_000, help="training samples")
-    parser.add_argument("--shards", type=int, default=8, help="training shards")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=100_000,
+        help="training samples (one epoch; worker start-up is amortised over it)",
+    )
+    parser.add_argument("--shards", type=int, default=16, help="training shards")
     parser.add_argument("--chunk-size", type=int, default=256, help="sequences per tar sample")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--shuffle-buffer", type=int, default=8192)
