@@ -28,6 +28,26 @@ def process_tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+def survivors_of_sigkill(tree: list[psutil.Process]) -> list[psutil.Process]:
+    """SIGKILL (and SIGCONT, should any be stopped) each of `tree`; those still running after
+    10 s, zombies waiting to be reaped aside."""
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGKILL)
+            p.send_signal(signal.SIGCONT)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    survivors = []
+    for p in alive:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                survivors.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return survivors
+
+
 def rank_process(pid: int, rank: int) -> list[psutil.Process]:
     """The rank `rank` worker below launcher `pid`."""
     return [p for p in process_tree(pid)[1:] if p.environ().get("RANK") == str(rank)]
@@ -38,8 +58,10 @@ def kill_when(
     ready: Callable[[], bool],
     env: dict[str, str] = ENV,
     victims: Callable[[int], list[psutil.Process]] = process_tree,
+    sig: signal.Signals = signal.SIGKILL,
 ) -> subprocess.Popen:
-    """Start `argv`; once `ready()` holds, SIGKILL `victims(pid)` (default: the whole tree).
+    """Start `argv`; once `ready()` holds, send `sig` (default SIGKILL) to `victims(pid)`
+    (default: the whole tree).
 
     Polls the file system every millisecond: a checkpoint folder appears and is swapped in
     within tens of milliseconds. Returns the started process (still running if only some of
@@ -51,7 +73,7 @@ def kill_when(
         time.sleep(0.001)
     chosen = victims(proc.pid) if proc.poll() is None else []
     for victim in chosen:
-        victim.send_signal(signal.SIGKILL)
+        victim.send_signal(sig)
     if not chosen:
         for p in process_tree(proc.pid) if proc.poll() is None else []:
             p.kill()
@@ -144,9 +166,9 @@ def test_full_disk_during_checkpoint_is_one_line_and_keeps_last(
     assert not list(last.parent.glob(".*.tmp")), "the partial checkpoint is left behind"
 
 
-def two_rank_argv(shards: Path, out: Path) -> list[str]:
-    """`resume_argv`'s run on two CPU ranks, with a short collective timeout."""
-    return [*launch_argv(), *resume_argv(shards, out)[3:], "--dist-timeout", "60"]
+def two_rank_argv(shards: Path, out: Path, dist_timeout: int = 60) -> list[str]:
+    """`resume_argv`'s run on two CPU ranks, with a short collective timeout (seconds)."""
+    return [*launch_argv(), *resume_argv(shards, out)[3:], "--dist-timeout", str(dist_timeout)]
 
 
 def run_two_ranks_to_end(argv: list[str]) -> str:
@@ -196,3 +218,32 @@ def test_rank_dying_during_checkpoint_ends_the_job_then_resume(
     assert_checkpoints_loadable(tmp_path / "job")
     assert "resumed from" in run_two_ranks_to_end([*argv, "--resume", "auto"])
     assert_same_result(unbroken_two_ranks, tmp_path / "job")
+
+
+@pytest.mark.multiprocess
+def test_hung_rank_ends_the_job_within_the_timeout(tiny_shards: Path, tmp_path: Path) -> None:
+    """SIGSTOP rank 1 once training is under way (epoch 1's first checkpoint is in place): rank 0
+    blocks in its next collective, must give up once --dist-timeout passes, and the launcher must
+    exit non-zero soon after instead of hanging on the frozen rank. Everything is killed after."""
+    timeout = 15
+    last = tmp_path / "job" / "checkpoints" / "last"
+    proc = kill_when(
+        two_rank_argv(tiny_shards, tmp_path, dist_timeout=timeout),
+        lambda: epoch_of(last) is not None,
+        env=cpu_env(),
+        victims=lambda pid: rank_process(pid, 1),
+        sig=signal.SIGSTOP,
+    )
+    start = time.monotonic()
+    tree = process_tree(proc.pid)
+    try:
+        _, err = proc.communicate(timeout=timeout + 75)
+        took = time.monotonic() - start
+    finally:
+        proc.kill()
+        proc.communicate()
+        assert not survivors_of_sigkill(tree)
+    assert proc.returncode != 0
+    assert took < timeout + 75, took
+    # Rank 0's gloo collective gave up after exactly --dist-timeout.
+    assert f"Timed out waiting {timeout * 1000}ms" in err, err[-3000:]
