@@ -17,9 +17,11 @@ def _train(argv: list[str]) -> None:
     from seqtrain.config import RunConfig
 
     cfg = parse_config(RunConfig, argv, prog=f"{PROG} train", description=RunConfig.__doc__ or "")
+    from seqtrain.distributed import peer_failures_reported
     from seqtrain.train import train
 
-    train(cfg)
+    with peer_failures_reported():
+        train(cfg)
 
 
 def _module_command(name: str) -> Callable[[list[str]], None]:

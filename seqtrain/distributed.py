@@ -6,7 +6,9 @@ Accelerator (built here) and these helpers.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,26 @@ def join_processes(cfg: RunConfig) -> PartialState:
     if cfg.train.mixed_precision == "fp16" and use_cpu(cfg):
         raise UserError("--mixed-precision fp16 needs a GPU (use bf16 on CPU)")
     return PartialState(cpu=use_cpu(cfg), timeout=timedelta(seconds=cfg.train.dist_timeout))
+
+
+# How a dead or frozen peer surfaces in the surviving ranks' collectives (gloo and NCCL).
+_PEER_FAILURES = ("Timed out waiting", "Connection closed by peer", "Connection reset by peer")
+
+
+@contextlib.contextmanager
+def peer_failures_reported() -> Iterator[None]:
+    """Turn a collective's failure caused by another rank (killed, or hung past
+    --dist-timeout) into one UserError line instead of a backend traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        cause = next((ln for ln in str(e).splitlines() if any(p in ln for p in _PEER_FAILURES)), "")
+        if not cause:
+            raise
+        raise UserError(
+            f"another process of the job died or stopped responding ({cause.strip()[:200]}); "
+            "rerun with --resume auto"
+        ) from None
 
 
 def from_main_process(value: Any) -> Any:
