@@ -111,14 +111,14 @@ def iter_shard_chunks(path: str | Path) -> Iterator[tuple[str, np.ndarray, np.nd
                 parts[ext] = array
                 if len(parts) == 2:
                     del pending[key]
-                    yield (key, *_check_chunk(key, parts[IMAGE_EXT], parts[LABEL_EXT]))
+                    yield (key, *check_chunk(key, parts[IMAGE_EXT], parts[LABEL_EXT]))
     except (tarfile.TarError, OSError, EOFError) as e:
         raise ValueError(f"unreadable tar: {e}") from e
     if pending:
         raise ValueError(f"incomplete chunk(s): {sorted(pending)}")
 
 
-def _check_chunk(key: str, images: np.ndarray, labels: np.ndarray):
+def check_chunk(key: str, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
         raise ValueError(f"{key}: bad image array {images.dtype} {images.shape}")
     if labels.dtype != np.uint8 or labels.shape != (len(images), NUM_SLOTS):

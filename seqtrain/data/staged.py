@@ -17,14 +17,14 @@ import torch
 
 from seqtrain.data.format import Manifest
 from seqtrain.data.stream import (
-    _SAMPLE_ORDER,
-    _SHARD_ORDER,
+    SAMPLE_ORDER,
+    SHARD_ORDER,
     Batch,
-    _generator_epoch,
-    _pieces,
-    _read_chunks,
-    _shuffled_order,
-    _total_samples,
+    generator_epoch,
+    read_chunks,
+    sample_pieces,
+    shuffled_shard_order,
+    total_samples,
 )
 
 
@@ -66,14 +66,14 @@ def staged_train_loader(
     `device`: images uint8 [B, 1, 28, 84] and labels int64 [B, 3], already on the device."""
     if not 0 <= skip_batches <= steps:
         raise ValueError(f"skip_batches={skip_batches} is outside [0, steps={steps}]")
-    shards = manifest.shards("train", _generator_epoch(manifest, epoch))
-    order = partial(_shuffled_order, shards, (seed, epoch, _SHARD_ORDER))
+    shards = manifest.shards("train", generator_epoch(manifest, epoch))
+    order = partial(shuffled_shard_order, shards, (seed, epoch, SHARD_ORDER))
     length = steps * batch_size
-    pieces = _pieces(order, _total_samples(shards, "train"), rank * length, length)
-    chunks = list(_read_chunks(pieces))
+    pieces = sample_pieces(order, total_samples(shards, "train"), rank * length, length)
+    chunks = list(read_chunks(pieces))
     images = torch.from_numpy(np.concatenate([c[0] for c in chunks])).to(device)
     labels = torch.from_numpy(np.concatenate([c[1] for c in chunks])).to(device)
-    permutation = np.random.default_rng([seed, epoch, _SAMPLE_ORDER, rank]).permutation(length)
+    permutation = np.random.default_rng([seed, epoch, SAMPLE_ORDER, rank]).permutation(length)
     return StagedBatches(
         images, labels, torch.from_numpy(permutation).to(device), batch_size, skip_batches
     )

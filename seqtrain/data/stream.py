@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from seqtrain.config import DataConfig
-from seqtrain.data.format import IMAGE_EXT, LABEL_EXT, Manifest, ShardInfo, _check_chunk
+from seqtrain.data.format import IMAGE_EXT, LABEL_EXT, Manifest, ShardInfo, check_chunk
 from seqtrain.errors import UserError
 
 Batch = tuple[Tensor, Tensor]
@@ -43,7 +43,7 @@ Batch = tuple[Tensor, Tensor]
 Chunk = tuple[np.ndarray, np.ndarray]
 
 # Domain tags keep the shard-order and sample-shuffle random streams apart.
-_SHARD_ORDER, _SAMPLE_ORDER = 0, 1
+SHARD_ORDER, SAMPLE_ORDER = 0, 1
 
 
 def images_to_float(images: Tensor) -> Tensor:
@@ -55,7 +55,7 @@ def train_steps_per_epoch(
     manifest: Manifest, batch_size: int, world_size: int, epoch: int = 0
 ) -> int:
     """Steps per rank in training epoch `epoch`: its samples // global batch, at least 1."""
-    samples = manifest.num_samples("train", _generator_epoch(manifest, epoch))
+    samples = manifest.num_samples("train", generator_epoch(manifest, epoch))
     return max(1, samples // (batch_size * world_size))
 
 
@@ -77,18 +77,18 @@ def train_loader(
     """
     if not 0 <= skip_batches <= steps:
         raise ValueError(f"skip_batches={skip_batches} is outside [0, steps={steps}]")
-    shards = manifest.shards("train", _generator_epoch(manifest, epoch))
-    total = _total_samples(shards, "train")
+    shards = manifest.shards("train", generator_epoch(manifest, epoch))
+    total = total_samples(shards, "train")
     batch = cfg.batch_size
     workers = max(1, cfg.num_workers)
     # DataLoader takes batches round-robin from its workers: worker w delivers batches
     # w, w + workers, ... of the rank's epoch.
     counts = [len(range(w, steps, workers)) for w in range(workers)]
-    order = partial(_shuffled_order, shards, (seed, epoch, _SHARD_ORDER))
+    order = partial(shuffled_shard_order, shards, (seed, epoch, SHARD_ORDER))
     start = rank * steps * batch
     plans = []
     for count in counts:
-        plans.append(_pieces(order, total, start, count * batch))
+        plans.append(sample_pieces(order, total, start, count * batch))
         start += count * batch
     # Each worker skips its share of whole rounds itself (no transfer of skipped batches);
     # the main process drops the rest, fewer than one round.
@@ -97,7 +97,7 @@ def train_loader(
         plans,
         batch_size=batch,
         block=max(cfg.shuffle_buffer, batch),
-        seed=(seed, epoch, _SAMPLE_ORDER, rank),
+        seed=(seed, epoch, SAMPLE_ORDER, rank),
         skip=rounds,
     )
     loader = _web_loader(stages, cfg.num_workers).with_epoch(nbatches=steps - rounds * workers)
@@ -114,7 +114,7 @@ def eval_loader(
     (fewer samples than ranks), so reduce metrics once after the loop, never per batch.
     """
     shards = manifest.shards(split, 0)
-    total = _total_samples(shards, split)
+    total = total_samples(shards, split)
     start, stop = total * rank // world_size, total * (rank + 1) // world_size
     batch = cfg.eval_batch_size
     num_batches = math.ceil((stop - start) / batch)
@@ -125,7 +125,7 @@ def eval_loader(
         # Whole batches per worker, so only the rank's last batch can be short.
         lo = start + num_batches * w // parts * batch
         hi = min(stop, start + num_batches * (w + 1) // parts * batch)
-        plans.append(_pieces(lambda _cycle: shards, total, lo, hi - lo))
+        plans.append(sample_pieces(lambda _cycle: shards, total, lo, hi - lo))
     stages = _stages(plans, batch_size=batch, block=batch, seed=None, skip=0)
     return Batches(_web_loader(stages, workers), 0, num_batches, cfg.pin_memory)
 
@@ -161,21 +161,21 @@ class Batches:
             yield images, labels
 
 
-def _generator_epoch(manifest: Manifest, epoch: int) -> int:
+def generator_epoch(manifest: Manifest, epoch: int) -> int:
     epochs = manifest.epochs("train")
     if epochs < 1:
         raise UserError(f"{manifest.root}: the manifest lists no training epochs")
     return epoch % epochs
 
 
-def _total_samples(shards: Sequence[ShardInfo], split: str) -> int:
+def total_samples(shards: Sequence[ShardInfo], split: str) -> int:
     total = sum(s.count for s in shards)
     if total == 0:
         raise UserError(f"the manifest lists no {split} samples")
     return total
 
 
-def _shuffled_order(
+def shuffled_shard_order(
     shards: Sequence[ShardInfo], seed: tuple[int, ...], cycle: int
 ) -> list[ShardInfo]:
     """Shard order of one pass over the epoch's shards: the same on every rank and worker."""
@@ -193,7 +193,7 @@ class _Piece:
     count: int
 
 
-def _pieces(
+def sample_pieces(
     order: Callable[[int], Sequence[ShardInfo]], total: int, start: int, length: int
 ) -> list[_Piece]:
     """Samples [start, start + length) of the endless sequence pass 0, pass 1, ... where pass
@@ -232,7 +232,7 @@ class _WorkerPieces(IterableDataset):
         return iter(self.plans[worker])
 
 
-def _read_chunks(pieces: Iterable[_Piece]) -> Iterator[Chunk]:
+def read_chunks(pieces: Iterable[_Piece]) -> Iterator[Chunk]:
     """Pipeline stage: shard pieces → (images [n, 28, 84], labels [n, 3]) uint8 arrays."""
     for piece in pieces:
         yield from _read_piece(piece)
@@ -268,7 +268,7 @@ def _decode(sample: dict) -> Chunk:
         raise ValueError(f"{key}: needs members .{IMAGE_EXT} and .{LABEL_EXT}")
     images = np.load(io.BytesIO(sample[IMAGE_EXT]), allow_pickle=False)
     labels = np.load(io.BytesIO(sample[LABEL_EXT]), allow_pickle=False)
-    return _check_chunk(key, images, labels)
+    return check_chunk(key, images, labels)
 
 
 def _shuffle_batches(
@@ -339,7 +339,7 @@ def _stages(
 ) -> wds.DataPipeline:
     return wds.DataPipeline(
         _WorkerPieces(plans),
-        _read_chunks,
+        read_chunks,
         partial(_shuffle_batches, batch_size=batch_size, block=block, seed=seed, skip=skip),
         _errors_as_items,
     )
