@@ -13,7 +13,7 @@ from pathlib import Path
 import data_gen
 from data_gen.config import GenConfig
 from data_gen.plan import ShardJob
-from seqtrain.atomic import atomic_write_json
+from seqtrain.atomic import atomic_write_json, read_json_object
 from seqtrain.cliparse import config_from_dict, config_to_dict
 from seqtrain.data.format import MANIFEST_NAME, SPLITS
 from seqtrain.errors import UserError
@@ -51,12 +51,7 @@ def record_path(out: Path, job: ShardJob) -> Path:
 def read_run_config(out: Path) -> GenConfig:
     """The config a folder was generated with (for finalize)."""
     path = out / RUN_FILE
-    try:
-        saved = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} not found: run `seqtrain-data generate --out {out}`") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON: {e}") from None
+    saved = read_json_object(path, f"run `seqtrain-data generate --out {out}`")
     num_nodes = saved.get("num_nodes", 1)
     return config_from_dict(GenConfig, {**saved["config"], "out": str(out), "num_nodes": num_nodes})
 

@@ -1,4 +1,4 @@
-"""Atomic file writes: a file under its final name is always complete."""
+"""Atomic file writes (a file under its final name is always complete), and checked JSON reads."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from seqtrain.errors import UserError
 
 
 @contextlib.contextmanager
@@ -39,6 +41,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def read_json_object(path: str | os.PathLike, missing: str = "") -> dict:
+    """A JSON object from `path`; a missing, unreadable or non-object file is one UserError
+    line (`missing`, if given, is the hint for a missing file)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found{': ' + missing if missing else ''}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return data
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -8,7 +8,6 @@ so a deployment needs nothing of the training stack.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from seqtrain import __version__
-from seqtrain.atomic import atomic_write_bytes, atomic_write_json
+from seqtrain.atomic import atomic_write_bytes, atomic_write_json, read_json_object
 from seqtrain.checkpoint import META_NAME, find_checkpoint
 from seqtrain.data.format import BLANK, IMAGE_SHAPE, NUM_CLASSES, NUM_SLOTS
 from seqtrain.errors import UserError
@@ -82,7 +81,7 @@ def resolve_source(path: str | Path) -> ModelSource:
     for folder in (path, path / "checkpoints" / "best"):
         checkpoint = find_checkpoint(folder)
         if checkpoint is not None:
-            meta = _read_json(checkpoint / META_NAME)
+            meta = read_json_object(checkpoint / META_NAME)
             return ModelSource(checkpoint / WEIGHTS_NAME, str(meta.get("model")), checkpoint)
     raise UserError(
         f"{path} is not a seqtrain run, checkpoint or export folder "
@@ -144,7 +143,7 @@ def _export_config(source: ModelSource) -> dict:
 
 
 def _read_export_config(folder: Path) -> dict:
-    config = _read_json(folder / CONFIG_NAME)
+    config = read_json_object(folder / CONFIG_NAME)
     if config.get("format") != EXPORT_FORMAT or "model" not in config:
         raise UserError(f"{folder / CONFIG_NAME} is not a {EXPORT_FORMAT} description")
     if config.get("format_version") != EXPORT_VERSION:
@@ -153,16 +152,6 @@ def _read_export_config(folder: Path) -> dict:
             f"seqtrain reads version {EXPORT_VERSION}"
         )
     return config
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a JSON object")
-    return data
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:

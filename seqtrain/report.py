@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from seqtrain.atomic import atomic_open
+from seqtrain.atomic import atomic_open, read_json_object
 from seqtrain.errors import UserError
 from seqtrain.export import class_names
 
@@ -143,10 +143,7 @@ def write_report(run: Path) -> list[Path]:
     written = [_save(learning_curves_figure(epochs, _initial_lr(run)), run / CURVES_PNG)]
     test_path = run / TEST_NAME
     if test_path.is_file():
-        try:
-            test = json.loads(test_path.read_text())
-        except ValueError as e:
-            raise UserError(f"{test_path} is not readable JSON: {e}") from None
+        test = read_json_object(test_path)
         written.append(_save(length_accuracy_figure(test), run / LENGTH_PNG))
         written.append(_save(confusion_figure(test), run / CONFUSION_PNG))
     return written

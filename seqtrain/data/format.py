@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import json
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqtrain.atomic import read_json_object
 from seqtrain.errors import UserError
 
 DIGIT_SIZE = 28
@@ -204,13 +204,8 @@ def load_manifest(root: str | Path) -> Manifest:
     path = root / MANIFEST_NAME
     if not root.is_dir():
         raise UserError(f"shard folder {root} does not exist (generate it with `seqtrain-data`)")
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} not found: is {root} a seqtrain-data output folder?") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON: {e}") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+    raw = read_json_object(path, f"is {root} a seqtrain-data output folder?")
+    if raw.get("format") != FORMAT_NAME:
         raise UserError(f"{path} is not a {FORMAT_NAME} manifest")
     if raw.get("format_version") != FORMAT_VERSION:
         raise UserError(
