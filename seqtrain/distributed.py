@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, reduce
+from accelerate.utils import broadcast_object_list, gather_object, reduce
 from torch import nn
 
 from seqtrain.config import RunConfig
@@ -61,6 +61,16 @@ def peer_failures_reported() -> Iterator[None]:
 def from_main_process(value: Any) -> Any:
     """The main process's `value` on every rank (e.g. a timestamp that must agree)."""
     return broadcast_object_list([value], from_process=0)[0]
+
+
+def shared_across_processes(work: Callable[[int, int], dict]) -> dict:
+    """Each process runs `work(part, num_parts)` on its share; every process gets the union of
+    the returned dicts (a collective: all processes must call it)."""
+    state = PartialState()
+    merged: dict = {}
+    for one in gather_object([work(state.process_index, state.num_processes)]):
+        merged.update(one)
+    return merged
 
 
 def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:

@@ -39,7 +39,7 @@ from seqtrain.checkpoint import (
 )
 from seqtrain.cliparse import dump_config
 from seqtrain.config import RunConfig
-from seqtrain.data.format import Manifest, checked_manifest, load_manifest
+from seqtrain.data.format import Manifest, checked_manifest, load_manifest, shard_problems
 from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import eval_loader, train_loader, train_steps_per_epoch
 from seqtrain.distributed import (
@@ -48,6 +48,7 @@ from seqtrain.distributed import (
     join_processes,
     make_accelerator,
     prepare_model,
+    shared_across_processes,
     to_device,
 )
 from seqtrain.errors import UserError
@@ -176,7 +177,8 @@ def _usable_shards(manifest: Manifest, cfg: RunConfig) -> tuple[Manifest, list[s
     the bad shards, listed); unchecked otherwise (damage is found when a shard is read)."""
     if not (cfg.data.verify_shards or cfg.data.skip_corrupt):
         return manifest, []
-    return checked_manifest(manifest, cfg.data.verify_shards, cfg.data.skip_corrupt)
+    problems = shared_across_processes(partial(shard_problems, manifest, cfg.data.verify_shards))
+    return checked_manifest(manifest, problems, cfg.data.skip_corrupt)
 
 
 def build_model_and_optimizer(

@@ -175,20 +175,29 @@ def shard_problem(shard: ShardInfo, check_sha256: bool = True) -> str | None:
     return None if count == shard.count else f"{count} samples, manifest says {shard.count}"
 
 
+def shard_problems(
+    manifest: Manifest, check_sha256: bool, part: int = 0, num_parts: int = 1
+) -> dict[str, str]:
+    """Decode (and with `check_sha256` hash) every `num_parts`-th listed shard from `part`:
+    {path: problem} of the bad ones. Ranks check disjoint parts, so the data is read once."""
+    shards = [
+        shard
+        for split in SPLITS
+        for epoch in range(manifest.epochs(split))
+        for shard in manifest.shards(split, epoch)
+    ]
+    problems = {str(s.path): shard_problem(s, check_sha256) for s in shards[part::num_parts]}
+    return {path: problem for path, problem in problems.items() if problem}
+
+
 def checked_manifest(
-    manifest: Manifest, check_sha256: bool, skip: bool
+    manifest: Manifest, problems: dict[str, str], skip: bool
 ) -> tuple[Manifest, list[str]]:
-    """Decode (and with `check_sha256` hash) every listed shard. A bad one is a UserError
-    naming it, or with `skip` left out of the returned manifest and described in the list."""
-    bad = {}
-    for split in SPLITS:
-        for epoch in range(manifest.epochs(split)):
-            for shard in manifest.shards(split, epoch):
-                problem = shard_problem(shard, check_sha256)
-                if problem and not skip:
-                    raise UserError(f"shard {shard.path}: {problem} (--skip-corrupt skips it)")
-                if problem:
-                    bad[str(shard.path)] = f"{shard.path}: {problem}"
+    """The first bad shard of `problems` as a UserError naming it, or with `skip` the
+    manifest without the bad shards and their descriptions."""
+    bad = {path: f"{path}: {problem}" for path, problem in sorted(problems.items())}
+    if bad and not skip:
+        raise UserError(f"shard {next(iter(bad.values()))} (--skip-corrupt skips it)")
     if not bad:
         return manifest, []
     raw = copy.deepcopy(manifest.raw)
