@@ -40,9 +40,10 @@ class DataConfig:
     samples per process, same steps; about 2.4 KB per sample)."""
     verify_shards: bool = True
     """At start, hash every shard (sha256) and decode it, checking it against the manifest:
-    catches any flipped byte (as `seqtrain-data verify` does), at the cost of reading all data
-    once per process (seconds for the default 2.5 GB). With --no-verify-shards, damage is found
-    when a shard is read, except bytes flipped inside image payloads."""
+    catches any flipped byte (as `seqtrain-data verify` does). The processes split the shards,
+    so the data is read once per job (seconds for the default 2.5 GB). With
+    --no-verify-shards, damage is found when a shard is read, except bytes flipped inside
+    image payloads."""
     skip_corrupt: bool = False
     """At start, decode every shard (and hash it with --verify-shards) and leave out the missing
     or damaged ones, counted and logged, instead of stopping with an error."""
