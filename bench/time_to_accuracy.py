@@ -3,7 +3,7 @@
     .venv/bin/python bench/time_to_accuracy.py --mnist-dir ../shared/mnist
         [--train-size 6000] [--val-size 1000] [--test-size 2000] [--epochs 5]
         [--target 0.95] [--budget-s 420] [--recipes reference slotnet_onecycle]
-        [--shards DIR] [--json-out bench/results/time_to_accuracy.json]
+        [--shards DIR] [--work-dir DIR] [--json-out bench/results/time_to_accuracy.json]
 
 Generates one small shard set (`seqtrain-data generate`; or reuses --shards), then trains each
 recipe on it with `seqtrain train` in its own subprocess (the real CLI, fresh process state),
@@ -12,6 +12,10 @@ match reaches --target, and the training+validation seconds up to it (the sum of
 `epoch_seconds`, so start-up, test evaluation and export are excluded); the wall time of the
 whole process beside it. Prints a table, then one JSON line (also written to --json-out).
 On a GPU machine the same command runs unchanged (recipes add `--mixed-precision bf16` there).
+
+Long runs: with --work-dir the shards and run folders persist there and each recipe trains with
+`--resume auto`, so rerunning the same command after its budget (or a crash) continues every
+unfinished recipe from its last checkpoint; a finished recipe's results are read back as they are.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "slotnet_onecycle": ("slotnet", ["--sched", "onecycle", "--lr", "3e-3"]),
     "slotnet_plateau": ("slotnet", []),
     "reference_onecycle": ("reference", ["--sched", "onecycle"]),
+    "slotnet_deep_onecycle": ("slotnet_deep", ["--sched", "onecycle", "--lr", "3e-3"]),
 }
 
 
@@ -51,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-size", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--target", type=float, default=0.95)
+    p.add_argument("--work-dir", type=Path, help="keep shards, runs here; resume")
     p.add_argument("--budget-s", type=float, default=420.0, help="wall seconds per recipe")
     p.add_argument("--recipes", nargs="+", default=["reference", "slotnet_onecycle"])
     p.add_argument("--num-workers", type=int, default=1)
@@ -75,6 +81,19 @@ def generate(args: argparse.Namespace, out: Path) -> float:
     return time.perf_counter() - start
 
 
+def run_budgeted(argv: list[str], budget_s: float) -> tuple[bool, float]:
+    """Run argv, killed after budget_s; (finished with exit 0, wall seconds)."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=budget_s)
+        finished = done.returncode == 0
+        if not finished:
+            print(done.stderr[-2000:], file=sys.stderr)
+    except subprocess.TimeoutExpired:
+        finished = False
+    return finished, time.perf_counter() - start
+
+
 def train(args: argparse.Namespace, shards: Path, out: Path, name: str) -> dict:
     """One recipe in a subprocess, killed at the budget; its per-epoch and test results."""
     model, extra = RECIPES[name]
@@ -86,15 +105,12 @@ def train(args: argparse.Namespace, shards: Path, out: Path, name: str) -> dict:
         "--num-workers", str(args.num_workers), "--output-dir", str(out), "--run-name", name,
         "--wandb-mode", "disabled", *extra,
     ]  # fmt: skip
-    start = time.perf_counter()
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=args.budget_s)
-        finished = done.returncode == 0
-        if not finished:
-            print(done.stderr[-2000:], file=sys.stderr)
-    except subprocess.TimeoutExpired:
-        finished = False
-    wall = time.perf_counter() - start
+    if args.work_dir is not None:
+        argv += ["--resume", "auto"]
+    if args.work_dir is not None and (out / name / "test_metrics.json").exists():
+        finished, wall = True, None  # finished by an earlier invocation: read its results back
+    else:
+        finished, wall = run_budgeted(argv, args.budget_s)
     run = out / name
     metrics = run / "metrics.jsonl"
     epochs = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
@@ -121,11 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
+        work = args.work_dir or Path(tmp)
         shards, gen_seconds = args.shards, None
         if shards is None:
-            shards = Path(tmp) / "shards"
-            gen_seconds = generate(args, shards)
-        results = [train(args, shards, Path(tmp) / "runs", name) for name in args.recipes]
+            shards = work / "shards"
+            if not (shards / "manifest.json").exists():
+                gen_seconds = generate(args, shards)
+        results = [train(args, shards, work / "runs", name) for name in args.recipes]
 
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
@@ -138,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['recipe']:<20} {r['gflop_per_train_sample']:>9.3f} {r['epochs_run']:>6} "
             f"{fmt(r['seconds_to_target'], '.1f'):>11} {fmt(r['epochs_to_target'], 'd'):>13} "
             f"{fmt(max(r['val_exact_match'], default=None), '.4f'):>8} "
-            f"{fmt(r['test_exact_match'], '.4f'):>6} {r['wall_seconds']:>7.1f}"
+            f"{fmt(r['test_exact_match'], '.4f'):>6} {fmt(r['wall_seconds'], '.1f'):>7}"
         )
     record = {
         "bench": "time_to_accuracy",

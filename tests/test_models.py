@@ -39,18 +39,19 @@ def test_unknown_model_is_a_user_error_listing_the_names():
     assert model_names() == sorted(MODELS)
 
 
-def test_slotnet_is_small_and_cheaper_than_the_reference():
+@pytest.mark.parametrize(("name", "params"), [("slotnet", 131_307), ("slotnet_deep", 288_299)])
+def test_slotnets_are_small_and_cheaper_than_the_reference(name, params):
     from seqtrain.flops import forward_flops
 
-    model = build_model("slotnet")
-    assert num_params(model) == 131_307
-    assert forward_flops(lambda: build_model("slotnet")) <= forward_flops(
+    assert num_params(build_model(name)) == params
+    assert forward_flops(lambda: build_model(name)) <= 0.7 * forward_flops(
         lambda: build_model("reference")
     )
 
 
-def test_slotnet_slots_are_independent():
-    model = build_model("slotnet").eval()
+@pytest.mark.parametrize("name", ["slotnet", "slotnet_deep"])
+def test_slotnet_slots_are_independent(name):
+    model = build_model(name).eval()
     x = torch.rand(4, 1, 28, 84)
     changed = x.clone()
     changed[..., 56:] = torch.rand(4, 1, 28, 28)  # only the third slot

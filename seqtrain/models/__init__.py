@@ -7,17 +7,19 @@ nothing of ranks, devices or precision (those are applied from outside by the lo
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from torch import nn
 
 from seqtrain.errors import UserError
 from seqtrain.models.reference import ReferenceNet
-from seqtrain.models.slotnet import SlotNet
+from seqtrain.models.slotnet import SLOTNET_DEEP_STAGES, SlotNet
 from seqtrain.models.tiny import TinyNet
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "reference": ReferenceNet,
     "slotnet": SlotNet,
+    "slotnet_deep": partial(SlotNet, SLOTNET_DEEP_STAGES),
     "tiny": TinyNet,
 }
 
