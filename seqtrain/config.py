@@ -58,7 +58,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     model: str = "reference"
-    """Architecture by registry name (see `seqtrain.models`)."""
+    """Architecture: reference (the seed's network), slotnet, slotnet_deep, tiny (for tests)."""
     channels_last: bool = False
     """Use channels-last memory format (faster convolutions on recent GPUs)."""
     compile: bool = False

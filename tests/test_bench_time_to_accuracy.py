@@ -1,0 +1,47 @@
+"""`bench/time_to_accuracy.py` runs end to end on tiny sizes: the seed baseline and a seqtrain
+recipe on the same sizes, and a --work-dir rerun reads a finished recipe back instead of
+retraining it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_bench(mnist_dir: Path, work: Path, out: Path) -> dict:
+    argv = [
+        sys.executable, str(REPO / "bench" / "time_to_accuracy.py"), "--mnist-dir", str(mnist_dir),
+        "--train-size", "256", "--val-size", "128", "--test-size", "128", "--epochs", "1",
+        "--target", "0.0", "--budget-s", "300", "--recipes", "seed_baseline", "slotnet_onecycle",
+        "--work-dir", str(work), "--json-out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(done.stdout.splitlines()[-1])
+    assert json.loads(out.read_text()) == record
+    return {r["recipe"]: r for r in record["results"]}
+
+
+def test_time_to_accuracy_runs_baseline_and_recipe_and_reads_finished_runs_back(
+    mnist_dir, tmp_path
+):
+    first = run_bench(mnist_dir, tmp_path / "work", tmp_path / "first.json")
+    seed, ours = first["seed_baseline"], first["slotnet_onecycle"]
+    for result, split in ((seed, "test"), (ours, "val")):
+        assert result["finished"] and result["epochs_run"] == 1
+        assert result["target_split"] == split
+        assert 0.0 <= result["exact_match_per_epoch"][0] <= 1.0
+        assert result["epochs_to_target"] == 1  # target 0: reached after the first epoch
+        assert result["seconds_to_target"] > 0
+    assert seed["gflop_per_train_sample"] > 3 * ours["gflop_per_train_sample"]
+    assert (tmp_path / "work" / "runs" / "slotnet_onecycle" / "test_metrics.json").exists()
+
+    again = run_bench(mnist_dir, tmp_path / "work", tmp_path / "again.json")
+    kept = again["slotnet_onecycle"]
+    assert kept["wall_seconds"] is None  # read back, not retrained
+    assert kept["exact_match_per_epoch"] == ours["exact_match_per_epoch"]
+    assert kept["test_exact_match"] == ours["test_exact_match"]
