@@ -11,7 +11,8 @@ stopped after --budget-s seconds. From the run's metrics.jsonl: the first epoch 
 match reaches --target, and the training+validation seconds up to it (the sum of
 `epoch_seconds`, so start-up, test evaluation and export are excluded); the wall time of the
 whole process beside it. Prints a table, then one JSON line (also written to --json-out).
-On a GPU machine the same command runs unchanged (recipes add `--mixed-precision bf16` there).
+On a GPU machine the same command runs unchanged (recipes add `--mixed-precision bf16
+--channels-last` there).
 
 Long runs: with --work-dir the shards and run folders persist there and each recipe trains with
 `--resume auto`, so rerunning the same command after its budget (or a crash) continues every
@@ -61,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=420.0, help="wall seconds per recipe")
     p.add_argument("--recipes", nargs="+", default=[SEED_BASELINE, "reference", "slotnet_onecycle"])
     p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="train in channels-last memory format (default: on with a GPU; it is also faster "
+        "for the reference on this CPU, see bench/train_throughput.py)",
+    )
     p.add_argument(
         "--baseline", type=Path, default=REPO.parent / "shared" / "bench" / "seed_baseline.py"
     )
@@ -138,7 +145,9 @@ def train(args: argparse.Namespace, shards: Path, out: Path, name: str) -> dict:
     """One recipe in a subprocess, killed at the budget; its per-epoch and test results."""
     model, extra = RECIPES[name]
     if torch.cuda.is_available():
-        extra = [*extra, "--mixed-precision", "bf16", "--channels-last"]
+        extra = [*extra, "--mixed-precision", "bf16"]
+    if args.channels_last or (args.channels_last is None and torch.cuda.is_available()):
+        extra = [*extra, "--channels-last"]
     argv = [
         sys.executable, "-m", "seqtrain", "train",
         "--shards", str(shards), "--model", model, "--epochs", str(args.epochs),

@@ -1,18 +1,20 @@
 """Trainer throughput: samples/s of seqtrain's training step against the seed baseline's loop.
 
     .venv/bin/python bench/train_throughput.py [--rounds 5] [--steps 3] [--max-seconds 170]
-        [--batch-size 128] [--baseline ../shared/bench/seed_baseline.py]
+        [--batch-size 128] [--baseline ../shared/bench/seed_baseline.py] [--no-compile]
+        [--json-out bench/results/train_throughput_cpu.json]
 
 Same network (the `reference` model is the seed's SeedNet), batch and data in one process:
 the seed's loop (fp32, float batches from its `stitch`) and seqtrain's `train_step` through
 Accelerate (uint8 batches converted on the device, as in training) in fp32, fp32 +
-channels_last and bf16. Data loading is excluded on both sides (bench/loader_throughput.py
-measures the loader).
+channels_last, bf16 and channels_last + torch.compile (on a GPU also bf16 + channels_last +
+compile; compilation happens in the untimed warm-up). Data loading is excluded on both sides
+(bench/loader_throughput.py measures the loader).
 
 On a shared machine the load changes from second to second, so contenders measured one after
-another compare different machines. Here all four are built up front and measured in interleaved
-rounds: each round times `--steps` steps of every contender (after `--round-warmup` untimed
-ones), starting with a different contender each round. Each contender's ratio to the seed is
+another compare different machines. Here all contenders are built up front and measured in
+interleaved rounds: each round times `--steps` steps of every contender (after `--round-warmup`
+untimed ones), starting with a different contender each round. Each contender's ratio to the seed is
 taken within a round (both saw about the same load); the median over rounds is the figure to
 quote, with the best-of-rounds samples/s beside it. Under heavy load fewer rounds run (at least
 3) so the whole stays within `--max-seconds`. Prints a table, then one JSON line.
@@ -106,11 +108,17 @@ def seed_contender(seed: ModuleType, batch: Batch) -> Contender:
 
 
 def trainer_contender(
-    name: str, batch: Batch, run_dir: Path, cpu: bool, channels_last: bool, precision: str
+    name: str,
+    batch: Batch,
+    run_dir: Path,
+    cpu: bool,
+    channels_last: bool,
+    precision: str,
+    compile_model: bool,
 ) -> Contender:
     images = (batch[0] * 255).round().to(torch.uint8)  # what the shards hold
     cfg = RunConfig(
-        model=ModelConfig(model="reference", channels_last=channels_last),
+        model=ModelConfig(model="reference", channels_last=channels_last, compile=compile_model),
         train=TrainConfig(mixed_precision=precision, cpu=cpu),
     )
     cfg.log.wandb_mode = "disabled"
@@ -130,6 +138,20 @@ def trainer_contender(
 
     expected = torch.bfloat16 if precision == "bf16" else torch.float32
     return Contender(name, step, compute_dtype, expected)
+
+
+def trainer_options(args: argparse.Namespace) -> dict[str, tuple[bool, str, bool]]:
+    """Contender name -> (channels_last, mixed precision, torch.compile)."""
+    options = {
+        "seqtrain_fp32": (False, "no", False),
+        "seqtrain_channels_last": (True, "no", False),
+        "seqtrain_bf16": (False, "bf16", False),
+    }
+    if args.compile:
+        options["seqtrain_channels_last_compile"] = (True, "no", True)
+        if torch.cuda.is_available() and not args.cpu:
+            options["seqtrain_bf16_channels_last_compile"] = (True, "bf16", True)
+    return options
 
 
 def timed_rate(step: Callable[[], torch.Tensor], steps: int, batch_size: int) -> float:
@@ -190,6 +212,13 @@ def main() -> None:
         help=f"start no round that would end past this (at least {MIN_ROUNDS} rounds run)",
     )
     parser.add_argument("--cpu", action="store_true", help="measure on CPU even with a GPU")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add torch.compile contenders (compiled during the untimed warm-up)",
+    )
+    parser.add_argument("--json-out", type=Path, help="also write the JSON line here")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -198,12 +227,8 @@ def main() -> None:
     with ExitStack() as stack:
         run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         contenders = [seed_contender(seed, batch)] + [
-            trainer_contender(name, batch, run_dir, args.cpu, channels_last, precision)
-            for name, channels_last, precision in (
-                ("seqtrain_fp32", False, "no"),
-                ("seqtrain_channels_last", True, "no"),
-                ("seqtrain_bf16", False, "bf16"),
-            )
+            trainer_contender(name, batch, run_dir, args.cpu, *options)
+            for name, options in trainer_options(args).items()
         ]
         rounds = run_rounds(contenders, args, started + args.max_seconds)
         for c in contenders:
@@ -213,32 +238,34 @@ def main() -> None:
     summary = summarize(contenders)
 
     print(
-        f"{'loop':24s} {'best/s':>8s} {'median/s':>9s} {'median ratio':>13s} {'ratio range':>12s}"
+        f"{'loop':34s} {'best/s':>8s} {'median/s':>9s} {'median ratio':>13s} {'ratio range':>12s}"
     )
     for name, s in summary.items():
         spread = f"{s['min_ratio']:.2f}-{s['max_ratio']:.2f}"
         print(
-            f"{name:24s} {s['best_samples_per_s']:8.1f} {s['median_samples_per_s']:9.1f} "
+            f"{name:34s} {s['best_samples_per_s']:8.1f} {s['median_samples_per_s']:9.1f} "
             f"{s['median_ratio']:13.2f} {spread:>12s}"
         )
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    print(
-        json.dumps(
-            {
-                "bench": "train_throughput",
-                "device": device,
-                "batch_size": args.batch_size,
-                "rounds": rounds,
-                "steps_per_round": args.steps,
-                "seconds": round(time.perf_counter() - started, 1),
-                "best_samples_per_s": {k: s["best_samples_per_s"] for k, s in summary.items()},
-                **{f"{k}_vs_seed": s["median_ratio"] for k, s in summary.items() if k != SEED},
-                "ratio_range_vs_seed": {
-                    k: [s["min_ratio"], s["max_ratio"]] for k, s in summary.items() if k != SEED
-                },
-            }
-        )
+    line = json.dumps(
+        {
+            "bench": "train_throughput",
+            "device": device,
+            "batch_size": args.batch_size,
+            "rounds": rounds,
+            "steps_per_round": args.steps,
+            "seconds": round(time.perf_counter() - started, 1),
+            "best_samples_per_s": {k: s["best_samples_per_s"] for k, s in summary.items()},
+            **{f"{k}_vs_seed": s["median_ratio"] for k, s in summary.items() if k != SEED},
+            "ratio_range_vs_seed": {
+                k: [s["min_ratio"], s["max_ratio"]] for k, s in summary.items() if k != SEED
+            },
+        }
     )
+    print(line)
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(line + "\n")
 
 
 if __name__ == "__main__":
