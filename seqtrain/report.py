@@ -26,8 +26,8 @@ from matplotlib.ticker import MaxNLocator
 from seqtrain.atomic import atomic_open, read_json_object
 from seqtrain.errors import UserError
 from seqtrain.export import class_names
+from seqtrain.run_files import METRICS_NAME
 
-METRICS_NAME = "metrics.jsonl"
 TEST_NAME = "test_metrics.json"
 CURVES_PNG = "learning_curves.png"
 LENGTH_PNG = "length_accuracy.png"

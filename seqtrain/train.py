@@ -10,7 +10,6 @@ load best, evaluate test, write metrics and the predictions picture
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -28,7 +26,7 @@ from torch.optim import Adam, AdamW
 from tqdm.auto import tqdm
 
 from seqtrain import tracking
-from seqtrain.atomic import atomic_write_json, atomic_write_text
+from seqtrain.atomic import atomic_write_json
 from seqtrain.checkpoint import (
     Position,
     copy_checkpoint,
@@ -37,11 +35,10 @@ from seqtrain.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from seqtrain.cliparse import dump_config
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, checked_manifest, load_manifest, shard_problems
 from seqtrain.data.staged import staged_train_loader
-from seqtrain.data.stream import eval_loader, train_loader, train_steps_per_epoch
+from seqtrain.data.stream import train_loader, train_steps_per_epoch
 from seqtrain.distributed import (
     all_reduce_sum,
     from_main_process,
@@ -57,10 +54,16 @@ from seqtrain.export import export_model
 from seqtrain.flops import device_name, flops_per_sample, peak_flops, throughput_metrics
 from seqtrain.metrics import sequence_loss
 from seqtrain.models import build_model
-from seqtrain.plots import save_predictions
+from seqtrain.run_files import (
+    append_metrics,
+    epoch_line,
+    truncate_metrics,
+    write_predictions_picture,
+    write_rank_record,
+    write_resolved_config,
+)
 from seqtrain.schedules import LRSchedule
 
-PREDICTION_SAMPLES = 10
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -197,21 +200,10 @@ def build_model_and_optimizer(
 def _start_outputs(run: Session) -> None:
     """The resolved config beside the outputs before step 1, metrics of replayed epochs cut."""
     if run.accelerator.is_main_process:
-        resolved = dump_config(run.cfg)
-        print(f"# resolved config (saved as {run.run_dir / 'config.yaml'})\n{resolved}", flush=True)
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.run_dir / "config.yaml", resolved)
-        _truncate_metrics(run.run_dir / "metrics.jsonl", run.position.epoch)
+        write_resolved_config(run.run_dir, run.cfg)
+        truncate_metrics(run.run_dir, run.position.epoch)
     tracking.start_tracking(run.accelerator, run.cfg, run.run_dir)
     run.accelerator.wait_for_everyone()
-
-
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Keep only the epochs a resumed run will not redo (a crash may have left one more)."""
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epochs_done]
-        atomic_write_text(path, "".join(f"{ln}\n" for ln in kept))
 
 
 def train_epoch(run: Session, epoch: int) -> float:
@@ -413,20 +405,9 @@ def _report_epoch(
         },
         step=run.position.step,
     )
-    if not run.accelerator.is_main_process:
-        return
-    with open(run.run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    line = (
-        f"Epoch {epoch + 1}/{run.cfg.train.epochs} - train loss {train_loss:.4f} - "
-        f"val loss {val['loss']:.4f} - val exact match {val['exact_match']:.4f} - "
-        f"lr {run.lr:.1e} - {seconds:.1f}s"
-    )
-    if lr_reduced:
-        line += f" - LR reduced to {run.lr:.1e}"
-    if improved:
-        line += " - best model saved"
-    run.log(line)
+    if run.accelerator.is_main_process:
+        append_metrics(run.run_dir, record)
+        run.log(epoch_line(record, run.cfg.train.epochs, lr_reduced))
 
 
 def _finish(run: Session) -> dict[str, Any]:
@@ -437,11 +418,12 @@ def _finish(run: Session) -> dict[str, Any]:
         raise UserError(f"no best checkpoint in {run.checkpoints}: no epoch had a finite val loss")
     load_checkpoint(accelerator, best, run.cfg.model.model)
     test = evaluate(run, "test")
-    _write_rank_record(run)
+    write_rank_record(run.run_dir, accelerator, run.lr_history, run.position.epoch)
     if accelerator.is_main_process:
         atomic_write_json(run.run_dir / "test_metrics.json", test)
         picture = run.run_dir / "predictions.png"
-        _predictions_picture(run, picture)
+        model = accelerator.unwrap_model(run.model)
+        write_predictions_picture(picture, model, accelerator, run.manifest, run.cfg)
         tracking.log_summary(accelerator, {f"test/{k}": v for k, v in test.items()})
         tracking.log_image(accelerator, "predictions", picture, step=run.position.step)
         export_model(best, run.run_dir / "export")
@@ -452,32 +434,3 @@ def _finish(run: Session) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     tracking.finish_tracking(accelerator)
     return {"run_dir": str(run.run_dir), "test": test, "epochs": run.position.epoch}
-
-
-def _write_rank_record(run: Session) -> None:
-    """Each rank's own view (world size, LR per epoch, last epoch): proof that all ranks formed
-    one group and took the same decisions. One file per rank, so no rank writes another's."""
-    accelerator = run.accelerator
-    record = {
-        "process_index": accelerator.process_index,
-        "num_processes": accelerator.num_processes,
-        "lr_history": run.lr_history,
-        "epochs": run.position.epoch,
-    }
-    atomic_write_json(run.run_dir / "ranks" / f"{accelerator.process_index}.json", record)
-
-
-@torch.no_grad()
-def _predictions_picture(run: Session, path: Path) -> None:
-    """Random test samples (seeded) from the first test batch, run through the best model."""
-    loader = eval_loader(run.manifest, run.cfg.data, "test", rank=0, world_size=1)
-    images, labels = next(iter(loader))
-    chosen = np.random.default_rng(run.cfg.train.seed).choice(
-        len(images), size=min(PREDICTION_SAMPLES, len(images)), replace=False
-    )
-    images, labels = images[chosen], labels[chosen]
-    model = run.accelerator.unwrap_model(run.model)
-    x, _ = to_device(images, labels, run.accelerator.device, run.cfg.model.channels_last)
-    with run.accelerator.autocast():
-        predicted = model(x).argmax(dim=-1).cpu().numpy()
-    save_predictions(path, images[:, 0].numpy(), labels.numpy(), predicted)

@@ -1,0 +1,97 @@
+"""What a training run writes into its folder beside the checkpoints.
+
+config.yaml          the resolved config, written before step 1
+metrics.jsonl        one JSON line per finished epoch (read by `seqtrain report`)
+ranks/<rank>.json    each rank's world size, LR history and last epoch
+test_metrics.json    written by the loop after the test evaluation
+predictions.png      sample test predictions of the best model
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from seqtrain.atomic import atomic_write_json, atomic_write_text
+from seqtrain.cliparse import dump_config
+from seqtrain.config import RunConfig
+from seqtrain.data.format import Manifest
+from seqtrain.data.stream import eval_loader
+from seqtrain.distributed import to_device
+from seqtrain.plots import save_predictions
+
+METRICS_NAME = "metrics.jsonl"
+PREDICTION_SAMPLES = 10
+
+
+def write_resolved_config(run_dir: Path, cfg: RunConfig) -> None:
+    """Print the resolved config and save it as config.yaml (main process only)."""
+    resolved = dump_config(cfg)
+    print(f"# resolved config (saved as {run_dir / 'config.yaml'})\n{resolved}", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", resolved)
+
+
+def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
+    """Keep only the epochs a resumed run will not redo (a crash may have left one more)."""
+    path = run_dir / METRICS_NAME
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epochs_done]
+        atomic_write_text(path, "".join(f"{ln}\n" for ln in kept))
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(run_dir / METRICS_NAME, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def epoch_line(record: dict[str, Any], epochs: int, lr_reduced: bool) -> str:
+    """The console line of one finished epoch, from its metrics.jsonl record."""
+    line = (
+        f"Epoch {record['epoch']}/{epochs} - train loss {record['train_loss']:.4f} - "
+        f"val loss {record['val_loss']:.4f} - val exact match {record['val_exact_match']:.4f} - "
+        f"lr {record['lr']:.1e} - {record['epoch_seconds']:.1f}s"
+    )
+    if lr_reduced:
+        line += f" - LR reduced to {record['lr']:.1e}"
+    if record["best"]:
+        line += " - best model saved"
+    return line
+
+
+def write_rank_record(
+    run_dir: Path, accelerator: Accelerator, lr_history: list[float], epochs: int
+) -> None:
+    """Each rank's own view (world size, LR per epoch, last epoch): proof that all ranks formed
+    one group and took the same decisions. One file per rank, so no rank writes another's."""
+    record = {
+        "process_index": accelerator.process_index,
+        "num_processes": accelerator.num_processes,
+        "lr_history": lr_history,
+        "epochs": epochs,
+    }
+    atomic_write_json(run_dir / "ranks" / f"{accelerator.process_index}.json", record)
+
+
+@torch.no_grad()
+def write_predictions_picture(
+    path: Path, model: nn.Module, accelerator: Accelerator, manifest: Manifest, cfg: RunConfig
+) -> None:
+    """Random test samples (seeded) from the first test batch, run through `model`."""
+    loader = eval_loader(manifest, cfg.data, "test", rank=0, world_size=1)
+    images, labels = next(iter(loader))
+    chosen = np.random.default_rng(cfg.train.seed).choice(
+        len(images), size=min(PREDICTION_SAMPLES, len(images)), replace=False
+    )
+    images, labels = images[chosen], labels[chosen]
+    x, _ = to_device(images, labels, accelerator.device, cfg.model.channels_last)
+    with accelerator.autocast():
+        predicted = model(x).argmax(dim=-1).cpu().numpy()
+    save_predictions(path, images[:, 0].numpy(), labels.numpy(), predicted)
