@@ -11,8 +11,8 @@ stopped after --budget-s seconds. From the run's metrics.jsonl: the first epoch 
 match reaches --target, and the training+validation seconds up to it (the sum of
 `epoch_seconds`, so start-up, test evaluation and export are excluded); the wall time of the
 whole process beside it. Prints a table, then one JSON line (also written to --json-out).
-On a GPU machine the same command runs unchanged (recipes add `--mixed-precision bf16
---channels-last` there).
+On a GPU machine the same command runs unchanged (the trainer's defaults, bf16 autocast and
+channels-last, apply there).
 
 Long runs: with --work-dir the shards and run folders persist there and each recipe trains with
 `--resume auto`, so rerunning the same command after its budget (or a crash) continues every
@@ -65,8 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
-        help="train in channels-last memory format (default: on with a GPU; it is also faster "
-        "for the reference on this CPU, see bench/train_throughput.py)",
+        help="pass --channels-last / --no-channels-last (default: the trainer's default, on)",
     )
     p.add_argument(
         "--baseline", type=Path, default=REPO.parent / "shared" / "bench" / "seed_baseline.py"
@@ -144,10 +143,8 @@ def train_seed_baseline(args: argparse.Namespace) -> dict:
 def train(args: argparse.Namespace, shards: Path, out: Path, name: str) -> dict:
     """One recipe in a subprocess, killed at the budget; its per-epoch and test results."""
     model, extra = RECIPES[name]
-    if torch.cuda.is_available():
-        extra = [*extra, "--mixed-precision", "bf16"]
-    if args.channels_last or (args.channels_last is None and torch.cuda.is_available()):
-        extra = [*extra, "--channels-last"]
+    if args.channels_last is not None:
+        extra = [*extra, "--channels-last" if args.channels_last else "--no-channels-last"]
     argv = [
         sys.executable, "-m", "seqtrain", "train",
         "--shards", str(shards), "--model", model, "--epochs", str(args.epochs),

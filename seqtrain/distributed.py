@@ -27,6 +27,13 @@ def use_cpu(cfg: RunConfig) -> bool:
     return cfg.train.cpu or not torch.cuda.is_available()
 
 
+def resolved_precision(cfg: RunConfig) -> str:
+    """`--mixed-precision` with `auto` decided: bf16 where the GPU has bf16 tensor cores."""
+    if cfg.train.mixed_precision != "auto":
+        return cfg.train.mixed_precision
+    return "no" if use_cpu(cfg) or not torch.cuda.is_bf16_supported() else "bf16"
+
+
 def join_processes(cfg: RunConfig) -> PartialState:
     """Join the launcher's process group before anything else needs it.
 
@@ -76,7 +83,7 @@ def shared_across_processes(work: Callable[[int, int], dict]) -> dict:
 def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
     return Accelerator(
         cpu=use_cpu(cfg),
-        mixed_precision=cfg.train.mixed_precision,
+        mixed_precision=resolved_precision(cfg),
         log_with=None if cfg.log.wandb_mode == "disabled" else "wandb",
         project_dir=str(run_dir),
         # ReduceLROnPlateau is stepped by us once per epoch, never per optimizer step.

@@ -45,6 +45,7 @@ from seqtrain.distributed import (
     join_processes,
     make_accelerator,
     prepare_model,
+    resolved_precision,
     shared_across_processes,
     to_device,
 )
@@ -143,6 +144,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _build(cfg: RunConfig) -> Session:
+    cfg.train.mixed_precision = resolved_precision(cfg)  # saved and logged as decided
     join_processes(cfg)
     run_name = cfg.train.run_name or from_main_process(datetime.now().strftime("%Y%m%d-%H%M%S"))
     run_dir = cfg.train.output_dir / run_name

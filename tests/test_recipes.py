@@ -64,3 +64,35 @@ def test_onecycle_resume_after_kill_matches_uninterrupted_run(
         )
     lrs = [e["lr"] for e in read_jsonl(unbroken / "job" / "metrics.jsonl")]
     assert [e["lr"] for e in read_jsonl(broken / "job" / "metrics.jsonl")] == lrs
+
+
+def test_fast_path_defaults_resolve_for_the_device(tiny_shards: Path, tmp_path: Path) -> None:
+    # No GPU here: `--mixed-precision auto` must be saved as the fp32 it resolved to, and the
+    # channels-last default must train a model whose convolution weights are channels-last.
+    import torch
+    import yaml
+
+    from seqtrain.config import RunConfig
+    from seqtrain.distributed import resolved_precision
+
+    assert RunConfig().train.mixed_precision == "auto" and RunConfig().model.channels_last
+    argv = train_argv(tiny_shards, tmp_path, "auto", "--epochs", "1", "--wandb-mode", "disabled")
+    run_in_process(argv)
+    saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    expected = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    assert saved["train"]["mixed_precision"] == expected == resolved_precision(RunConfig())
+    assert saved["model"]["channels_last"] is True
+    assert (tmp_path / "auto" / "test_metrics.json").is_file()
+
+
+def test_compile_on_cpu_trains_and_exports_plain_weights(
+    tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from seqtrain.export import load_model
+
+    argv = train_argv(tiny_shards, tmp_path, "compiled", "--epochs", "1", "--steps-per-epoch", "4")
+    run_in_process([*argv, "--compile", "--no-channels-last", "--wandb-mode", "disabled"])
+    assert "--compile skipped" not in capsys.readouterr().out  # g++ is present: it compiled
+    model = load_model(tmp_path / "compiled")
+    assert not any("_orig_mod" in key for key in model.state_dict())
+    assert (tmp_path / "compiled" / "test_metrics.json").is_file()
