@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from emit import emit_result
 
 from data_gen.config import GenConfig
 from data_gen.generate import run_jobs
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--tmp", type=Path, default=None, help="where shards are written")
+    parser.add_argument("--json-out", type=Path, help="also write the JSON line here")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -90,7 +91,7 @@ def main() -> None:
         "workers1_vs_baseline": round(one / base, 2),
         "workers2_vs_workers1": round(two / one, 2),
     }
-    print(json.dumps(result))
+    emit_result(result, args.json_out)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ then one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from emit import emit_result
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the tiny-shard writer the tests use
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--shuffle-buffer", type=int, default=8192)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per setting (best kept)")
+    parser.add_argument("--json-out", type=Path, help="also write the JSON line here")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +72,9 @@ def main() -> None:
     print(f"{'workers':>8} {'samples/s':>12} {'per worker':>12}")
     for r in results:
         print(f"{r['num_workers']:>8} {r['samples_per_s']:>12,.0f} {r['per_worker']:>12,.0f}")
-    print(json.dumps({"bench": "loader_throughput", "samples": sum(sizes), "results": results}))
+    emit_result(
+        {"bench": "loader_throughput", "samples": sum(sizes), "results": results}, args.json_out
+    )
 
 
 if __name__ == "__main__":

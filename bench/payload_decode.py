@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from emit import emit_result
 from PIL import Image
 
 from data_gen.mnist import load_mnist
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--mnist-dir", type=Path, required=True)
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--json-out", type=Path, help="also write the JSON line here")
     args = parser.parse_args()
 
     pool = digit_pools(load_mnist(args.mnist_dir, Path("unused")), seed=0)["train"]
@@ -59,7 +60,9 @@ def main() -> None:
     print(f"{'payload':<36}{'images/s (1 core)':>18}")
     print(f"{'PNG per sample':<36}{png:>18,.0f}")
     print(f"{f'raw npy, {args.chunk_size} per tar member':<36}{npy:>18,.0f}")
-    print(json.dumps({"png_per_s": round(png), "npy_per_s": round(npy), "ratio": round(npy / png)}))
+    emit_result(
+        {"png_per_s": round(png), "npy_per_s": round(npy), "ratio": round(npy / png)}, args.json_out
+    )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from emit import emit_result
 
 from seqtrain.flops import flops_per_sample
 from seqtrain.models import build_model
@@ -228,11 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         "generate_seconds": gen_seconds,
         "results": results,
     }
-    line = json.dumps(record)
-    print(line)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(line + "\n")
+    emit_result(record, args.json_out)
 
 
 if __name__ == "__main__":

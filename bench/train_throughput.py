@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
 import tempfile
 import time
@@ -37,6 +36,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F  # noqa: N812
 from accelerate.state import AcceleratorState
+from emit import emit_result
 from torch import nn
 
 from seqtrain.config import ModelConfig, RunConfig, TrainConfig
@@ -247,25 +247,20 @@ def main() -> None:
             f"{s['median_ratio']:13.2f} {spread:>12s}"
         )
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    line = json.dumps(
-        {
-            "bench": "train_throughput",
-            "device": device,
-            "batch_size": args.batch_size,
-            "rounds": rounds,
-            "steps_per_round": args.steps,
-            "seconds": round(time.perf_counter() - started, 1),
-            "best_samples_per_s": {k: s["best_samples_per_s"] for k, s in summary.items()},
-            **{f"{k}_vs_seed": s["median_ratio"] for k, s in summary.items() if k != SEED},
-            "ratio_range_vs_seed": {
-                k: [s["min_ratio"], s["max_ratio"]] for k, s in summary.items() if k != SEED
-            },
-        }
-    )
-    print(line)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(line + "\n")
+    record = {
+        "bench": "train_throughput",
+        "device": device,
+        "batch_size": args.batch_size,
+        "rounds": rounds,
+        "steps_per_round": args.steps,
+        "seconds": round(time.perf_counter() - started, 1),
+        "best_samples_per_s": {k: s["best_samples_per_s"] for k, s in summary.items()},
+        **{f"{k}_vs_seed": s["median_ratio"] for k, s in summary.items() if k != SEED},
+        "ratio_range_vs_seed": {
+            k: [s["min_ratio"], s["max_ratio"]] for k, s in summary.items() if k != SEED
+        },
+    }
+    emit_result(record, args.json_out)
 
 
 if __name__ == "__main__":

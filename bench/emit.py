@@ -1,0 +1,16 @@
+"""The one JSON line every bench command ends with: printed, and saved with --json-out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seqtrain.atomic import atomic_write_text
+
+
+def emit_result(record: dict, json_out: Path | None) -> None:
+    line = json.dumps(record)
+    print(line)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json_out, line + "\n")
