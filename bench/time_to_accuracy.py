@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,17 +98,21 @@ def generate(args: argparse.Namespace, out: Path) -> float:
 
 
 def run_budgeted(argv: list[str], budget_s: float) -> tuple[bool, float, str]:
-    """Run argv, killed after budget_s; (finished with exit 0, wall seconds, its stdout)."""
+    """Run argv, killed after budget_s with its whole process group (loader workers included);
+    (finished with exit 0, wall seconds, its stdout)."""
     start = time.perf_counter()
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=budget_s)
-        finished, stdout = done.returncode == 0, done.stdout
-        if not finished:
-            print(done.stderr[-2000:], file=sys.stderr)
-    except subprocess.TimeoutExpired as killed:
-        finished, stdout = False, killed.stdout or ""
-    if isinstance(stdout, bytes):  # TimeoutExpired keeps bytes on some Pythons
-        stdout = stdout.decode(errors="replace")
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=budget_s)
+            finished = process.returncode == 0
+            if not finished:
+                print(stderr[-2000:], file=sys.stderr)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, _ = process.communicate()
+            finished = False
     return finished, time.perf_counter() - start, stdout
 
 

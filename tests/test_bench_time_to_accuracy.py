@@ -45,3 +45,30 @@ def test_time_to_accuracy_runs_baseline_and_recipe_and_reads_finished_runs_back(
     assert kept["wall_seconds"] is None  # read back, not retrained
     assert kept["exact_match_per_epoch"] == ours["exact_match_per_epoch"]
     assert kept["test_exact_match"] == ours["test_exact_match"]
+
+
+def test_budget_kill_takes_the_whole_process_group(tmp_path):
+    # A recipe killed at its budget must not leave its loader workers running: here a child that
+    # records its pid and sleeps stands for one.
+    import os
+    import time
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from time_to_accuracy import run_budgeted
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os,time; open({str(pid_file)!r},'w').write(str(os.getpid())); time.sleep(120)"
+    parent = (
+        "import subprocess,sys,time; print('started', flush=True); "
+        f"subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(120)"
+    )
+    finished, wall, stdout = run_budgeted([sys.executable, "-c", parent], budget_s=5)
+    assert not finished and wall < 60 and stdout == "started\n"
+    child_pid = int(pid_file.read_text())
+    for _ in range(50):
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"child {child_pid} outlived the budget kill")
