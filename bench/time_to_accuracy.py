@@ -159,14 +159,13 @@ def train(args: argparse.Namespace, shards: Path, out: Path, name: str) -> dict:
     ]  # fmt: skip
     if args.work_dir is not None:
         argv += ["--resume", "auto"]
-    if args.work_dir is not None and (out / name / "test_metrics.json").exists():
+    run = out / name
+    metrics, test = run / "metrics.jsonl", run / "test_metrics.json"
+    if args.work_dir is not None and test.exists():
         finished, wall = True, None  # finished by an earlier invocation: read its results back
     else:
         finished, wall, _ = run_budgeted(argv, args.budget_s)
-    run = out / name
-    metrics = run / "metrics.jsonl"
     epochs = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
-    test = run / "test_metrics.json"
     reached = next((e for e in epochs if e["val_exact_match"] >= args.target), None)
     return {
         "recipe": name,
