@@ -46,6 +46,8 @@ DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 _READ_SIZE = 1 << 20
+MISSING = "no such object or bucket"
+DENIED = "access denied (check the store's credentials)"
 
 
 class StorageError(UserError):
@@ -105,11 +107,22 @@ def _filesystem(url: str) -> Any:
 
 def _permanent_reason(error: BaseException) -> str | None:
     """Why `error` will not go away by retrying, or None for a transient one."""
+    cause = error.__cause__
+    if isinstance(error, FileNotFoundError) and cause is not None:
+        # fsspec's HTTP back end turns every failed lookup into FileNotFoundError: judge by
+        # what happened (a refused connection or a 5xx is transient, a 404 is not).
+        status = getattr(cause, "status", None)
+        if status in (401, 403):
+            return DENIED
+        if (isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError)) or (
+            status is not None and status != 404
+        ):
+            return None
     if isinstance(error, FileNotFoundError):
-        return "no such object or bucket"
-    status = getattr(error, "status", None) or getattr(error, "code", None)
+        return MISSING
+    status = getattr(error, "status", None)
     if isinstance(error, PermissionError) or status in (401, 403):
-        return "access denied (check the store's credentials)"
+        return DENIED
     if isinstance(error, IsADirectoryError):
         return "is a folder, not an object"
     return None
@@ -140,7 +153,8 @@ class _Retrier:
             missing = isinstance(error, FileNotFoundError)
             raise StorageError(self.url, reason, missing) from None
         if self.failures >= self.retries:
-            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            shown = error.__cause__ or error  # fsspec's HTTP errors wrap the real one
+            detail = str(shown).splitlines()[0] if str(shown) else type(shown).__name__
             raise StorageError(
                 self.url, f"unreachable after {self.failures + 1} tries ({detail})"
             ) from None
@@ -348,8 +362,10 @@ def object_size(location: Location) -> int | None:
     def size() -> int | None:
         try:
             return int(fs.info(location)["size"])
-        except FileNotFoundError:
-            return None
+        except FileNotFoundError as e:
+            if _permanent_reason(e) == MISSING:
+                return None
+            raise
 
     return _Retrier(location).call(size)
 
