@@ -80,6 +80,16 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
+def test_file_url_is_the_folder_and_other_forms_are_one_line(tiny_shards: Path) -> None:
+    manifest = load_manifest(f"file://{tiny_shards}")
+    assert manifest.root == tiny_shards
+    assert manifest.shards("test")[0].path == tiny_shards / "test/test-e000-s00000.tar"
+    with pytest.raises(UserError, match=r"^ftp://host/data: unsupported URL scheme ftp://"):
+        load_manifest("ftp://host/data")
+    with pytest.raises(UserError, match=r"^pipe:curl -s x: pipe: commands are not supported"):
+        load_manifest("pipe:curl -s x")
+
+
 def test_generate_to_bucket_equals_local_folder(bucket_shards: str, tiny_shards: Path, s3) -> None:
     _, raw = s3
     local = json.loads((tiny_shards / MANIFEST_NAME).read_text())

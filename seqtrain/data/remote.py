@@ -66,6 +66,11 @@ def locate(location: str | os.PathLike) -> Location:
     """A `Path` for a local path or `file://` URL, the URL itself (no trailing /) otherwise;
     an unknown scheme is a UserError."""
     text = os.fspath(location)
+    if text.startswith("pipe:"):
+        raise UserError(
+            f"{text}: pipe: commands are not supported (a data set is a manifest beside its "
+            "shards, a pipe one stream): give the folder or the store URL"
+        )
     if "://" not in text:
         return Path(text)
     parts = urlsplit(text)
@@ -86,11 +91,6 @@ def is_remote(location: Location) -> bool:
 def join(root: Location, relpath: str) -> Location:
     """`relpath` (with /) below `root`."""
     return root / relpath if isinstance(root, Path) else f"{root}/{relpath}"
-
-
-def name_of(location: Location) -> str:
-    """How messages show a location: the path or the URL."""
-    return str(location)
 
 
 def _filesystem(url: str) -> Any:
@@ -279,7 +279,7 @@ def open_shard(
 def cached_copy(url: str, sha256: str, cache_dir: Path) -> Path:
     """The local copy of `url` in `cache_dir`, named by its content hash: downloaded (and
     checked) when absent or damaged, so a node fetches each shard at most once."""
-    from seqtrain.data.format import sha256_file
+    from seqtrain.data.format import sha256_file  # format reads through this module
 
     path = Path(cache_dir) / f"{sha256}.tar"
     with contextlib.suppress(OSError):
