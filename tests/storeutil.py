@@ -66,9 +66,11 @@ def http_server(root: Path, port: int | None = None) -> Server:
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
-    """The standard AWS variables pointing the S3 client at `endpoint`, plus fast retries."""
+    """The standard AWS variables pointing the S3 client at `endpoint`, plus fast retries
+    (the client's own retries off: seqtrain's are under test)."""
     return {
         "AWS_ENDPOINT_URL": endpoint,
+        "AWS_MAX_ATTEMPTS": "1",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -17,7 +17,7 @@ from conftest import tiny_generate_argv
 from storeutil import BUCKET, FAST_RETRIES, http_server, moto_server, s3_env
 from test_faults_train import assert_checkpoints_loadable, epoch_of, error_line
 from test_train import train_argv
-from trainutil import cpu_env, launch_argv
+from trainutil import cpu_env, free_port, launch_argv
 
 from data_gen.cli import main as data_main
 from data_gen.verify import verify
@@ -130,6 +130,7 @@ def test_num_nodes_and_finalize_against_a_bucket(s3, mnist_dir: Path, tiny_shard
     assert json.loads(raw.cat_file(f"{url[5:]}/{MANIFEST_NAME}")) == local
 
 
+@pytest.mark.faults
 def test_flipped_byte_is_an_error_naming_the_url(s3, tiny_shards: Path, capsys) -> None:
     _, raw = s3
     url = put_folder(raw, tiny_shards, "flipped")
@@ -147,6 +148,7 @@ def test_flipped_byte_is_an_error_naming_the_url(s3, tiny_shards: Path, capsys) 
     assert f"BAD {url}/{shard}: sha256 differs" in capsys.readouterr().err
 
 
+@pytest.mark.faults
 def test_missing_object_is_one_line_naming_it(s3, tiny_shards: Path, capsys) -> None:
     _, raw = s3
     url = put_folder(raw, tiny_shards, "holed")
@@ -166,6 +168,7 @@ def test_missing_object_is_one_line_naming_it(s3, tiny_shards: Path, capsys) -> 
         )
 
 
+@pytest.mark.faults
 def test_wrong_credential_is_one_line() -> None:
     server = moto_server(auth=True).start()
     try:
@@ -180,6 +183,21 @@ def test_wrong_credential_is_one_line() -> None:
     )
 
 
+@pytest.mark.faults
+def test_store_gone_is_one_line_after_retries() -> None:
+    """Nothing listens at the endpoint (a store that died): each read is retried, then one
+    line names the URL and the last failure."""
+    url = f"s3://{BUCKET}/tiny"
+    env = s3_env(f"http://127.0.0.1:{free_port()}")
+    done = run_cli([sys.executable, "-m", "data_gen", "verify", url], env)
+    assert done.returncode == 2
+    line = error_line(done.stderr)
+    prefix = f"seqtrain-data: error: {url}/{MANIFEST_NAME}: unreachable after 3 tries"
+    assert line.startswith(prefix), line
+    assert "Could not connect to the endpoint URL" in line, line
+
+
+@pytest.mark.faults
 def test_missing_store_client_names_the_extra() -> None:
     code = "import sys; sys.modules['s3fs'] = None; from data_gen.cli import main; main()"
     done = run_cli([sys.executable, "-c", code, "verify", "s3://b/data"], {})
