@@ -90,7 +90,9 @@ def test_file_url_is_the_folder_and_other_forms_are_one_line(tiny_shards: Path) 
         load_manifest("pipe:curl -s x")
 
 
-def test_generate_to_bucket_equals_local_folder(bucket_shards: str, tiny_shards: Path, s3) -> None:
+def test_generate_to_bucket_equals_local_folder(
+    bucket_shards: str, tiny_shards: Path, s3, tmp_path: Path
+) -> None:
     _, raw = s3
     local = json.loads((tiny_shards / MANIFEST_NAME).read_text())
     assert json.loads(raw.cat_file(f"{bucket_shards[5:]}/{MANIFEST_NAME}")) == local
@@ -98,6 +100,8 @@ def test_generate_to_bucket_equals_local_folder(bucket_shards: str, tiny_shards:
         relpath = shard.path.relative_to(tiny_shards)
         assert raw.cat_file(f"{bucket_shards[5:]}/{relpath}") == shard.path.read_bytes()
     assert verify(bucket_shards) == 0
+    data_main(["preview", bucket_shards, "-n", "4", "-o", str(tmp_path / "grid.png")])
+    assert (tmp_path / "grid.png").stat().st_size > 0
 
 
 def test_rerun_uploads_only_missing_or_wrong(s3, mnist_dir: Path, capsys) -> None:

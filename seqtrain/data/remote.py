@@ -150,8 +150,7 @@ class _Retrier:
         """Sleep before the next try, or raise the StorageError that ends the tries."""
         reason = _permanent_reason(error)
         if reason is not None:
-            missing = isinstance(error, FileNotFoundError)
-            raise StorageError(self.url, reason, missing) from None
+            raise StorageError(self.url, reason, missing=reason == MISSING) from None
         if self.failures >= self.retries:
             shown = error.__cause__ or error  # fsspec's HTTP errors wrap the real one
             detail = str(shown).splitlines()[0] if str(shown) else type(shown).__name__
