@@ -51,7 +51,8 @@ class DataConfig:
     remote shards anew each epoch. Ignored for local folders."""
     skip_corrupt: bool = False
     """At start, decode every shard (and hash it with --verify-shards) and leave out the missing
-    or damaged ones, counted and logged, instead of stopping with an error."""
+    or damaged ones, counted and logged, instead of stopping with an error (remote shards: the
+    missing ones)."""
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "--batch-size", "must be > 0")

@@ -247,17 +247,25 @@ def test_cache_downloads_once_and_refetches_a_damaged_copy(
 def test_two_ranks_from_bucket_equal_local_folder(
     bucket_shards: str, tiny_shards: Path, s3, tmp_path: Path
 ) -> None:
-    """The same 2-rank run from the bucket and from the folder: the same test metrics; then
+    """The same 2-rank run from the bucket (through a cache) and from the folder: the same test
+    metrics, every shard read cached once; then
     `seqtrain evaluate --shards URL` of the bucket run (one process) gives them again."""
     endpoint, _ = s3
     env = s3_env(endpoint)
     metrics = {}
-    for name, shards in (("bucket", bucket_shards), ("folder", str(tiny_shards))):
-        args = train_argv(shards, tmp_path, name, "--epochs", "1", "--num-workers", "1")  # type: ignore[arg-type]
+    cache = tmp_path / "cache"  # shared by both ranks and their workers, as on one node
+    for name, shards, extra in (
+        ("bucket", bucket_shards, ["--cache-dir", str(cache)]),
+        ("folder", str(tiny_shards), []),
+    ):
+        args = train_argv(shards, tmp_path, name, "--epochs", "1", "--num-workers", "1", *extra)  # type: ignore[arg-type]
         done = run_cli([*launch_argv(), *args, "--wandb-mode", "disabled"], env)
         assert done.returncode == 0, done.stderr[-3000:]
         metrics[name] = json.loads((tmp_path / name / "test_metrics.json").read_text())
     assert metrics["bucket"] == metrics["folder"]
+    manifest = load_manifest(tiny_shards)
+    read = [*manifest.shards("train", 0), *manifest.shards("val"), *manifest.shards("test")]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s.sha256}.tar" for s in read)
     out = tmp_path / "evaluated.json"
     evaluate = ["evaluate", "--checkpoint", str(tmp_path / "bucket"), "--shards", bucket_shards]
     done = run_cli([sys.executable, "-m", "seqtrain", *evaluate, "--json", str(out)], env)
