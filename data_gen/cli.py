@@ -12,6 +12,7 @@ from data_gen.generate import generate
 from data_gen.preview import PreviewConfig, preview
 from data_gen.verify import VerifyConfig, verify
 from seqtrain.cliparse import parse_config
+from seqtrain.data.remote import locate
 from seqtrain.errors import report_user_errors
 from seqtrain.subcommands import Commands, dispatch
 
@@ -36,7 +37,7 @@ COMMANDS: Commands = {
         "render shards (this node's part) and, alone, the manifest",
     ),
     "finalize": (
-        _parsed(FinalizeConfig, lambda c: finalize(c.out), "finalize"),
+        _parsed(FinalizeConfig, lambda c: finalize(locate(c.out)), "finalize"),
         "merge all nodes' parts: manifest",
     ),
     "verify": (_parsed(VerifyConfig, _verify, "verify"), "check every shard against the manifest"),

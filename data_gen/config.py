@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from seqtrain.data.remote import Location, locate
 from seqtrain.errors import UserError
 
 
@@ -13,8 +14,9 @@ from seqtrain.errors import UserError
 class GenConfig:
     """Render augmented digit sequences into WebDataset shards under --out."""
 
-    out: Path = Path("data/shards")
-    """Output folder (shards, manifest.json)."""
+    out: str = "data/shards"
+    """Output folder or URL (s3://, gs://, file://) for the shards and manifest.json. To a
+    store, each shard is rendered in a local temporary folder, then uploaded."""
     mnist_dir: Path | None = None
     """Local MNIST folder: the 4 IDX files (.gz or not) or torchvision's root.
     Default: $SEQTRAIN_MNIST_DIR, else download to --download-dir."""
@@ -46,6 +48,7 @@ class GenConfig:
     """Allow replacing a folder generated with a different config."""
 
     def __post_init__(self) -> None:
+        locate(self.out)  # an unknown URL scheme fails here, naming it
         for flag, value in [
             ("--train-size", self.train_size),
             ("--val-size", self.val_size),
@@ -63,6 +66,11 @@ class GenConfig:
             raise UserError(f"--node-rank must be in [0, {self.num_nodes}), got {self.node_rank}")
         if any(w < 0 for w in self.length_weights) or sum(self.length_weights) <= 0:
             raise UserError("--length-weights must be >= 0 and sum to a positive number")
+
+    @property
+    def location(self) -> Location:
+        """--out as a local folder (`Path`) or a store URL (`str`)."""
+        return locate(self.out)
 
     @property
     def num_workers(self) -> int:

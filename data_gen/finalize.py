@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import tyro
@@ -12,9 +11,9 @@ from data_gen.config import GenConfig
 from data_gen.mnist import MD5
 from data_gen.outdir import GENERATOR, fingerprint, output_config, read_run_config
 from data_gen.plan import node_jobs, plan_jobs
-from data_gen.writer import ShardRecord, read_record
-from seqtrain.atomic import atomic_write_json
+from data_gen.writer import ShardRecord, is_stored, read_record
 from seqtrain.data.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, NUM_CLASSES, SPLITS
+from seqtrain.data.remote import Location, join, write_json
 from seqtrain.errors import UserError
 
 _SHOW_MISSING = 5
@@ -24,12 +23,13 @@ _SHOW_MISSING = 5
 class FinalizeConfig:
     """Write OUT/manifest.json once every node of a multi-node `generate` has finished."""
 
-    out: tyro.conf.Positional[Path]
-    """The --out folder all nodes wrote to."""
+    out: tyro.conf.Positional[str]
+    """The --out folder or URL all nodes wrote to."""
 
 
-def finalize(out: Path) -> Path:
-    """Check that every planned shard has a record of this config, then write the manifest."""
+def finalize(out: Location) -> Location:
+    """Check that every planned shard has a record of this config and is present in the
+    folder or store (with the record's size where it is known), then write the manifest."""
     cfg = read_run_config(out)
     jobs = plan_jobs(cfg)
     mine = fingerprint(cfg)
@@ -37,7 +37,7 @@ def finalize(out: Path) -> Path:
     missing: list[str] = []
     for job in jobs:
         record = read_record(out, job)
-        if record is None or record.fingerprint != mine or not (out / job.relpath).is_file():
+        if record is None or record.fingerprint != mine or not is_stored(out, job, record):
             missing.append(job.relpath)
         else:
             records.append(record)
@@ -57,9 +57,9 @@ def finalize(out: Path) -> Path:
         "samples_per_epoch": {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size},
         "splits": {split: _split_entry(split, records) for split in SPLITS},
     }
-    path = out / MANIFEST_NAME
+    path = join(out, MANIFEST_NAME)
     try:
-        atomic_write_json(path, manifest)
+        write_json(path, manifest)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     print(f"wrote {path}: {len(records)} shards")

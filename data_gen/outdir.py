@@ -13,9 +13,9 @@ from pathlib import Path
 import data_gen
 from data_gen.config import GenConfig
 from data_gen.plan import ShardJob
-from seqtrain.atomic import atomic_write_json, read_json_object
 from seqtrain.cliparse import config_from_dict, config_to_dict
 from seqtrain.data.format import MANIFEST_NAME, SPLITS
+from seqtrain.data.remote import Location, join, read_if_present, read_json, write_json
 from seqtrain.errors import UserError
 
 RUN_FILE = "generate.json"
@@ -44,24 +44,23 @@ def fingerprint(cfg: GenConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def record_path(out: Path, job: ShardJob) -> Path:
-    return out / RECORDS_DIR / f"{job.relpath}.json"
+def record_path(out: Location, job: ShardJob) -> Location:
+    return join(out, f"{RECORDS_DIR}/{job.relpath}.json")
 
 
-def read_run_config(out: Path) -> GenConfig:
-    """The config a folder was generated with (for finalize)."""
-    path = out / RUN_FILE
-    saved = read_json_object(path, f"run `seqtrain-data generate --out {out}`")
+def read_run_config(out: Location) -> GenConfig:
+    """The config a folder or store was generated with (for finalize)."""
+    saved = read_json(join(out, RUN_FILE), f"run `seqtrain-data generate --out {out}`")
     num_nodes = saved.get("num_nodes", 1)
     return config_from_dict(GenConfig, {**saved["config"], "out": str(out), "num_nodes": num_nodes})
 
 
 def claim(cfg: GenConfig, planned: list[ShardJob]) -> None:
     """Make OUT ours for this config, or raise a one-line error; never touches foreign files."""
-    out = cfg.out
+    out = cfg.location
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    saved = _saved_fingerprint(out)
+    saved = saved_fingerprint(out)
     mine = fingerprint(cfg)
     if saved != mine and out.is_dir() and any(out.iterdir()):
         if not cfg.overwrite:
@@ -72,21 +71,26 @@ def claim(cfg: GenConfig, planned: list[ShardJob]) -> None:
             )
         _remove_stale(out, planned)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        out / RUN_FILE,
+    write_run_file(cfg)
+
+
+def write_run_file(cfg: GenConfig) -> None:
+    write_json(
+        join(cfg.location, RUN_FILE),
         # num_nodes is not part of the fingerprint: it only tells finalize who owns what.
         {
             "generator": GENERATOR,
             "config": output_config(cfg),
-            "fingerprint": mine,
+            "fingerprint": fingerprint(cfg),
             "num_nodes": cfg.num_nodes,
         },
     )
 
 
-def _saved_fingerprint(out: Path) -> str | None:
+def saved_fingerprint(out: Location) -> str | None:
+    """The fingerprint in OUT/generate.json, None without a readable one."""
     try:
-        return json.loads((out / RUN_FILE).read_text())["fingerprint"]
+        return json.loads(read_if_present(join(out, RUN_FILE)) or b"")["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -12,6 +12,7 @@ import tyro
 
 from seqtrain.atomic import atomic_open
 from seqtrain.data.format import SPLITS, iter_shard_chunks, load_manifest, sequence_text
+from seqtrain.data.remote import open_shard
 from seqtrain.errors import UserError
 
 _COLUMNS = 4
@@ -21,8 +22,8 @@ _COLUMNS = 4
 class PreviewConfig:
     """Draw the first samples of a split with their labels."""
 
-    out: tyro.conf.Positional[Path]
-    """The generated data folder."""
+    out: tyro.conf.Positional[str]
+    """The generated data folder or URL (s3://, gs://, http(s)://, file://)."""
     split: str = "train"
     """train, val or test."""
     num: Annotated[int, tyro.conf.arg(aliases=("-n",))] = 16
@@ -37,15 +38,16 @@ class PreviewConfig:
             raise UserError(f"-n must be > 0, got {self.num}")
 
 
-def first_samples(out: Path, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+def first_samples(out: str | Path, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to n (image, label) pairs from the split's first shards, in order."""
     images, labels = [], []
     for shard in load_manifest(out).shards(split, 0):
-        for _, chunk_images, chunk_labels in iter_shard_chunks(shard.path):
-            images.append(chunk_images)
-            labels.append(chunk_labels)
-            if sum(map(len, images)) >= n:
-                return np.concatenate(images)[:n], np.concatenate(labels)[:n]
+        with open_shard(shard.path, shard.sha256) as stream:
+            for _, chunk_images, chunk_labels in iter_shard_chunks(stream):
+                images.append(chunk_images)
+                labels.append(chunk_labels)
+                if sum(map(len, images)) >= n:
+                    return np.concatenate(images)[:n], np.concatenate(labels)[:n]
     return np.concatenate(images)[:n], np.concatenate(labels)[:n]
 
 

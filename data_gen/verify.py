@@ -15,12 +15,13 @@ from seqtrain.data.format import SPLITS, load_manifest, shard_problem
 class VerifyConfig:
     """Check every shard listed in OUT/manifest.json; exit 1 naming each bad one."""
 
-    out: tyro.conf.Positional[Path]
-    """The generated data folder."""
+    out: tyro.conf.Positional[str]
+    """The generated data folder or URL (s3://, gs://, http(s)://, file://)."""
 
 
-def verify(out: Path) -> int:
-    """Print a per-split summary; returns the number of bad shards."""
+def verify(out: str | Path) -> int:
+    """Print a per-split summary; returns the number of bad shards. Remote shards are each
+    downloaded once, hashed and decoded on the way."""
     manifest = load_manifest(out)
     bad = 0
     for split in SPLITS:

@@ -21,6 +21,7 @@ from data_gen.splits import DigitPool, digit_pools
 from data_gen.stitch import Sequences, compose
 from seqtrain.atomic import atomic_write_bytes, atomic_write_json
 from seqtrain.data.format import BLANK, NUM_CLASSES, NUM_SLOTS, sha256_file, shard_bytes
+from seqtrain.data.remote import Location, join, object_size, read_if_present
 from seqtrain.errors import UserError
 
 
@@ -35,6 +36,7 @@ class ShardRecord:
     label_histogram: list[int]  # over all slots, classes 0-9 and BLANK
     length_histogram: list[int]  # sequences of length 1, 2, 3
     fingerprint: str
+    size: int = 0  # bytes of the shard (0 in records written before it was kept)
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,10 @@ class WriterContext:
     fingerprint: str
 
     @classmethod
-    def from_config(cls, cfg: GenConfig, mnist: Mnist) -> WriterContext:
+    def from_config(cls, cfg: GenConfig, mnist: Mnist, out: Path | None = None) -> WriterContext:
+        """`out`: where shards are written, default --out (a local folder)."""
         return cls(
-            out=cfg.out,
+            out=out or cfg.location,
             pools=digit_pools(mnist, cfg.seed),
             seed=cfg.seed,
             length_weights=cfg.length_weights,
@@ -88,6 +91,7 @@ def produce(job: ShardJob, ctx: WriterContext) -> tuple[ShardRecord, bool]:
         label_histogram=np.bincount(seqs.labels.ravel(), minlength=NUM_CLASSES).tolist(),
         length_histogram=_length_histogram(seqs.labels),
         fingerprint=ctx.fingerprint,
+        size=len(data),
     )
     try:
         atomic_write_bytes(ctx.out / job.relpath, data)
@@ -98,9 +102,10 @@ def produce(job: ShardJob, ctx: WriterContext) -> tuple[ShardRecord, bool]:
     return record, True
 
 
-def read_record(out: Path, job: ShardJob) -> ShardRecord | None:
+def read_record(out: Location, job: ShardJob) -> ShardRecord | None:
+    """The job's record in a folder or store; None if absent or unreadable."""
     try:
-        return ShardRecord(**json.loads(record_path(out, job).read_text()))
+        return ShardRecord(**json.loads(read_if_present(record_path(out, job)) or b""))
     except (OSError, ValueError, TypeError):
         return None
 
@@ -119,3 +124,9 @@ def completed_record(job: ShardJob, ctx: WriterContext) -> ShardRecord | None:
 def _length_histogram(labels: np.ndarray) -> list[int]:
     lengths = (labels != BLANK).sum(axis=1)
     return np.bincount(lengths, minlength=NUM_SLOTS + 1)[1:].tolist()
+
+
+def is_stored(out: Location, job: ShardJob, record: ShardRecord) -> bool:
+    """The job's shard is in the folder or store, with the record's size when it has one."""
+    size = object_size(join(out, job.relpath))
+    return size is not None and (record.size == 0 or size == record.size)

@@ -22,8 +22,9 @@ def _require(condition: bool, flag: str, message: str) -> None:
 
 @dataclass
 class DataConfig:
-    shards: Path = Path("data/shards")
-    """Folder written by `seqtrain-data generate` (holds manifest.json)."""
+    shards: str = "data/shards"
+    """Folder or URL (s3://, gs://, http(s)://, file://) written by `seqtrain-data generate`
+    (holds manifest.json). Remote shards are streamed, never downloaded whole first."""
     batch_size: int = 128
     """Training batch size per process."""
     eval_batch_size: int = 1000
@@ -43,10 +44,15 @@ class DataConfig:
     catches any flipped byte (as `seqtrain-data verify` does). The processes split the shards,
     so the data is read once per job (seconds for the default 2.5 GB). With
     --no-verify-shards, damage is found when a shard is read, except bytes flipped inside
-    image payloads."""
+    image payloads. Remote shards are only looked up at start: each is hashed as it streams."""
+    cache_dir: Path | None = None
+    """Keep each remote shard here once downloaded (checked by sha256 on every use, fetched
+    again if damaged), so a node downloads it at most once over all epochs; default: stream
+    remote shards anew each epoch. Ignored for local folders."""
     skip_corrupt: bool = False
     """At start, decode every shard (and hash it with --verify-shards) and leave out the missing
-    or damaged ones, counted and logged, instead of stopping with an error."""
+    or damaged ones, counted and logged, instead of stopping with an error (remote shards: the
+    missing ones)."""
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "--batch-size", "must be > 0")

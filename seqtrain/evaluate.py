@@ -33,8 +33,9 @@ class EvaluateConfig:
 
     checkpoint: Path
     """Run folder (its best checkpoint), checkpoint folder or export folder."""
-    shards: Path
-    """Folder written by `seqtrain-data generate` (holds manifest.json)."""
+    shards: str
+    """Folder or URL (s3://, gs://, http(s)://, file://) written by `seqtrain-data generate`
+    (holds manifest.json)."""
     split: Literal["train", "val", "test"] = "test"
     """Split to evaluate (generator epoch 0 for train)."""
     json: Path | None = None

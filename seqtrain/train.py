@@ -148,7 +148,7 @@ def _build(cfg: RunConfig) -> Session:
     join_processes(cfg)
     run_name = cfg.train.run_name or from_main_process(datetime.now().strftime("%Y%m%d-%H%M%S"))
     run_dir = cfg.train.output_dir / run_name
-    manifest, skipped = _usable_shards(load_manifest(cfg.data.shards), cfg)
+    manifest, skipped = _usable_shards(load_manifest(cfg.data.shards, cfg.data.cache_dir), cfg)
     accelerator = make_accelerator(cfg, run_dir)
     model, optimizer = build_model_and_optimizer(cfg, accelerator)
     total_steps = sum(

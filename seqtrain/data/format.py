@@ -9,7 +9,8 @@ cheaper than decoding hundreds of tiny PNGs):
 
 Keys are globally unique: `<split>-e<epoch>-s<shard>-c<chunk>`. Tar metadata is fixed
 (mtime 0, uid/gid 0, mode 0644), so the same arrays always give byte-identical shards.
-`manifest.json` at the data root lists every shard with its sample count and sha256.
+`manifest.json` at the data root lists every shard with its sample count and sha256. The root
+is a local folder or a URL (`seqtrain.data.remote`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,20 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
-from seqtrain.atomic import read_json_object
+from seqtrain.data.remote import (
+    Location,
+    StorageError,
+    is_remote,
+    join,
+    locate,
+    object_size,
+    open_shard,
+    read_json,
+)
 from seqtrain.errors import UserError
 
 DIGIT_SIZE = 28
@@ -96,11 +107,16 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def iter_shard_chunks(path: str | Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Yield (key, images, labels) per chunk, checking shapes; raises ValueError on damage."""
+def iter_shard_chunks(
+    source: str | Path | IO[bytes],
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield (key, images, labels) per chunk of a shard file or stream, checking shapes;
+    raises ValueError on damage."""
     pending: dict[str, dict[str, np.ndarray]] = {}
+    # A file is read as is, a stream (remote shard) front to back.
+    where = {"name": source} if isinstance(source, str | Path) else {"fileobj": source}
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with tarfile.open(**where, mode="r:" if "name" in where else "r|") as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
                 if ext not in (IMAGE_EXT, LABEL_EXT) or not member.isfile():
@@ -130,19 +146,22 @@ def check_chunk(key: str, images: np.ndarray, labels: np.ndarray) -> tuple[np.nd
 
 @dataclass(frozen=True)
 class ShardInfo:
-    path: Path
+    path: Location
     split: str
     epoch: int
     count: int
     sha256: str
+    cache_dir: Path | None = None
+    """Where remote shards are kept once downloaded (None: streamed each time)."""
 
 
 @dataclass(frozen=True)
 class Manifest:
     """The parts of manifest.json the trainer needs, validated."""
 
-    root: Path
+    root: Location
     raw: dict
+    cache_dir: Path | None = None
 
     @property
     def config(self) -> dict:
@@ -153,7 +172,14 @@ class Manifest:
 
     def shards(self, split: str, epoch: int = 0) -> list[ShardInfo]:
         return [
-            ShardInfo(self.root / s["path"], split, s["epoch"], s["count"], s["sha256"])
+            ShardInfo(
+                join(self.root, s["path"]),
+                split,
+                s["epoch"],
+                s["count"],
+                s["sha256"],
+                self.cache_dir,
+            )
             for s in self.raw["splits"][split]["shards"]
             if s["epoch"] == epoch
         ]
@@ -163,7 +189,10 @@ class Manifest:
 
 
 def shard_problem(shard: ShardInfo, check_sha256: bool = True) -> str | None:
-    """Why a shard is bad (missing, sha256 differs, does not decode, wrong count), or None."""
+    """Why a shard is bad (missing, sha256 differs, does not decode, wrong count), or None.
+    A remote shard is downloaded once, hashed and decoded on the way."""
+    if is_remote(shard.path):
+        return _remote_shard_problem(shard, check_sha256)
     if not shard.path.is_file():
         return "missing"
     if check_sha256 and sha256_file(shard.path) != shard.sha256:
@@ -172,21 +201,45 @@ def shard_problem(shard: ShardInfo, check_sha256: bool = True) -> str | None:
         count = sum(len(labels) for _, _, labels in iter_shard_chunks(shard.path))
     except ValueError as e:
         return f"does not decode: {e}"
+    return _count_problem(count, shard)
+
+
+def _remote_shard_problem(shard: ShardInfo, check_sha256: bool) -> str | None:
+    try:
+        with open_shard(shard.path, shard.sha256 if check_sha256 else None) as stream:
+            count = sum(len(labels) for _, _, labels in iter_shard_chunks(stream))
+    except StorageError as e:
+        return e.reason
+    except ValueError as e:
+        return f"does not decode: {e}"
+    return _count_problem(count, shard)
+
+
+def _count_problem(count: int, shard: ShardInfo) -> str | None:
     return None if count == shard.count else f"{count} samples, manifest says {shard.count}"
+
+
+def _startup_problem(shard: ShardInfo, check_sha256: bool) -> str | None:
+    """`shard_problem` for local shards. A remote shard is only looked up (its sha256 is
+    checked while it streams): reading the whole set at start would download it twice."""
+    if is_remote(shard.path):
+        return None if object_size(shard.path) is not None else "missing"
+    return shard_problem(shard, check_sha256)
 
 
 def shard_problems(
     manifest: Manifest, check_sha256: bool, part: int = 0, num_parts: int = 1
 ) -> dict[str, str]:
     """Decode (and with `check_sha256` hash) every `num_parts`-th listed shard from `part`:
-    {path: problem} of the bad ones. Ranks check disjoint parts, so the data is read once."""
+    {path: problem} of the bad ones. Ranks check disjoint parts, so the data is read once.
+    Remote shards are only looked up (see `_startup_problem`)."""
     shards = [
         shard
         for split in SPLITS
         for epoch in range(manifest.epochs(split))
         for shard in manifest.shards(split, epoch)
     ]
-    problems = {str(s.path): shard_problem(s, check_sha256) for s in shards[part::num_parts]}
+    problems = {str(s.path): _startup_problem(s, check_sha256) for s in shards[part::num_parts]}
     return {path: problem for path, problem in problems.items() if problem}
 
 
@@ -203,17 +256,19 @@ def checked_manifest(
     raw = copy.deepcopy(manifest.raw)
     for split in SPLITS:
         shards = raw["splits"][split]["shards"]
-        shards[:] = [s for s in shards if str(manifest.root / s["path"]) not in bad]
-    return Manifest(manifest.root, raw), list(bad.values())
+        shards[:] = [s for s in shards if str(join(manifest.root, s["path"])) not in bad]
+    return Manifest(manifest.root, raw, manifest.cache_dir), list(bad.values())
 
 
-def load_manifest(root: str | Path) -> Manifest:
-    """Read and validate `root/manifest.json`; every problem is a one-line UserError."""
-    root = Path(root)
-    path = root / MANIFEST_NAME
-    if not root.is_dir():
+def load_manifest(location: str | Path, cache_dir: Path | None = None) -> Manifest:
+    """Read and validate `location/manifest.json` (a folder or URL, see
+    `seqtrain.data.remote.locate`); every problem is a one-line UserError. `cache_dir` keeps
+    downloaded remote shards."""
+    root = locate(location)
+    path = join(root, MANIFEST_NAME)
+    if not is_remote(root) and not root.is_dir():
         raise UserError(f"shard folder {root} does not exist (generate it with `seqtrain-data`)")
-    raw = read_json_object(path, f"is {root} a seqtrain-data output folder?")
+    raw = read_json(path, f"is {root} a seqtrain-data output folder?")
     if raw.get("format") != FORMAT_NAME:
         raise UserError(f"{path} is not a {FORMAT_NAME} manifest")
     if raw.get("format_version") != FORMAT_VERSION:
@@ -229,4 +284,4 @@ def load_manifest(root: str | Path) -> Manifest:
                 (s["path"], int(s["epoch"]), int(s["count"]), str(s["sha256"]))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path} is malformed ({type(e).__name__}: {e})") from None
-    return Manifest(root, raw)
+    return Manifest(root, raw, cache_dir)

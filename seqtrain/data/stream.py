@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import chain, islice
+from typing import IO
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from seqtrain.config import DataConfig
 from seqtrain.data.format import IMAGE_EXT, LABEL_EXT, Manifest, ShardInfo, check_chunk
+from seqtrain.data.remote import StorageError, open_shard
 from seqtrain.errors import UserError
 
 Batch = tuple[Tensor, Tensor]
@@ -187,10 +189,14 @@ def shuffled_shard_order(
 class _Piece:
     """Samples [start, stop) of one shard of `count` samples."""
 
-    path: str
+    shard: ShardInfo
     start: int
     stop: int
     count: int
+
+    @property
+    def path(self) -> str:
+        return str(self.shard.path)
 
 
 def sample_pieces(
@@ -206,7 +212,7 @@ def sample_pieces(
         for shard in order(cycle):
             lo, hi = max(start, base), min(end, base + shard.count)
             if lo < hi:
-                pieces.append(_Piece(str(shard.path), lo - base, hi - base, shard.count))
+                pieces.append(_Piece(shard, lo - base, hi - base, shard.count))
             base += shard.count
         cycle += 1
     return pieces
@@ -241,15 +247,19 @@ def read_chunks(pieces: Iterable[_Piece]) -> Iterator[Chunk]:
 def _read_piece(piece: _Piece) -> Iterator[Chunk]:
     offset = 0  # index in the shard of the first sample of the current chunk
     to_end = piece.stop == piece.count  # then read on, to catch samples beyond the count
+    shard = piece.shard
     try:
-        for sample in wds.tarfile_samples([{"url": piece.path}]):
-            if offset >= piece.stop and not to_end:
-                break
-            images, labels = _decode(sample)
-            lo, hi = max(piece.start - offset, 0), min(piece.stop - offset, len(images))
-            if lo < hi:
-                yield images[lo:hi], labels[lo:hi]
-            offset += len(images)
+        with open_shard(shard.path, shard.sha256, shard.cache_dir) as stream:
+            for sample in _tar_samples(stream, piece.path):
+                if offset >= piece.stop and not to_end:
+                    break
+                images, labels = _decode(sample)
+                lo, hi = max(piece.start - offset, 0), min(piece.stop - offset, len(images))
+                if lo < hi:
+                    yield images[lo:hi], labels[lo:hi]
+                offset += len(images)
+    except StorageError as e:
+        raise UserError(f"shard {e}") from None
     except FileNotFoundError:
         raise UserError(f"shard {piece.path} is missing") from None
     except Exception as e:
@@ -260,6 +270,13 @@ def _read_piece(piece: _Piece) -> Iterator[Chunk]:
         raise UserError(f"shard {piece.path} holds {offset} samples, fewer than its manifest count")
     if to_end and offset > piece.count:
         raise UserError(f"shard {piece.path} holds {offset} samples, its manifest {piece.count}")
+
+
+def _tar_samples(stream: IO[bytes], url: str) -> Iterator[dict]:
+    """webdataset's tar stages over an opened shard (`wds.tarfile_samples` minus its opener)."""
+    return wds.tariterators.group_by_keys(
+        wds.tariterators.tar_file_expander([{"url": url, "stream": stream}])
+    )
 
 
 def _decode(sample: dict) -> Chunk:
