@@ -72,7 +72,12 @@ def evaluate_model(
     model.eval()
     metrics = SequenceMetrics(accelerator.device)
     loader = eval_loader(
-        manifest, data, split, accelerator.process_index, accelerator.num_processes
+        manifest,
+        data,
+        split,
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.device,
     )
     for images, labels in loader:
         x, y = to_device(images, labels, accelerator.device, channels_last)

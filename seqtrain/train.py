@@ -234,6 +234,7 @@ def train_epoch(run: Session, epoch: int) -> float:
             accelerator.num_processes,
             cfg.train.seed,
             skip_batches=skip,
+            device=accelerator.device,
         )
     run.model.train()
     window = LossWindow(accelerator.device)
