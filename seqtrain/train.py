@@ -53,6 +53,7 @@ from seqtrain.errors import UserError
 from seqtrain.evaluate import evaluate_model
 from seqtrain.export import export_model
 from seqtrain.flops import device_name, flops_per_sample, peak_flops, throughput_metrics
+from seqtrain.loss_window import LossWindow
 from seqtrain.metrics import sequence_loss
 from seqtrain.models import build_model
 from seqtrain.run_files import (
@@ -291,25 +292,6 @@ def _mid_epoch_checkpoint_due(cfg: RunConfig, batch_index: int, steps: int) -> b
     """Every --checkpoint-every batches, except at the epoch's end (saved after val anyway)."""
     every = cfg.train.checkpoint_every
     return every > 0 and batch_index % every == 0 and batch_index < steps
-
-
-class LossWindow:
-    """Loss sum, batch count and first non-finite step, kept on the device: no per-step sync."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.values = torch.zeros(2, dtype=torch.float64, device=device)
-        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-        self.started = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, step: int) -> None:
-        loss = loss.detach().to(torch.float64)
-        self.values += torch.stack([loss, torch.ones_like(loss)])
-        first_bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
-        self.first_bad_step = torch.where(first_bad, step, self.first_bad_step)
-
-    def reset(self) -> None:
-        self.values.zero_()
-        self.started = time.perf_counter()
 
 
 def _check_finite(accelerator: Accelerator, window: LossWindow) -> float:
