@@ -9,8 +9,8 @@ On the training device (CUDA when present, else CPU), in one run:
   of one reference-model `train_step` (bf16 on CUDA, fp32 on CPU; channels-last);
 - the loader start-up: seconds from starting a training epoch of `train_loader` (its workers
   are started per epoch) to its first batch, and an eval pass's start-up likewise, each as a
-  share of the whole epoch / pass; and the same evaluation loader iterated a second time
-  (persistent workers: no start-up);
+  share of the whole epoch / pass; and the same val loader iterated a second time, as
+  training does every epoch (its workers persist: no second start-up);
 - staging an epoch on the device (`staged_train_loader`: read, then copy) in seconds, against
   streaming the same epoch.
 Synthetic shards in a temporary folder. Prints one JSON line (also written to --json-out).
@@ -122,7 +122,7 @@ def loader_startup(args: argparse.Namespace, root: Path, device: torch.device) -
     train_first, train_total = first_and_total(
         train_loader(manifest, cfg, 0, steps, 0, 1, seed=0, device=device)
     )
-    evaluation = eval_loader(manifest, cfg, "val", 0, 1, device=device)
+    evaluation = eval_loader(manifest, cfg, "val", 0, 1, device=device, persistent=True)
     eval_first, eval_total = first_and_total(evaluation)
     again_first, again_total = first_and_total(evaluation)
     start = time.perf_counter()

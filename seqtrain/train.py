@@ -38,7 +38,7 @@ from seqtrain.checkpoint import (
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, checked_manifest, load_manifest, shard_problems
 from seqtrain.data.staged import staged_train_loader
-from seqtrain.data.stream import train_loader, train_steps_per_epoch
+from seqtrain.data.stream import Batches, eval_loader, train_loader, train_steps_per_epoch
 from seqtrain.distributed import (
     all_reduce_sum,
     from_main_process,
@@ -113,6 +113,7 @@ class Session:
     flops_per_sample: int = 0
     peak_flops: float | None = None
     lr_history: list[float] = field(default_factory=list)
+    val_batches: Batches | None = None  # built once: its workers persist between epochs
 
     @property
     def checkpoints(self) -> Path:
@@ -333,9 +334,31 @@ def evaluate(run: Session, split: str) -> dict[str, Any]:
     """Metrics over the whole split, identical on every rank (see `evaluate_model`)."""
     model = run.accelerator.unwrap_model(run.model)
     metrics = evaluate_model(
-        model, run.accelerator, run.manifest, run.cfg.data, split, run.cfg.model.channels_last
+        model,
+        run.accelerator,
+        run.manifest,
+        run.cfg.data,
+        split,
+        run.cfg.model.channels_last,
+        _val_batches(run) if split == "val" else None,
     )
     return metrics.summary()
+
+
+def _val_batches(run: Session) -> Batches:
+    """The val loader, built at the first evaluation and kept: its workers start once per run."""
+    if run.val_batches is None:
+        accelerator = run.accelerator
+        run.val_batches = eval_loader(
+            run.manifest,
+            run.cfg.data,
+            "val",
+            accelerator.process_index,
+            accelerator.num_processes,
+            accelerator.device,
+            persistent=True,
+        )
+    return run.val_batches
 
 
 def _end_of_epoch_decisions(run: Session, val_loss: float) -> tuple[bool, bool]:

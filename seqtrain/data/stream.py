@@ -113,9 +113,11 @@ def eval_loader(
     rank: int,
     world_size: int,
     device: torch.device | None = None,
+    persistent: bool = False,
 ) -> Batches:
     """This rank's part of `split` (generator epoch 0), unshuffled, in batches of
-    `cfg.eval_batch_size` (the rank's last batch may be short).
+    `cfg.eval_batch_size` (the rank's last batch may be short). `persistent` keeps the worker
+    processes between passes (for a split evaluated again and again, such as val).
 
     Over ranks 0..world_size-1 every sample appears exactly once; a rank may get no batches
     (fewer samples than ranks), so reduce metrics once after the loop, never per batch.
@@ -134,7 +136,8 @@ def eval_loader(
         hi = min(stop, start + num_batches * (w + 1) // parts * batch)
         plans.append(sample_pieces(lambda _cycle: shards, total, lo, hi - lo))
     stages = _stages(plans, batch_size=batch, block=batch, seed=None, skip=0)
-    return Batches(_web_loader(stages, workers), 0, num_batches, pins_memory(cfg, device))
+    loader = _web_loader(stages, workers, persistent)
+    return Batches(loader, 0, num_batches, pins_memory(cfg, device))
 
 
 def pins_memory(cfg: DataConfig, device: torch.device | None) -> bool:
@@ -362,7 +365,15 @@ def _as_is(item: object) -> object:
     return item
 
 
-def _web_loader(stages: wds.DataPipeline, num_workers: int) -> wds.WebLoader:
+def _web_loader(
+    stages: wds.DataPipeline, num_workers: int, persistent: bool = False
+) -> wds.WebLoader:
     # batch_size None: the pipeline batches; collate_fn keeps the arrays (see `Chunk`);
     # `Batches` makes tensors and pins them.
-    return wds.WebLoader(stages, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+    return wds.WebLoader(
+        stages,
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_as_is,
+        persistent_workers=persistent and num_workers > 0,
+    )
