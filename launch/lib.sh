@@ -16,13 +16,34 @@ die() {
   exit 2
 }
 
-# Number of visible NVIDIA GPUs (0 without a driver).
+# Number of NVIDIA GPUs this process may use (0 without a driver). `nvidia-smi -L` lists every
+# installed GPU whatever CUDA_VISIBLE_DEVICES says, so when that is set (empty: none) its
+# entries are counted instead, read as CUDA reads them: indices, GPU-/MIG- UUIDs, and the list
+# ends at the first invalid entry (e.g. -1, or an index past the installed GPUs).
 count_gpus() {
+  local installed=0 count=0 entry entries
   if command -v nvidia-smi >/dev/null 2>&1; then
-    nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true
-  else
-    echo 0
+    installed=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   fi
+  if [ -z "${CUDA_VISIBLE_DEVICES+set}" ] || [ "$installed" -eq 0 ]; then
+    echo "$installed"
+    return
+  fi
+  IFS=, read -ra entries <<<"$CUDA_VISIBLE_DEVICES"
+  for entry in "${entries[@]}"; do
+    case $entry in
+      GPU-?* | MIG-?*) ;;
+      '' | *[!0-9]*) break ;;
+      *) [ "$((10#$entry))" -lt "$installed" ] || break ;;
+    esac
+    count=$((count + 1))
+  done
+  echo "$count"
+}
+
+# " in CUDA_VISIBLE_DEVICES='...'" when that is set (for error messages), else nothing.
+visible_set_note() {
+  [ -z "${CUDA_VISIBLE_DEVICES+set}" ] || printf " in CUDA_VISIBLE_DEVICES='%s'" "$CUDA_VISIBLE_DEVICES"
 }
 
 # Fill the multi-node variables from SLURM's where the user did not set them:
@@ -32,15 +53,24 @@ resolve_nodes() {
   MACHINE_RANK=${MACHINE_RANK:-${SLURM_NODEID:-0}}
   if [ -z "${MAIN_PROCESS_IP:-}" ]; then
     if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
-      MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+      # sed reads the whole list: `head -n 1` would exit early, and the writer's SIGPIPE
+      # fails the pipeline under `set -o pipefail` (exit 141) when the list is long enough.
+      MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
     else
       MAIN_PROCESS_IP=127.0.0.1
     fi
   fi
   MAIN_PROCESS_PORT=${MAIN_PROCESS_PORT:-29500}
-  GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-$(count_gpus)}}
+  # The visible set first: inside a job step SLURM sets CUDA_VISIBLE_DEVICES to the allocation.
+  if [ -z "${GPUS_PER_NODE:-}" ]; then
+    if [ -n "${CUDA_VISIBLE_DEVICES+set}" ] || [ -z "${SLURM_GPUS_ON_NODE:-}" ]; then
+      GPUS_PER_NODE=$(count_gpus)
+    else
+      GPUS_PER_NODE=$SLURM_GPUS_ON_NODE
+    fi
+  fi
   [ "$GPUS_PER_NODE" -gt 0 ] 2>/dev/null ||
-    die "no GPUs found: set GPUS_PER_NODE (processes per node; on CPU-only nodes too)"
+    die "no GPUs visible$(visible_set_note): set GPUS_PER_NODE (processes per node; on CPU-only nodes too)"
   if ! [ "$MACHINE_RANK" -ge 0 ] 2>/dev/null || [ "$MACHINE_RANK" -ge "$NUM_MACHINES" ]; then
     die "MACHINE_RANK=$MACHINE_RANK is outside [0, NUM_MACHINES=$NUM_MACHINES)"
   fi

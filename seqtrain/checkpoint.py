@@ -97,8 +97,21 @@ def load_checkpoint(accelerator: Accelerator, folder: Path, model_name: str) -> 
         raise UserError(
             f"checkpoint {folder} is of model {meta['model']!r}, not --model {model_name!r}"
         )
+    _check_scaler_state(accelerator, folder)
     accelerator.load_state(str(folder))
     return Position(meta["epoch"], meta["batches_done"], meta["step"])
+
+
+def _check_scaler_state(accelerator: Accelerator, folder: Path) -> None:
+    """fp16 restores a gradient scaler that only fp16 runs save: resuming a bf16 or fp32
+    checkpoint under fp16 would otherwise end in a traceback about a missing file."""
+    from accelerate.utils.constants import SCALER_NAME
+
+    if accelerator.scaler is not None and not (folder / SCALER_NAME).is_file():
+        raise UserError(
+            f"checkpoint {folder} holds no fp16 gradient-scaler state (it was trained with "
+            "--mixed-precision bf16 or no): resume it with that precision, or start a new run"
+        )
 
 
 def _write_error(e: BaseException) -> str:

@@ -34,7 +34,8 @@ class DataConfig:
     shuffle_buffer: int = 8192
     """Samples mixed in the in-memory shuffle buffer of each loader worker."""
     pin_memory: bool = True
-    """Pin host batches for faster, asynchronous copies to a CUDA device (ignored on CPU)."""
+    """Pin host batches for faster, asynchronous copies to a CUDA device (only when training
+    on one: CPU ranks, --cpu on a GPU node too, pin nothing)."""
     stage_on_device: bool = False
     """Load each epoch's training samples of this process (uint8) into device memory at the
     epoch's start and serve shuffled batches from there instead of the loader workers (same

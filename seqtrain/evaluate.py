@@ -19,7 +19,7 @@ from torch import nn
 from seqtrain.atomic import atomic_write_json
 from seqtrain.config import DataConfig, LogConfig, RunConfig, TrainConfig
 from seqtrain.data.format import NUM_SLOTS, Manifest, load_manifest
-from seqtrain.data.stream import eval_loader
+from seqtrain.data.stream import Batches, eval_loader
 from seqtrain.distributed import all_reduce_sum, join_processes, make_accelerator, to_device
 from seqtrain.errors import UserError
 from seqtrain.export import class_names, load_model, resolve_source
@@ -62,19 +62,27 @@ def evaluate_model(
     data: DataConfig,
     split: str,
     channels_last: bool = False,
+    loader: Batches | None = None,
 ) -> SequenceMetrics:
     """Metrics of `model` over the whole `split`, the same on every rank (collective).
 
     Pass the bare model (`accelerator.unwrap_model`), already on `accelerator.device`: no DDP
     collectives run per batch, so a rank with less or no data cannot hang the others. The
-    model's train/eval mode is restored afterwards.
+    model's train/eval mode is restored afterwards. `loader`: this rank's `eval_loader` of
+    `split`, when the caller keeps one (built here otherwise).
     """
     was_training = model.training
     model.eval()
     metrics = SequenceMetrics(accelerator.device)
-    loader = eval_loader(
-        manifest, data, split, accelerator.process_index, accelerator.num_processes
-    )
+    if loader is None:
+        loader = eval_loader(
+            manifest,
+            data,
+            split,
+            accelerator.process_index,
+            accelerator.num_processes,
+            accelerator.device,
+        )
     for images, labels in loader:
         x, y = to_device(images, labels, accelerator.device, channels_last)
         with accelerator.autocast():

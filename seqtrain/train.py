@@ -38,7 +38,7 @@ from seqtrain.checkpoint import (
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, checked_manifest, load_manifest, shard_problems
 from seqtrain.data.staged import staged_train_loader
-from seqtrain.data.stream import train_loader, train_steps_per_epoch
+from seqtrain.data.stream import Batches, eval_loader, train_loader, train_steps_per_epoch
 from seqtrain.distributed import (
     all_reduce_sum,
     from_main_process,
@@ -53,6 +53,7 @@ from seqtrain.errors import UserError
 from seqtrain.evaluate import evaluate_model
 from seqtrain.export import export_model
 from seqtrain.flops import device_name, flops_per_sample, peak_flops, throughput_metrics
+from seqtrain.loss_window import LossWindow
 from seqtrain.metrics import sequence_loss
 from seqtrain.models import build_model
 from seqtrain.run_files import (
@@ -112,6 +113,7 @@ class Session:
     flops_per_sample: int = 0
     peak_flops: float | None = None
     lr_history: list[float] = field(default_factory=list)
+    val_batches: Batches | None = None  # built once: its workers persist between epochs
 
     @property
     def checkpoints(self) -> Path:
@@ -234,6 +236,7 @@ def train_epoch(run: Session, epoch: int) -> float:
             accelerator.num_processes,
             cfg.train.seed,
             skip_batches=skip,
+            device=accelerator.device,
         )
     run.model.train()
     window = LossWindow(accelerator.device)
@@ -292,25 +295,6 @@ def _mid_epoch_checkpoint_due(cfg: RunConfig, batch_index: int, steps: int) -> b
     return every > 0 and batch_index % every == 0 and batch_index < steps
 
 
-class LossWindow:
-    """Loss sum, batch count and first non-finite step, kept on the device: no per-step sync."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.values = torch.zeros(2, dtype=torch.float64, device=device)
-        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-        self.started = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, step: int) -> None:
-        loss = loss.detach().to(torch.float64)
-        self.values += torch.stack([loss, torch.ones_like(loss)])
-        first_bad = (self.first_bad_step < 0) & ~torch.isfinite(loss)
-        self.first_bad_step = torch.where(first_bad, step, self.first_bad_step)
-
-    def reset(self) -> None:
-        self.values.zero_()
-        self.started = time.perf_counter()
-
-
 def _check_finite(accelerator: Accelerator, window: LossWindow) -> float:
     """Global mean loss of the window; every rank raises together if any rank saw NaN/inf."""
     bad_steps = accelerator.gather(window.first_bad_step.reshape(1)).tolist()
@@ -350,9 +334,31 @@ def evaluate(run: Session, split: str) -> dict[str, Any]:
     """Metrics over the whole split, identical on every rank (see `evaluate_model`)."""
     model = run.accelerator.unwrap_model(run.model)
     metrics = evaluate_model(
-        model, run.accelerator, run.manifest, run.cfg.data, split, run.cfg.model.channels_last
+        model,
+        run.accelerator,
+        run.manifest,
+        run.cfg.data,
+        split,
+        run.cfg.model.channels_last,
+        _val_batches(run) if split == "val" else None,
     )
     return metrics.summary()
+
+
+def _val_batches(run: Session) -> Batches:
+    """The val loader, built at the first evaluation and kept: its workers start once per run."""
+    if run.val_batches is None:
+        accelerator = run.accelerator
+        run.val_batches = eval_loader(
+            run.manifest,
+            run.cfg.data,
+            "val",
+            accelerator.process_index,
+            accelerator.num_processes,
+            accelerator.device,
+            persistent=True,
+        )
+    return run.val_batches
 
 
 def _end_of_epoch_decisions(run: Session, val_loss: float) -> tuple[bool, bool]:

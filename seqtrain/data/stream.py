@@ -70,12 +70,14 @@ def train_loader(
     world_size: int,
     seed: int,
     skip_batches: int = 0,
+    device: torch.device | None = None,
 ) -> Batches:
     """This rank's training batches of `epoch`: exactly `steps - skip_batches` of them.
 
     Yields (images uint8 [B, 1, 28, 84], labels int64 [B, 3]). Do not pass the loader through
     `accelerator.prepare`: it is already split by rank. `skip_batches` resumes mid-epoch: the
-    result equals the full epoch's batches from that index on.
+    result equals the full epoch's batches from that index on. `device`: where the batches
+    go (None: they stay on the host), see `pins_memory`.
     """
     if not 0 <= skip_batches <= steps:
         raise ValueError(f"skip_batches={skip_batches} is outside [0, steps={steps}]")
@@ -103,14 +105,21 @@ def train_loader(
         skip=rounds,
     )
     loader = _web_loader(stages, cfg.num_workers).with_epoch(nbatches=steps - rounds * workers)
-    return Batches(loader, drop, steps - skip_batches, cfg.pin_memory)
+    return Batches(loader, drop, steps - skip_batches, pins_memory(cfg, device))
 
 
 def eval_loader(
-    manifest: Manifest, cfg: DataConfig, split: str, rank: int, world_size: int
+    manifest: Manifest,
+    cfg: DataConfig,
+    split: str,
+    rank: int,
+    world_size: int,
+    device: torch.device | None = None,
+    persistent: bool = False,
 ) -> Batches:
     """This rank's part of `split` (generator epoch 0), unshuffled, in batches of
-    `cfg.eval_batch_size` (the rank's last batch may be short).
+    `cfg.eval_batch_size` (the rank's last batch may be short). `persistent` keeps the worker
+    processes between passes (for a split evaluated again and again, such as val).
 
     Over ranks 0..world_size-1 every sample appears exactly once; a rank may get no batches
     (fewer samples than ranks), so reduce metrics once after the loop, never per batch.
@@ -129,7 +138,14 @@ def eval_loader(
         hi = min(stop, start + num_batches * (w + 1) // parts * batch)
         plans.append(sample_pieces(lambda _cycle: shards, total, lo, hi - lo))
     stages = _stages(plans, batch_size=batch, block=batch, seed=None, skip=0)
-    return Batches(_web_loader(stages, workers), 0, num_batches, cfg.pin_memory)
+    loader = _web_loader(stages, workers, persistent)
+    return Batches(loader, 0, num_batches, pins_memory(cfg, device))
+
+
+def pins_memory(cfg: DataConfig, device: torch.device | None) -> bool:
+    """--pin-memory applies to batches bound for a CUDA device only: pinning opens a CUDA
+    context, which a CPU rank on a GPU node (--cpu) must not do (nor hold its memory)."""
+    return cfg.pin_memory and device is not None and device.type == "cuda"
 
 
 class Batches:
@@ -139,7 +155,7 @@ class Batches:
         self._loader = loader
         self._drop = drop
         self._length = length
-        self._pin = pin_memory and torch.cuda.is_available()
+        self._pin = pin_memory
 
     def __len__(self) -> int:
         return self._length
@@ -366,7 +382,15 @@ def _as_is(item: object) -> object:
     return item
 
 
-def _web_loader(stages: wds.DataPipeline, num_workers: int) -> wds.WebLoader:
+def _web_loader(
+    stages: wds.DataPipeline, num_workers: int, persistent: bool = False
+) -> wds.WebLoader:
     # batch_size None: the pipeline batches; collate_fn keeps the arrays (see `Chunk`);
     # `Batches` makes tensors and pins them.
-    return wds.WebLoader(stages, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+    return wds.WebLoader(
+        stages,
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_as_is,
+        persistent_workers=persistent and num_workers > 0,
+    )
