@@ -30,8 +30,8 @@ def test_onecycle_rises_to_the_peak_lr_then_falls(tiny_shards: Path, tmp_path: P
     assert max(lrs) == pytest.approx(1e-2, rel=0.05)
     assert lrs[-1] == pytest.approx(1e-2 / 25 / 1e4)  # OneCycleLR defaults: div 25, final 1e4
     # CPU: achieved model TFLOP/s is logged, MFU is not (no known peak).
-    assert all(row["train/tflops"] > 0 for row in history if "train/lr" in row)
-    assert not any("train/mfu" in row for row in history)
+    assert all(row["train/tflops_job"] > 0 for row in history if "train/lr" in row)
+    assert not any("train/mfu_per_device" in row for row in history)
 
 
 def test_stage_on_device_runs_the_same_steps(tiny_shards: Path, tmp_path: Path) -> None:
