@@ -171,3 +171,29 @@ def test_deterministic_flag_sets_torch_state_and_trains(tiny_shards, tmp_path, r
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert (tmp_path / "det" / "test_metrics.json").is_file()
+
+
+# Modules whose CUDA backward torch documents as raising under use_deterministic_algorithms.
+NO_DETERMINISTIC_CUDA_BACKWARD = (
+    torch.nn.AdaptiveAvgPool2d,
+    torch.nn.AdaptiveMaxPool2d,
+    torch.nn.FractionalMaxPool2d,
+    torch.nn.ReflectionPad2d,
+    torch.nn.Upsample,
+)
+
+
+@pytest.mark.parametrize("name", ["reference", "slotnet", "slotnet_deep"])
+def test_models_train_under_deterministic_on_gpu(name):
+    from seqtrain.models import build_model
+
+    model = build_model(name)
+    bad = [m for m in model.modules() if isinstance(m, NO_DETERMINISTIC_CUDA_BACKWARD)]
+    assert not bad, f"--deterministic would stop {name} on a GPU: {bad}"
+
+
+def test_global_average_pool_is_adaptive_average_pool_to_one():
+    from seqtrain.models.slotnet import GlobalAvgPool
+
+    x = torch.randn(4, 8, 7, 7)
+    torch.testing.assert_close(GlobalAvgPool()(x), torch.nn.AdaptiveAvgPool2d(1)(x))
