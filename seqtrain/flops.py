@@ -87,9 +87,9 @@ def _tf32_allowed(op: str) -> bool:
     `fp32_precision` settings ("none" inherits from the parent); older torch the allow_tf32 flags
     (reading cudnn.allow_tf32 raises on torch >= 2.9 once the two APIs were mixed)."""
     backends = torch.backends
-    leaf = backends.cudnn.conv if op == "conv" else backends.cuda.matmul
-    if not hasattr(leaf, "fp32_precision"):
+    if not hasattr(backends, "fp32_precision"):
         return backends.cudnn.allow_tf32 if op == "conv" else backends.cuda.matmul.allow_tf32
+    leaf = backends.cudnn.conv if op == "conv" else backends.cuda.matmul
     chain = [leaf.fp32_precision, backends.cudnn.fp32_precision, backends.fp32_precision]
     return next((p for p in chain if p != "none"), "ieee") == "tf32"
 

@@ -81,8 +81,8 @@ def test_fp32_training_on_cuda_is_measured_against_the_tf32_peak_while_allowed(m
 @contextlib.contextmanager
 def _conv_tf32_off() -> Iterator[None]:
     """cuDNN convolutions in full fp32 (the new per-operator API where torch has it)."""
-    conv = torch.backends.cudnn.conv
-    new_api = hasattr(conv, "fp32_precision")
+    new_api = hasattr(torch.backends, "fp32_precision")
+    conv = torch.backends.cudnn.conv if new_api else None
     before = conv.fp32_precision if new_api else torch.backends.cudnn.allow_tf32
     try:
         if new_api:
