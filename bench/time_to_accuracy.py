@@ -48,6 +48,17 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "slotnet_plateau": ("slotnet", []),
     "reference_onecycle": ("reference", ["--sched", "onecycle"]),
     "slotnet_deep_onecycle": ("slotnet_deep", ["--sched", "onecycle", "--lr", "3e-3"]),
+    # bf16 autocast against fp32 (`auto` picks bf16 on a CPU with native bf16), two seeds each
+    # to see the seed-to-seed noise; `tiny` where bf16 is emulated and too slow for the reference
+    **{
+        f"{model}_{precision}_seed{seed}": (
+            model,
+            [*model_flags, "--mixed-precision", flag, "--seed", str(seed)],
+        )
+        for model, model_flags in (("reference", []), ("tiny", ["--lr", "1e-2"]))
+        for precision, flag in (("fp32", "no"), ("bf16", "bf16"))
+        for seed in (0, 1)
+    },
 }
 
 

@@ -23,7 +23,9 @@ quote, with the best-of-rounds samples/s beside it. Under heavy load fewer round
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import platform
 import statistics
 import tempfile
 import time
@@ -40,7 +42,7 @@ from emit import emit_result
 from torch import nn
 
 from seqtrain.config import ModelConfig, RunConfig, TrainConfig
-from seqtrain.distributed import make_accelerator, to_device
+from seqtrain.distributed import cpu_has_native_bf16, make_accelerator, to_device
 from seqtrain.train import build_model_and_optimizer, train_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,12 +148,23 @@ def trainer_options(args: argparse.Namespace) -> dict[str, tuple[bool, str, bool
         "seqtrain_fp32": (False, "no", False),
         "seqtrain_channels_last": (True, "no", False),
         "seqtrain_bf16": (False, "bf16", False),
+        # what `--mixed-precision auto` trains with on a CPU or GPU with native bf16
+        "seqtrain_bf16_channels_last": (True, "bf16", False),
     }
     if args.compile:
         options["seqtrain_channels_last_compile"] = (True, "no", True)
         if torch.cuda.is_available() and not args.cpu:
             options["seqtrain_bf16_channels_last_compile"] = (True, "bf16", True)
     return options
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what Python's platform module knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
 
 
 def timed_rate(step: Callable[[], torch.Tensor], steps: int, batch_size: int) -> float:
@@ -250,6 +263,9 @@ def main() -> None:
     record = {
         "bench": "train_throughput",
         "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "cpu_threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "rounds": rounds,
         "steps_per_round": args.steps,

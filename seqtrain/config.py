@@ -108,10 +108,16 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     """Optimizer steps per epoch; default: the epoch's training samples / global batch."""
     seed: int = 0
-    """Seed for model init, shuffling and dropout."""
+    """Seed for model init (the same on every process), shuffling and dropout (each process
+    draws its own stream derived from the seed and its rank)."""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    """Autocast precision. auto: bf16 on a CUDA GPU that supports it, else no (fp32; bf16 was
-    slower on the CPU measured). bf16 also runs on CPU; fp16 needs a GPU."""
+    """Autocast precision. auto: bf16 where the device computes it natively (a GPU of compute
+    capability >= 8.0; a CPU with avx512_bf16 or amx_bf16), else no (fp32). bf16 also runs
+    (emulated, slower) on other CPUs; fp16 needs a GPU."""
+    deterministic: bool = False
+    """Deterministic kernels only (torch.use_deterministic_algorithms, cuDNN deterministic, no
+    cuDNN benchmark, CUBLAS_WORKSPACE_CONFIG): on a GPU, reruns and resumes then give the same
+    weights as an unbroken run, at some speed cost. CPU training is deterministic without it."""
     cpu: bool = False
     """Run on CPU even when GPUs are visible (several processes form a gloo group)."""
     output_dir: Path = Path("runs")

@@ -3,13 +3,16 @@
 FLOPs are counted, not estimated: one forward pass of the model on a meta-device input under
 `torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products, 2 FLOPs per
 multiply-accumulate). A training step costs about 3x the forward (forward + backward for
-activations + backward for weights). MFU is achieved model FLOP/s over the device's dense peak
-for the precision in use; it is reported only for devices in `PEAK_FLOPS`.
+activations + backward for weights). MFU is one device's achieved model FLOP/s over its dense
+peak for the math mode in use (bf16/fp16 autocast, else TF32 where torch allows it, else fp32);
+it is reported only for GPUs in `PEAKS`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,16 +22,36 @@ from seqtrain.data.format import IMAGE_SHAPE
 
 TRAIN_FORWARD_RATIO = 3
 
-# Dense peak FLOP/s per device: (name fragment, tensor-core bf16/fp16, plain fp32), the first
-# fragment found in the device name wins (so the PCIe H100 comes before the SXM one).
-PEAK_FLOPS: tuple[tuple[str, float, float], ...] = (
-    ("H200", 989e12, 67e12),
-    ("H100 PCIe", 756e12, 51e12),
-    ("H100", 989e12, 67e12),
-    ("A100", 312e12, 19.5e12),
-    ("L40S", 362e12, 91.6e12),
-    ("A10G", 70e12, 31.2e12),
-    ("V100", 125e12, 15.7e12),
+
+@dataclass(frozen=True)
+class Peak:
+    """Dense (no sparsity) peak FLOP/s of one GPU model per math mode; None: no such unit."""
+
+    pattern: str  # regex searched in torch.cuda.get_device_name(), case-insensitive
+    fp16: float
+    bf16: float | None
+    tf32: float | None
+    fp32: float
+
+
+# NVIDIA's product datasheets (A100, A10, L4, L40S, H100, H200, V100, T4), tensor-core figures
+# halved where the sheet quotes them "with sparsity". Word boundaries keep "A10" from matching
+# "A100"/"A10G" and "H200" from matching "GH200"; the first match wins, so the NVL and PCIe
+# variants come before the plain (SXM) name.
+PEAKS: tuple[Peak, ...] = (
+    Peak(r"\bH200 NVL\b", 835.5e12, 835.5e12, 417.5e12, 60e12),
+    Peak(r"\bH200\b", 989.5e12, 989.5e12, 494.5e12, 67e12),
+    Peak(r"\bH100 NVL\b", 835.5e12, 835.5e12, 417.5e12, 60e12),
+    Peak(r"\bH100 PCIe\b", 756.5e12, 756.5e12, 378e12, 51e12),
+    Peak(r"\bH100\b", 989.5e12, 989.5e12, 494.5e12, 67e12),  # SXM5 ("H100 80GB HBM3")
+    Peak(r"\bA100\b", 312e12, 312e12, 156e12, 19.5e12),  # SXM4 and PCIe alike
+    Peak(r"\bL40S\b", 362e12, 362e12, 183e12, 91.6e12),
+    Peak(r"\bL4\b", 121e12, 121e12, 60e12, 30.3e12),
+    Peak(r"\bA10\b", 125e12, 125e12, 62.5e12, 31.2e12),
+    Peak(r"\bV100S\b", 130e12, None, None, 16.4e12),
+    Peak(r"\bV100-PCIE\b", 112e12, None, None, 14e12),
+    Peak(r"\bV100\b", 125e12, None, None, 15.7e12),  # SXM2
+    Peak(r"\bT4\b", 65e12, None, None, 8.1e12),
 )
 
 
@@ -51,14 +74,39 @@ def flops_per_sample(build: Callable[[], nn.Module], training: bool = True) -> i
     return forward_flops(build) * (TRAIN_FORWARD_RATIO if training else 1)
 
 
-def peak_flops(device_name: str | None, mixed_precision: str) -> float | None:
-    """Dense peak FLOP/s of a known GPU for the precision in use; None when unknown."""
-    if not device_name:
+def math_mode(mixed_precision: str) -> str:
+    """What the model's convolutions and matrix products compute in: the autocast dtype, or for
+    `no` TF32 where torch allows it (cuDNN convolutions do by default), else fp32."""
+    if mixed_precision in ("bf16", "fp16"):
+        return mixed_precision
+    return "tf32" if _tf32_allowed("conv") or _tf32_allowed("matmul") else "fp32"
+
+
+def _tf32_allowed(op: str) -> bool:
+    """TF32 allowed for cuDNN `conv` or cuBLAS `matmul`. torch >= 2.9 has per-operator
+    `fp32_precision` settings ("none" inherits from the parent); older torch the allow_tf32 flags
+    (reading cudnn.allow_tf32 raises on torch >= 2.9 once the two APIs were mixed)."""
+    backends = torch.backends
+    if not hasattr(backends, "fp32_precision"):
+        return backends.cudnn.allow_tf32 if op == "conv" else backends.cuda.matmul.allow_tf32
+    leaf = backends.cudnn.conv if op == "conv" else backends.cuda.matmul
+    chain = [leaf.fp32_precision, backends.cudnn.fp32_precision, backends.fp32_precision]
+    return next((p for p in chain if p != "none"), "ieee") == "tf32"
+
+
+def peak_flops(device_name: str | None, mode: str) -> tuple[str, float] | None:
+    """(math mode, dense peak FLOP/s) of a known GPU for `mode` (see `math_mode`); TF32 falls
+    back to fp32 on GPUs without TF32 units. None when the GPU or the mode is unknown."""
+    peak = next(
+        (p for p in PEAKS if device_name and re.search(p.pattern, device_name, re.IGNORECASE)),
+        None,
+    )
+    if peak is None:
         return None
-    for fragment, tensor_core, fp32 in PEAK_FLOPS:
-        if fragment.lower() in device_name.lower():
-            return fp32 if mixed_precision == "no" else tensor_core
-    return None
+    if mode == "tf32" and peak.tf32 is None:
+        mode = "fp32"
+    value = getattr(peak, mode)
+    return (mode, value) if value else None
 
 
 def device_name(device: torch.device) -> str | None:
@@ -66,12 +114,27 @@ def device_name(device: torch.device) -> str | None:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
+def mfu_peak(device: torch.device, mixed_precision: str) -> tuple[float | None, str]:
+    """The peak FLOP/s MFU is taken against on `device` (None: not logged) and a line saying
+    which, for the log at start."""
+    name = device_name(device)
+    found = peak_flops(name, math_mode(mixed_precision))
+    if found is None:
+        return None, f"MFU not logged: no known peak FLOP/s for {name or device.type}"
+    mode, value = found
+    return (
+        value,
+        f"MFU per device against the {name}'s dense {mode} peak ({value / 1e12:g} TFLOP/s)",
+    )
+
+
 def throughput_metrics(
-    samples_per_s: float, flops_per_sample: int, peak: float | None
+    job_samples_per_s: float, flops_per_sample: int, num_processes: int, peak: float | None
 ) -> dict[str, float]:
-    """`train/tflops` (achieved model TFLOP/s) and, with a known peak, `train/mfu` (0-1)."""
-    achieved = samples_per_s * flops_per_sample
-    metrics = {"train/tflops": achieved / 1e12}
+    """`train/tflops_job` (model TFLOP/s of all processes together) and, with a known peak,
+    `train/mfu_per_device` (0-1: one process's share against one device's peak)."""
+    achieved = job_samples_per_s * flops_per_sample
+    metrics = {"train/tflops_job": achieved / 1e12}
     if peak:
-        metrics["train/mfu"] = achieved / peak
+        metrics["train/mfu_per_device"] = achieved / num_processes / peak
     return metrics

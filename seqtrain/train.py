@@ -46,13 +46,14 @@ from seqtrain.distributed import (
     make_accelerator,
     prepare_model,
     resolved_precision,
+    seed_rank_streams,
     shared_across_processes,
     to_device,
 )
 from seqtrain.errors import UserError
 from seqtrain.evaluate import evaluate_model
 from seqtrain.export import export_model
-from seqtrain.flops import device_name, flops_per_sample, peak_flops, throughput_metrics
+from seqtrain.flops import flops_per_sample, mfu_peak, throughput_metrics
 from seqtrain.loss_window import LossWindow
 from seqtrain.metrics import sequence_loss
 from seqtrain.models import build_model
@@ -146,13 +147,14 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _build(cfg: RunConfig) -> Session:
-    cfg.train.mixed_precision = resolved_precision(cfg)  # saved and logged as decided
     join_processes(cfg)
+    cfg.train.mixed_precision = resolved_precision(cfg)  # on this rank's GPU; saved as decided
     run_name = cfg.train.run_name or from_main_process(datetime.now().strftime("%Y%m%d-%H%M%S"))
     run_dir = cfg.train.output_dir / run_name
     manifest, skipped = _usable_shards(load_manifest(cfg.data.shards, cfg.data.cache_dir), cfg)
     accelerator = make_accelerator(cfg, run_dir)
     model, optimizer = build_model_and_optimizer(cfg, accelerator)
+    seed_rank_streams(cfg.train.seed, accelerator.process_index)  # own dropout masks per rank
     total_steps = sum(
         _steps_in_epoch(cfg, manifest, accelerator.num_processes, epoch)
         for epoch in range(cfg.train.epochs)
@@ -164,7 +166,8 @@ def _build(cfg: RunConfig) -> Session:
         cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position()
     )
     run.flops_per_sample = flops_per_sample(partial(build_model, cfg.model.model))
-    run.peak_flops = peak_flops(device_name(accelerator.device), cfg.train.mixed_precision)
+    run.peak_flops, peak_line = mfu_peak(accelerator.device, cfg.train.mixed_precision)
+    run.log(peak_line)
     resume_from = resolve_resume(cfg.train.resume, run_dir)
     if resume_from is not None:
         run.position = load_checkpoint(accelerator, resume_from, cfg.model.model)
@@ -309,8 +312,8 @@ def _check_finite(accelerator: Accelerator, window: LossWindow) -> float:
 
 
 def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) -> None:
-    """The one host sync every --log-every steps: global train loss, lr, samples/s, model
-    TFLOP/s and MFU (on a GPU of known peak)."""
+    """The one host sync every --log-every steps: global train loss, lr, the job's samples/s
+    and model TFLOP/s, and MFU per device (on a GPU of known peak)."""
     accelerator = run.accelerator
     loss = _check_finite(accelerator, window)
     batches = int(window.values[1].item())
@@ -322,7 +325,9 @@ def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) ->
             "train/loss": loss,
             "train/lr": run.lr,
             "train/samples_per_s": samples_per_s,
-            **throughput_metrics(samples_per_s, run.flops_per_sample, run.peak_flops),
+            **throughput_metrics(
+                samples_per_s, run.flops_per_sample, accelerator.num_processes, run.peak_flops
+            ),
         },
         step=run.position.step,
     )

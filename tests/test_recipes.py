@@ -30,8 +30,8 @@ def test_onecycle_rises_to_the_peak_lr_then_falls(tiny_shards: Path, tmp_path: P
     assert max(lrs) == pytest.approx(1e-2, rel=0.05)
     assert lrs[-1] == pytest.approx(1e-2 / 25 / 1e4)  # OneCycleLR defaults: div 25, final 1e4
     # CPU: achieved model TFLOP/s is logged, MFU is not (no known peak).
-    assert all(row["train/tflops"] > 0 for row in history if "train/lr" in row)
-    assert not any("train/mfu" in row for row in history)
+    assert all(row["train/tflops_job"] > 0 for row in history if "train/lr" in row)
+    assert not any("train/mfu_per_device" in row for row in history)
 
 
 def test_stage_on_device_runs_the_same_steps(tiny_shards: Path, tmp_path: Path) -> None:
@@ -67,19 +67,21 @@ def test_onecycle_resume_after_kill_matches_uninterrupted_run(
 
 
 def test_fast_path_defaults_resolve_for_the_device(tiny_shards: Path, tmp_path: Path) -> None:
-    # No GPU here: `--mixed-precision auto` must be saved as the fp32 it resolved to, and the
-    # channels-last default must train a model whose convolution weights are channels-last.
+    # `--mixed-precision auto` must be saved as what it resolved to (fp32 on a CPU without
+    # native bf16, like this one), and the channels-last default must train a model whose
+    # convolution weights are channels-last.
     import torch
     import yaml
 
     from seqtrain.config import RunConfig
-    from seqtrain.distributed import resolved_precision
+    from seqtrain.distributed import cpu_has_native_bf16, gpu_has_native_bf16, resolved_precision
 
     assert RunConfig().train.mixed_precision == "auto" and RunConfig().model.channels_last
     argv = train_argv(tiny_shards, tmp_path, "auto", "--epochs", "1", "--wandb-mode", "disabled")
     run_in_process(argv)
     saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
-    expected = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    native_bf16 = gpu_has_native_bf16() if torch.cuda.is_available() else cpu_has_native_bf16()
+    expected = "bf16" if native_bf16 else "no"
     assert saved["train"]["mixed_precision"] == expected == resolved_precision(RunConfig())
     assert saved["model"]["channels_last"] is True
     assert (tmp_path / "auto" / "test_metrics.json").is_file()

@@ -45,3 +45,22 @@ def test_long_run_ranks_never_diverge(tiny_shards: Path, tmp_path: Path) -> None
     history = rank0["lr_history"]
     assert len(set(history)) >= 2, "no LR cut happened"
     assert rank0["epochs"] < 12 and "early stopping" in done.stdout, history
+
+
+@pytest.mark.multiprocess
+def test_ranks_draw_different_dropout_streams(tiny_shards: Path, tmp_path: Path) -> None:
+    """Each rank's torch/NumPy/Python RNG state, as saved in the checkpoint for exact resume,
+    differs between the two ranks: their dropout masks do (the same init and the same seed on
+    both would draw identical masks on every replica)."""
+    import torch
+
+    argv = train_argv(tiny_shards, tmp_path, "rng", "--wandb-mode", "disabled", "--epochs", "1",
+                      "--steps-per-epoch", "2")  # fmt: skip
+    done = subprocess.run([*launch_argv(), *argv], env=cpu_env(), capture_output=True, text=True,
+                          timeout=240, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = tmp_path / "rng" / "checkpoints" / "last"
+    rank0, rank1 = (torch.load(last / f"random_states_{i}.pkl", weights_only=False) for i in (0, 1))
+    assert not rank0["torch_manual_seed"].equal(rank1["torch_manual_seed"])
+    assert rank0["random_state"] != rank1["random_state"]
+    assert (rank0["numpy_random_seed"][1] != rank1["numpy_random_seed"][1]).any()

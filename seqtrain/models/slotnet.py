@@ -37,7 +37,15 @@ def _features(stages: tuple[tuple[int, int], ...]) -> nn.Sequential:
         for _ in range(convs):
             layers += _conv_block(channels, width)
             channels = width
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(*layers, GlobalAvgPool(), nn.Flatten())
+
+
+class GlobalAvgPool(nn.Module):
+    """The mean over height and width, as nn.AdaptiveAvgPool2d(1) computes it, but with a
+    deterministic CUDA backward: AdaptiveAvgPool2d's has none, so --deterministic would stop."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((2, 3), keepdim=True)
 
 
 class SlotNet(nn.Module):
