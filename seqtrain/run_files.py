@@ -67,15 +67,21 @@ def epoch_line(record: dict[str, Any], epochs: int, lr_reduced: bool) -> str:
 
 
 def write_rank_record(
-    run_dir: Path, accelerator: Accelerator, lr_history: list[float], epochs: int
+    run_dir: Path,
+    accelerator: Accelerator,
+    lr_history: list[float],
+    epochs: int,
+    sources: dict[str, Path | None] | None = None,
 ) -> None:
-    """Each rank's own view (world size, LR per epoch, last epoch): proof that all ranks formed
-    one group and took the same decisions. One file per rank, so no rank writes another's."""
+    """Each rank's own view (world size, LR per epoch, last epoch, the checkpoints it resumed
+    from and tested in `sources`): proof that all ranks formed one group and took the same
+    decisions. One file per rank, so no rank writes another's."""
     record = {
         "process_index": accelerator.process_index,
         "num_processes": accelerator.num_processes,
         "lr_history": lr_history,
         "epochs": epochs,
+        **{name: None if path is None else str(path) for name, path in (sources or {}).items()},
     }
     atomic_write_json(run_dir / "ranks" / f"{accelerator.process_index}.json", record)
 
