@@ -47,6 +47,14 @@ def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
         atomic_write_text(path, "".join(f"{ln}\n" for ln in kept))
 
 
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch records of metrics.jsonl (none before the first epoch's end)."""
+    path = run_dir / METRICS_NAME
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / METRICS_NAME, "a") as f:
         f.write(json.dumps(record) + "\n")

@@ -9,6 +9,7 @@ media files: `read_offline_run` decodes those records, since there is no summary
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import struct
@@ -23,6 +24,7 @@ from PIL import Image
 from seqtrain.atomic import atomic_write_json
 from seqtrain.cliparse import config_to_dict
 from seqtrain.config import RunConfig
+from seqtrain.run_files import read_metrics
 
 WANDB = "wandb"
 # The run folder's W&B run: its id, and the last step each key was logged at (JSON).
@@ -36,15 +38,21 @@ class LoggedSteps:
     already logged at or after a step is not logged again there (a replayed point would be a
     duplicate, and W&B drops a step lower than its current one); a key not yet logged (an epoch
     whose evaluation the kill interrupted) is logged at its own step, or just after the last
-    step the earlier segments used. The state is rewritten after every log call, so at most the
-    points of one call are logged twice when the process is killed between the two writes.
+    step the earlier segments used.
+
+    What was logged comes, offline, from W&B's own records of the earlier segments: a killed
+    process's W&B service loses the records it had not yet written, and those must be logged
+    again. Online, it comes from the run folder's record of each log call (written after the
+    call), so the points the killed service had not yet sent stay missing.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, offline: bool) -> None:
         self.path = run_dir / RUN_STATE_NAME
         state = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.run_id: str = state.get("id") or _new_run_id()
         self.last_steps: dict[str, int] = state.get("last_steps", {})
+        if offline:
+            self.last_steps = _steps_in_records(run_dir / "wandb")
         # Earlier segments used steps up to max(last_steps); this one starts after them.
         self.floor = max(self.last_steps.values(), default=-1) + 1
         self._save()  # the id is in the run folder before anything is logged
@@ -64,6 +72,18 @@ class LoggedSteps:
         atomic_write_json(self.path, {"id": self.run_id, "last_steps": self.last_steps})
 
 
+def _steps_in_records(wandb_dir: Path) -> dict[str, int]:
+    """The last step each history key has in the offline runs under `wandb_dir`."""
+    last: dict[str, int] = {}
+    if not wandb_dir.is_dir():
+        return last
+    with contextlib.suppress(FileNotFoundError):
+        for segment in read_offline_segments(wandb_dir):
+            for row in segment["history"]:
+                last.update({key: row["_step"] for key in row if not key.startswith("_")})
+    return last
+
+
 # The main process's W&B step keeper (like Accelerate's trackers, one run per process).
 _steps: LoggedSteps | None = None
 
@@ -75,7 +95,7 @@ def start_tracking(accelerator: Accelerator, cfg: RunConfig, run_dir: Path) -> N
     _steps = None
     if cfg.log.wandb_mode == "disabled" or not accelerator.is_main_process:
         return
-    _steps = LoggedSteps(run_dir)
+    _steps = LoggedSteps(run_dir, offline=cfg.log.wandb_mode == "offline")
     wandb_kwargs: dict[str, Any] = {
         "mode": cfg.log.wandb_mode,
         "dir": str(run_dir),
@@ -88,10 +108,24 @@ def start_tracking(accelerator: Accelerator, cfg: RunConfig, run_dir: Path) -> N
     accelerator.init_trackers(
         cfg.log.wandb_project, config=config_to_dict(cfg), init_kwargs={WANDB: wandb_kwargs}
     )
+    for record in read_metrics(run_dir):  # epochs an earlier segment's W&B service lost
+        log_epoch(accelerator, record)
 
 
 def log_metrics(accelerator: Accelerator, values: dict[str, float], step: int) -> None:
     _log(accelerator, values, step, lambda new, at: accelerator.log(new, step=at))
+
+
+def log_epoch(accelerator: Accelerator, record: dict[str, Any]) -> None:
+    """One finished epoch, from its metrics.jsonl record, at the epoch's last step."""
+    values = {
+        "epoch": record["epoch"],
+        "val/loss": record["val_loss"],
+        "val/exact_match": record["val_exact_match"],
+        "train/epoch_loss": record["train_loss"],
+        "epoch_seconds": record["epoch_seconds"],
+    }
+    log_metrics(accelerator, values, step=record["step"])
 
 
 def log_summary(accelerator: Accelerator, values: dict[str, Any]) -> None:

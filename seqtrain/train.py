@@ -407,17 +407,7 @@ def _report_epoch(
         "best": improved,
         "num_processes": run.accelerator.num_processes,
     }
-    tracking.log_metrics(
-        run.accelerator,
-        {
-            "epoch": epoch + 1,
-            "val/loss": val["loss"],
-            "val/exact_match": val["exact_match"],
-            "train/epoch_loss": train_loss,
-            "epoch_seconds": seconds,
-        },
-        step=run.position.step,
-    )
+    tracking.log_epoch(run.accelerator, record)
     if run.accelerator.is_main_process:
         append_metrics(run.run_dir, record)
         run.log(epoch_line(record, run.cfg.train.epochs, lr_reduced))
