@@ -105,13 +105,19 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     return found
 
 
-def load_checkpoint(accelerator: Accelerator, folder: Path, model_name: str) -> Position:
-    """Collective: restore everything `save_checkpoint` saved; returns where to continue."""
+def checkpoint_meta(folder: Path, model_name: str) -> dict[str, Any]:
+    """The checkpoint's `seqtrain_checkpoint.json`, once it is known to hold `model_name`."""
     meta = json.loads((folder / META_NAME).read_text())
     if meta["model"] != model_name:
         raise UserError(
             f"checkpoint {folder} is of model {meta['model']!r}, not --model {model_name!r}"
         )
+    return meta
+
+
+def load_checkpoint(accelerator: Accelerator, folder: Path, model_name: str) -> Position:
+    """Collective: restore everything `save_checkpoint` saved; returns where to continue."""
+    meta = checkpoint_meta(folder, model_name)
     accelerator.load_state(str(folder))
     return Position(meta["epoch"], meta["batches_done"], meta["step"])
 

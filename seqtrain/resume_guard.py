@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from seqtrain.checkpoint import IDENTITY_KEY, META_NAME, resolve_resume
+from seqtrain.checkpoint import IDENTITY_KEY, checkpoint_meta, resolve_resume
 from seqtrain.config import OptimConfig, RunConfig
 from seqtrain.data.format import SPLITS, Manifest
 from seqtrain.distributed import decided_on_main_process
@@ -29,13 +29,13 @@ from seqtrain.errors import UserError
 
 # (section, field) of the settings that change which samples come in which order, or what
 # an optimizer step does with them. Speed options (precision, compile, channels-last) and the
-# number of processes are left out on purpose. Every optimizer setting counts.
+# number of processes are left out on purpose. Every optimizer setting counts. The model is
+# checked apart: another model's checkpoint cannot be loaded, so it cannot be accepted.
 GUARDED_SETTINGS = (
     ("data", "batch_size"),
     ("data", "num_workers"),  # the loader's sample order depends on its worker count
     ("data", "shuffle_buffer"),
     ("data", "stage_on_device"),
-    ("model", "model"),
     *(("optim", f.name) for f in dataclasses.fields(OptimConfig)),
     ("train", "epochs"),
     ("train", "steps_per_epoch"),
@@ -88,7 +88,8 @@ def _checked_resume(cfg: RunConfig, run_dir: Path, identity: dict[str, Any]) -> 
     folder = resolve_resume(cfg.train.resume, run_dir)
     if folder is None:
         return None
-    recorded = json.loads((folder / META_NAME).read_text()).get(IDENTITY_KEY)
+    # Another model's weights cannot be loaded at all: that is no change to accept.
+    recorded = checkpoint_meta(folder, cfg.model.model).get(IDENTITY_KEY)
     if recorded is None:
         tqdm.write(f"checkpoint {folder} records no data or settings (older seqtrain): unchecked")
         return folder

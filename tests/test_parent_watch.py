@@ -43,6 +43,7 @@ def ended_within(processes: list[psutil.Process], seconds: float) -> list[psutil
     return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.faults
 def test_watched_process_ends_when_its_launcher_is_killed(tmp_path: Path) -> None:
     launcher = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, WATCHED], stdout=subprocess.PIPE, text=True
