@@ -152,7 +152,6 @@ def _build(cfg: RunConfig) -> Session:
     join_processes(cfg)
     run_name = cfg.train.run_name or from_main_process(datetime.now().strftime("%Y%m%d-%H%M%S"))
     run_dir = cfg.train.output_dir / run_name
-    claim_run_folder(cfg, run_dir)
     manifest, skipped = _usable_shards(load_manifest(cfg.data.shards), cfg)
     accelerator = make_accelerator(cfg, run_dir)
     model, optimizer = build_model_and_optimizer(cfg, accelerator)
@@ -168,6 +167,7 @@ def _build(cfg: RunConfig) -> Session:
     )
     run.flops_per_sample = flops_per_sample(partial(build_model, cfg.model.model))
     run.peak_flops = peak_flops(device_name(accelerator.device), cfg.train.mixed_precision)
+    claim_run_folder(cfg, run_dir)  # after the checks of the input: a bad start leaves no folder
     run.identity = run_identity(cfg, manifest)
     run.resumed_from = decide_resume(cfg, run_dir, run.identity)
     if run.resumed_from is not None:
