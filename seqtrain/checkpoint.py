@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # keeps Accelerate out of `seqtrain.load_model`, which reads 
     from accelerate import Accelerator
 
 META_NAME = "seqtrain_checkpoint.json"
+IDENTITY_KEY = "identity"  # the data and settings trained with (see `resume_guard`)
 AUTO = "auto"
 # What writing a checkpoint raises when the disk is full: OSError from Python, RuntimeError
 # from torch.save ("PytorchStreamWriter failed writing file"), SafetensorError from safetensors.
@@ -40,9 +41,14 @@ class Position:
 
 
 def save_checkpoint(
-    accelerator: Accelerator, folder: Path, model_name: str, position: Position
+    accelerator: Accelerator,
+    folder: Path,
+    model_name: str,
+    position: Position,
+    identity: dict[str, Any] | None = None,
 ) -> None:
-    """Collective: every rank must call it (`save_state` writes per-rank RNG files)."""
+    """Collective: every rank must call it (`save_state` writes per-rank RNG files).
+    `identity` (data and settings, see `resume_guard`) is recorded for resume's check."""
     tmp = _sibling(folder, "tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -51,7 +57,8 @@ def save_checkpoint(
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            atomic_write_json(tmp / META_NAME, {"model": model_name, **asdict(position)})
+            meta = {"model": model_name, **asdict(position), IDENTITY_KEY: identity}
+            atomic_write_json(tmp / META_NAME, meta)
     except WRITE_ERRORS as e:  # a full disk, a quota, a file size limit
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write checkpoint {folder}: {_write_error(e)}") from None
@@ -78,6 +85,14 @@ def find_checkpoint(folder: Path) -> Path | None:
     return None
 
 
+def best_to_test(checkpoints: Path) -> Path:
+    """The complete `best` checkpoint below `checkpoints`, or a UserError saying why none."""
+    best = find_checkpoint(checkpoints / "best")
+    if best is None:
+        raise UserError(f"no best checkpoint in {checkpoints}: no epoch had a finite val loss")
+    return best
+
+
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     """`--resume auto`: the run folder's last checkpoint if any (a fresh start otherwise)."""
     if resume is None:
@@ -90,13 +105,19 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     return found
 
 
-def load_checkpoint(accelerator: Accelerator, folder: Path, model_name: str) -> Position:
-    """Collective: restore everything `save_checkpoint` saved; returns where to continue."""
+def checkpoint_meta(folder: Path, model_name: str) -> dict[str, Any]:
+    """The checkpoint's `seqtrain_checkpoint.json`, once it is known to hold `model_name`."""
     meta = json.loads((folder / META_NAME).read_text())
     if meta["model"] != model_name:
         raise UserError(
             f"checkpoint {folder} is of model {meta['model']!r}, not --model {model_name!r}"
         )
+    return meta
+
+
+def load_checkpoint(accelerator: Accelerator, folder: Path, model_name: str) -> Position:
+    """Collective: restore everything `save_checkpoint` saved; returns where to continue."""
+    meta = checkpoint_meta(folder, model_name)
     _check_scaler_state(accelerator, folder)
     accelerator.load_state(str(folder))
     return Position(meta["epoch"], meta["batches_done"], meta["step"])

@@ -126,6 +126,12 @@ class TrainConfig:
     """Run folder name below --output-dir and the W&B run name; default: a timestamp."""
     resume: str | None = None
     """Continue from a checkpoint folder, or `auto` for the run folder's latest one."""
+    overwrite: bool = False
+    """Start a new run (no --resume) in a run folder that already holds one, removing the old
+    run's checkpoints, metrics, export and W&B run (refused without this flag)."""
+    accept_changes: bool = False
+    """Resume although the data (manifest fingerprint) or settings that shape the sample stream
+    or the optimisation differ from those the checkpoint was trained with (refused without)."""
     log_every: int = 50
     """Log train loss, LR and samples/s every this many steps."""
     checkpoint_every: int = 0
@@ -157,6 +163,8 @@ class LogConfig:
     """W&B entity (team or user); default: your W&B default."""
     wandb_tags: tuple[str, ...] = ()
     """W&B tags."""
+    wandb_log_model: bool = False
+    """At the end, log the best model's export as a W&B model artifact of the run."""
 
 
 @dataclass

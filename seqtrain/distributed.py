@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from torch import nn
 from seqtrain.config import RunConfig
 from seqtrain.data.stream import images_to_float
 from seqtrain.errors import UserError
+from seqtrain.parent_watch import end_with_parent
+
+T = TypeVar("T")
 
 
 def use_cpu(cfg: RunConfig) -> bool:
@@ -87,7 +90,10 @@ def join_processes(cfg: RunConfig) -> PartialState:
     if cfg.train.mixed_precision == "fp16" and use_cpu(cfg):
         raise UserError("--mixed-precision fp16 needs a GPU (use bf16 on CPU)")
     apply_determinism(cfg)
-    return PartialState(cpu=use_cpu(cfg), timeout=timedelta(seconds=cfg.train.dist_timeout))
+    state = PartialState(cpu=use_cpu(cfg), timeout=timedelta(seconds=cfg.train.dist_timeout))
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # a rank started by torch's elastic agent
+        end_with_parent(f"the launcher of rank {state.process_index} died; the rank ends too")
+    return state
 
 
 # How a dead or frozen peer surfaces as a Python error in the surviving ranks' collectives.
@@ -126,6 +132,25 @@ def peer_failures_reported() -> Iterator[None]:
 def from_main_process(value: Any) -> Any:
     """The main process's `value` on every rank (e.g. a timestamp that must agree)."""
     return broadcast_object_list([value], from_process=0)[0]
+
+
+def decided_on_main_process(decide: Callable[[], T]) -> T:
+    """`decide()` run on the main process only, its answer (or its UserError) on every rank.
+
+    For what the ranks must agree on although their views may differ (a network file system
+    caches file attributes per node): every rank returns the same value or raises the same
+    one-line error, so none goes on alone into a collective the others never reach.
+    """
+    outcome: tuple[bool, Any] = (True, None)
+    if PartialState().is_main_process:
+        try:
+            outcome = (True, decide())
+        except UserError as e:
+            outcome = (False, str(e))
+    ok, answer = from_main_process(outcome)
+    if not ok:
+        raise UserError(answer)
+    return answer
 
 
 def shared_across_processes(work: Callable[[int, int], dict]) -> dict:

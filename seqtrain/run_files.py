@@ -47,6 +47,14 @@ def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
         atomic_write_text(path, "".join(f"{ln}\n" for ln in kept))
 
 
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch records of metrics.jsonl (none before the first epoch's end)."""
+    path = run_dir / METRICS_NAME
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / METRICS_NAME, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -67,15 +75,21 @@ def epoch_line(record: dict[str, Any], epochs: int, lr_reduced: bool) -> str:
 
 
 def write_rank_record(
-    run_dir: Path, accelerator: Accelerator, lr_history: list[float], epochs: int
+    run_dir: Path,
+    accelerator: Accelerator,
+    lr_history: list[float],
+    epochs: int,
+    sources: dict[str, Path | None] | None = None,
 ) -> None:
-    """Each rank's own view (world size, LR per epoch, last epoch): proof that all ranks formed
-    one group and took the same decisions. One file per rank, so no rank writes another's."""
+    """Each rank's own view (world size, LR per epoch, last epoch, the checkpoints it resumed
+    from and tested in `sources`): proof that all ranks formed one group and took the same
+    decisions. One file per rank, so no rank writes another's."""
     record = {
         "process_index": accelerator.process_index,
         "num_processes": accelerator.num_processes,
         "lr_history": lr_history,
         "epochs": epochs,
+        **{name: None if path is None else str(path) for name, path in (sources or {}).items()},
     }
     atomic_write_json(run_dir / "ranks" / f"{accelerator.process_index}.json", record)
 

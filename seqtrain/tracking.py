@@ -1,46 +1,131 @@
 """Experiment tracking: W&B through Accelerate's tracker, and reading an offline run back.
 
-Accelerate's trackers are no-ops off the main process, so callers never check ranks here.
+One training is one W&B run: its id is kept in the run folder and every resumed segment
+continues it, on a step that never goes backwards (`LoggedSteps`). Accelerate's trackers are
+no-ops off the main process, so callers never check ranks here.
 W&B 0.31 offline writes only `run-<id>.wandb` (a LevelDB-style log of protobuf records) and
 media files: `read_offline_run` decodes those records, since there is no summary/config JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 from PIL import Image
 
+from seqtrain.atomic import atomic_write_json
 from seqtrain.cliparse import config_to_dict
 from seqtrain.config import RunConfig
+from seqtrain.run_files import read_metrics
 
 WANDB = "wandb"
+# The run folder's W&B run: its id, and the last step each key was logged at (JSON).
+RUN_STATE_NAME = "wandb_run.json"
+
+
+class LoggedSteps:
+    """Keeps W&B's step from going backwards when a resumed segment replays steps.
+
+    A resume restarts from a checkpoint that may be older than the last logged step. A key
+    already logged at or after a step is not logged again there (a replayed point would be a
+    duplicate, and W&B drops a step lower than its current one); a key not yet logged (an epoch
+    whose evaluation the kill interrupted) is logged at its own step, or just after the last
+    step the earlier segments used.
+
+    What was logged comes, offline, from W&B's own records of the earlier segments: a killed
+    process's W&B service loses the records it had not yet written, and those must be logged
+    again. Online, it comes from the run folder's record of each log call (written after the
+    call), so the points the killed service had not yet sent stay missing.
+    """
+
+    def __init__(self, run_dir: Path, offline: bool) -> None:
+        self.path = run_dir / RUN_STATE_NAME
+        state = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.run_id: str = state.get("id") or _new_run_id()
+        self.last_steps: dict[str, int] = state.get("last_steps", {})
+        if offline:
+            self.last_steps = _steps_in_records(run_dir / "wandb")
+        # Earlier segments used steps up to max(last_steps); this one starts after them.
+        self.floor = max(self.last_steps.values(), default=-1) + 1
+        self._save()  # the id is in the run folder before anything is logged
+
+    def new_values(self, values: dict[str, Any], step: int) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if step > self.last_steps.get(k, -1)}
+
+    def step_for(self, step: int) -> int:
+        return max(step, self.floor)
+
+    def logged(self, keys: Iterable[str], step: int, wandb_step: int) -> None:
+        self.last_steps.update(dict.fromkeys(keys, step))
+        self.floor = wandb_step  # later calls in this segment may share this step
+        self._save()
+
+    def _save(self) -> None:
+        atomic_write_json(self.path, {"id": self.run_id, "last_steps": self.last_steps})
+
+
+def _steps_in_records(wandb_dir: Path) -> dict[str, int]:
+    """The last step each history key has in the offline runs under `wandb_dir`."""
+    last: dict[str, int] = {}
+    if not wandb_dir.is_dir():
+        return last
+    with contextlib.suppress(FileNotFoundError):
+        for segment in read_offline_segments(wandb_dir):
+            for row in segment["history"]:
+                last.update({key: row["_step"] for key in row if not key.startswith("_")})
+    return last
+
+
+# The main process's W&B step keeper (like Accelerate's trackers, one run per process).
+_steps: LoggedSteps | None = None
 
 
 def start_tracking(accelerator: Accelerator, cfg: RunConfig, run_dir: Path) -> None:
-    """Open the W&B run (main process only; Accelerate skips it elsewhere) with the config."""
-    if cfg.log.wandb_mode == "disabled":
+    """Open the W&B run (main process only; Accelerate skips it elsewhere) with the config:
+    the run folder's run, continued (`resume="allow"`) when an earlier segment started it."""
+    global _steps
+    _steps = None
+    if cfg.log.wandb_mode == "disabled" or not accelerator.is_main_process:
         return
+    _steps = LoggedSteps(run_dir, offline=cfg.log.wandb_mode == "offline")
     wandb_kwargs: dict[str, Any] = {
         "mode": cfg.log.wandb_mode,
         "dir": str(run_dir),
         "name": run_dir.name,
         "entity": cfg.log.wandb_entity,
         "tags": list(cfg.log.wandb_tags),
+        "id": _steps.run_id,
+        "resume": "allow",
     }
     accelerator.init_trackers(
         cfg.log.wandb_project, config=config_to_dict(cfg), init_kwargs={WANDB: wandb_kwargs}
     )
+    for record in read_metrics(run_dir):  # epochs an earlier segment's W&B service lost
+        log_epoch(accelerator, record)
 
 
 def log_metrics(accelerator: Accelerator, values: dict[str, float], step: int) -> None:
-    accelerator.log(values, step=step)
+    _log(accelerator, values, step, lambda new, at: accelerator.log(new, step=at))
+
+
+def log_epoch(accelerator: Accelerator, record: dict[str, Any]) -> None:
+    """One finished epoch, from its metrics.jsonl record, at the epoch's last step."""
+    values = {
+        "epoch": record["epoch"],
+        "val/loss": record["val_loss"],
+        "val/exact_match": record["val_exact_match"],
+        "train/epoch_loss": record["train_loss"],
+        "epoch_seconds": record["epoch_seconds"],
+    }
+    log_metrics(accelerator, values, step=record["step"])
 
 
 def log_summary(accelerator: Accelerator, values: dict[str, Any]) -> None:
@@ -54,12 +139,48 @@ def log_summary(accelerator: Accelerator, values: dict[str, Any]) -> None:
 def log_image(accelerator: Accelerator, key: str, path: Path, step: int) -> None:
     if accelerator.is_main_process and accelerator.trackers:
         with Image.open(path) as image:
-            accelerator.get_tracker(WANDB).log_images({key: [image.convert("RGB")]}, step=step)
+            picture = image.convert("RGB")
+        tracker = accelerator.get_tracker(WANDB)
+        _log(accelerator, {key: [picture]}, step, lambda new, at: tracker.log_images(new, step=at))
+
+
+def log_model(accelerator: Accelerator, export_dir: Path) -> None:
+    """The exported best model as a W&B model artifact of this run (uploaded at sync when
+    offline)."""
+    if accelerator.is_main_process and accelerator.trackers:
+        import wandb
+
+        run = accelerator.get_tracker(WANDB, unwrap=True)
+        artifact = wandb.Artifact(f"model-{run.id}", type="model")
+        artifact.add_dir(str(export_dir))
+        run.log_artifact(artifact, aliases=["best"])
 
 
 def finish_tracking(accelerator: Accelerator) -> None:
     """Close the W&B run and the process group (Accelerate does both in `end_training`)."""
+    global _steps
+    _steps = None
     accelerator.end_training()
+
+
+def _log(
+    accelerator: Accelerator,
+    values: dict[str, Any],
+    step: int,
+    send: Callable[[dict[str, Any], int], None],
+) -> None:
+    if _steps is None or not accelerator.is_main_process:
+        return
+    new = _steps.new_values(values, step)
+    if new:
+        at = _steps.step_for(step)
+        send(new, at)
+        _steps.logged(new, step, at)
+
+
+def _new_run_id() -> str:
+    """Eight lowercase hex characters: W&B's own ids are this short and plain."""
+    return secrets.token_hex(4)
 
 
 # --- reading an offline run back -------------------------------------------------------------
@@ -113,26 +234,44 @@ def _history_value(item: Any) -> Any:
 def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
     """Read a W&B offline run folder (`.../wandb/offline-run-*`) or a folder holding one.
 
-    Returns {"config": nested dict, "history": [row dicts], "summary": dict,
-    "media": [absolute paths of media files]}; the last run is used if several exist.
+    Returns {"id": run id, "config": nested dict, "history": [row dicts], "summary": dict,
+    "artifacts": [(name, type)], "media": [absolute paths of media files]}; the last run is
+    used if several exist.
     """
-    from wandb.proto import wandb_internal_pb2 as pb  # heavy import, only for reading back
+    return _read_log(_offline_logs(run_dir)[-1])
 
+
+def read_offline_segments(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every offline run under `run_dir`, oldest first, as `read_offline_run` reads one: a
+    resumed training writes one folder per segment, all with the same run id."""
+    return [_read_log(log) for log in _offline_logs(run_dir)]
+
+
+def _offline_logs(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
+    # Folder names start with the segment's start time, so sorting orders them in time.
     logs = sorted(run_dir.glob("run-*.wandb")) or sorted(
         run_dir.glob("**/offline-run-*/run-*.wandb")
     )
     if not logs:
         raise FileNotFoundError(f"no W&B offline run under {run_dir}")
-    log = logs[-1]
+    return logs
+
+
+def _read_log(log: Path) -> dict[str, Any]:
+    from wandb.proto import wandb_internal_pb2 as pb  # heavy import, only for reading back
+
+    run_id = ""
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
+    artifacts: list[tuple[str, str]] = []
     for raw in _records(log.read_bytes()):
         record = pb.Record()
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
         if kind == "run":
+            run_id = record.run.run_id
             config.update(_config_items(record.run.config.update))
         elif kind == "config":
             config.update(_config_items(record.config.update))
@@ -140,8 +279,17 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
             history.append({_item_key(i): _history_value(i) for i in record.history.item})
         elif kind == "summary":
             summary.update({_item_key(i): json.loads(i.value_json) for i in record.summary.update})
+        elif kind == "artifact":
+            artifacts.append((record.artifact.name, record.artifact.type))
     media = sorted(p for p in (log.parent / "files" / "media").rglob("*") if p.is_file())
-    return {"config": config, "history": history, "summary": summary, "media": media}
+    return {
+        "id": run_id,
+        "config": config,
+        "history": history,
+        "summary": summary,
+        "artifacts": artifacts,
+        "media": media,
+    }
 
 
 def _config_items(items: Any) -> dict[str, Any]:

@@ -29,10 +29,9 @@ from seqtrain import tracking
 from seqtrain.atomic import atomic_write_json
 from seqtrain.checkpoint import (
     Position,
+    best_to_test,
     copy_checkpoint,
-    find_checkpoint,
     load_checkpoint,
-    resolve_resume,
     save_checkpoint,
 )
 from seqtrain.config import RunConfig
@@ -41,6 +40,7 @@ from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import Batches, eval_loader, train_loader, train_steps_per_epoch
 from seqtrain.distributed import (
     all_reduce_sum,
+    decided_on_main_process,
     from_main_process,
     join_processes,
     make_accelerator,
@@ -57,6 +57,7 @@ from seqtrain.flops import flops_per_sample, mfu_peak, throughput_metrics
 from seqtrain.loss_window import LossWindow
 from seqtrain.metrics import sequence_loss
 from seqtrain.models import build_model
+from seqtrain.resume_guard import decide_resume, run_identity
 from seqtrain.run_files import (
     append_metrics,
     epoch_line,
@@ -65,6 +66,7 @@ from seqtrain.run_files import (
     write_rank_record,
     write_resolved_config,
 )
+from seqtrain.run_folder import claim_run_folder, release_run_folder
 from seqtrain.schedules import LRSchedule
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -111,6 +113,8 @@ class Session:
     scheduler: LRSchedule
     stopper: EarlyStopping
     position: Position
+    identity: dict[str, Any] = field(default_factory=dict)
+    resumed_from: Path | None = None
     flops_per_sample: int = 0
     peak_flops: float | None = None
     lr_history: list[float] = field(default_factory=list)
@@ -168,11 +172,13 @@ def _build(cfg: RunConfig) -> Session:
     run.flops_per_sample = flops_per_sample(partial(build_model, cfg.model.model))
     run.peak_flops, peak_line = mfu_peak(accelerator.device, cfg.train.mixed_precision)
     run.log(peak_line)
-    resume_from = resolve_resume(cfg.train.resume, run_dir)
-    if resume_from is not None:
-        run.position = load_checkpoint(accelerator, resume_from, cfg.model.model)
+    claim_run_folder(cfg, run_dir)  # after the checks of the input: a bad start leaves no folder
+    run.identity = run_identity(cfg, manifest)
+    run.resumed_from = decide_resume(cfg, run_dir, run.identity)
+    if run.resumed_from is not None:
+        run.position = load_checkpoint(accelerator, run.resumed_from, cfg.model.model)
         run.log(
-            f"resumed from {resume_from} at epoch {run.position.epoch + 1}, "
+            f"resumed from {run.resumed_from} at epoch {run.position.epoch + 1}, "
             f"batch {run.position.batches_done}"
         )
     _start_outputs(run)
@@ -265,7 +271,11 @@ def train_epoch(run: Session, epoch: int) -> float:
             if _mid_epoch_checkpoint_due(cfg, batch_index, steps):
                 _check_finite(accelerator, epoch_loss)
                 save_checkpoint(
-                    accelerator, run.checkpoints / "last", cfg.model.model, run.position
+                    accelerator,
+                    run.checkpoints / "last",
+                    cfg.model.model,
+                    run.position,
+                    identity=run.identity,
                 )
     return _check_finite(accelerator, epoch_loss)
 
@@ -378,11 +388,12 @@ def _save(run: Session, improved: bool) -> None:
     """A new best is written before `last` moves past its epoch: a crash in between resumes
     from the old `last` and redoes the epoch, so no best is ever lost."""
     last, best = run.checkpoints / "last", run.checkpoints / "best"
+    model_name, identity = run.cfg.model.model, run.identity
     if improved:
-        save_checkpoint(run.accelerator, best, run.cfg.model.model, run.position)
+        save_checkpoint(run.accelerator, best, model_name, run.position, identity=identity)
         copy_checkpoint(run.accelerator, best, last)
     else:
-        save_checkpoint(run.accelerator, last, run.cfg.model.model, run.position)
+        save_checkpoint(run.accelerator, last, model_name, run.position, identity=identity)
 
 
 def _report_epoch(
@@ -407,17 +418,7 @@ def _report_epoch(
         "best": improved,
         "num_processes": run.accelerator.num_processes,
     }
-    tracking.log_metrics(
-        run.accelerator,
-        {
-            "epoch": epoch + 1,
-            "val/loss": val["loss"],
-            "val/exact_match": val["exact_match"],
-            "train/epoch_loss": train_loss,
-            "epoch_seconds": seconds,
-        },
-        step=run.position.step,
-    )
+    tracking.log_epoch(run.accelerator, record)
     if run.accelerator.is_main_process:
         append_metrics(run.run_dir, record)
         run.log(epoch_line(record, run.cfg.train.epochs, lr_reduced))
@@ -426,12 +427,11 @@ def _report_epoch(
 def _finish(run: Session) -> dict[str, Any]:
     """Load the best checkpoint, evaluate test, write results, close tracking."""
     accelerator = run.accelerator
-    best = find_checkpoint(run.checkpoints / "best")
-    if best is None:
-        raise UserError(f"no best checkpoint in {run.checkpoints}: no epoch had a finite val loss")
+    best = decided_on_main_process(partial(best_to_test, run.checkpoints))
     load_checkpoint(accelerator, best, run.cfg.model.model)
     test = evaluate(run, "test")
-    write_rank_record(run.run_dir, accelerator, run.lr_history, run.position.epoch)
+    sources = {"resumed_from": run.resumed_from, "tested": best}
+    write_rank_record(run.run_dir, accelerator, run.lr_history, run.position.epoch, sources)
     if accelerator.is_main_process:
         atomic_write_json(run.run_dir / "test_metrics.json", test)
         picture = run.run_dir / "predictions.png"
@@ -440,10 +440,13 @@ def _finish(run: Session) -> dict[str, Any]:
         tracking.log_summary(accelerator, {f"test/{k}": v for k, v in test.items()})
         tracking.log_image(accelerator, "predictions", picture, step=run.position.step)
         export_model(best, run.run_dir / "export")
+        if run.cfg.log.wandb_log_model:
+            tracking.log_model(accelerator, run.run_dir / "export")
         run.log(
             f"test exact match {test['exact_match']:.4f} on {test['count']} samples; "
             f"outputs in {run.run_dir}"
         )
     accelerator.wait_for_everyone()
     tracking.finish_tracking(accelerator)
+    release_run_folder()
     return {"run_dir": str(run.run_dir), "test": test, "epochs": run.position.epoch}

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
+from test_faults_train import kill_when
+from test_train import train_argv
+from trainutil import cpu_env
 
-from seqtrain.tracking import _BLOCK, read_offline_run
+from seqtrain.tracking import _BLOCK, RUN_STATE_NAME, read_offline_run, read_offline_segments
 
 
 def test_offline_run_reads_back_config_history_summary_media(tmp_path: Path) -> None:
@@ -35,3 +42,53 @@ def test_offline_run_reads_back_config_history_summary_media(tmp_path: Path) -> 
 def test_missing_run_is_reported(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_offline_run(tmp_path)
+
+
+def steps_logged(run: Path) -> dict[str, int]:
+    try:
+        return json.loads((run / RUN_STATE_NAME).read_text())["last_steps"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_killed_and_resumed_run_is_one_wandb_run_with_each_epoch_once(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    """SIGKILL a few steps into epoch 2: the resume restarts from epoch 1's end, older than the
+    last logged step, and replays steps already logged. Both segments are one W&B run whose
+    history (read from W&B's own offline records) has each epoch once and no step twice: what
+    the killed process's W&B service never wrote is logged again by the resumed one."""
+    steps = 30
+    argv = [
+        sys.executable, "-m", "seqtrain",
+        *train_argv(tiny_shards, tmp_path, "job", "--wandb-mode", "offline", "--epochs", "3",
+                    "--steps-per-epoch", str(steps), "--log-every", "1",
+                    "--eval-batch-size", "250"),
+    ]  # fmt: skip
+    run = tmp_path / "job"
+    killed = kill_when(
+        argv,
+        lambda: steps_logged(run).get("train/loss", 0) >= steps + 3,
+        env=cpu_env(),
+        victims=lambda pid: [psutil.Process(pid)],  # W&B's own service process may flush
+    )
+    killed.communicate()
+    logged = steps_logged(run)
+    assert logged["val/loss"] == steps < logged["train/loss"] < 2 * steps, logged
+    done = subprocess.run([*argv, "--resume", "auto", "--wandb-log-model"], env=cpu_env(),
+                          capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    segments = read_offline_segments(run / "wandb")
+    run_id = json.loads((run / RUN_STATE_NAME).read_text())["id"]
+    # The killed segment's W&B service may not have written its records (not even the run's).
+    assert len(segments) == 2 and {s["id"] for s in segments} <= {run_id, ""}
+    assert segments[-1]["id"] == run_id
+    rows = [row for segment in segments for row in segment["history"]]
+    assert [row["epoch"] for row in rows if "epoch" in row] == [1, 2, 3]
+    train_steps = [row["_step"] for row in rows if "train/loss" in row]
+    assert train_steps == sorted(set(train_steps)), "a step logged twice or going back"
+    assert train_steps[-1] == 3 * steps
+    assert (f"model-{run_id}", "model") in segments[-1]["artifacts"]

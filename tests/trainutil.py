@@ -39,8 +39,11 @@ def launch_argv(num_processes: int = 2) -> list[str]:
 
 
 def cpu_env(**extra: str) -> dict[str, str]:
-    """This environment without GPUs and with one thread per rank (ranks share 2 cores)."""
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **extra}
+    """This environment without GPUs and with one thread per rank (ranks share 2 cores), and
+    without the W&B service of this test process (an in-process run started one): a run
+    started with it would share it with every other, a killed one's run id staying in use."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**env, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **extra}
 
 
 def assert_ranks_agree(

@@ -1,0 +1,89 @@
+"""Resume checks what it resumes: other shards or changed settings are refused, naming them,
+unless --accept-changes."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from conftest import tiny_generate_argv
+from test_train import run_in_process, train_argv
+
+from seqtrain.config import RunConfig
+from seqtrain.data.format import Manifest, load_manifest
+from seqtrain.resume_guard import data_fingerprint, identity_changes, run_identity
+
+
+def test_fingerprint_follows_the_shard_bytes_not_the_folder(tiny_shards: Path) -> None:
+    manifest = load_manifest(tiny_shards)
+    moved = Manifest(Path("/elsewhere"), manifest.raw)
+    assert data_fingerprint(moved) == data_fingerprint(manifest)
+    changed = copy.deepcopy(manifest.raw)
+    changed["splits"]["train"]["shards"][0]["sha256"] = "0" * 64
+    assert data_fingerprint(Manifest(tiny_shards, changed)) != data_fingerprint(manifest)
+
+
+def test_changes_name_each_setting_old_to_new(tiny_shards: Path) -> None:
+    manifest = load_manifest(tiny_shards)
+    cfg = RunConfig()
+    old = run_identity(cfg, manifest)
+    cfg.optim.lr, cfg.train.seed = 0.5, 7
+    assert identity_changes(old, run_identity(cfg, manifest)) == [
+        "--lr 0.001 -> 0.5",
+        "--seed 0 -> 7",
+    ]
+    cfg.data.num_workers, cfg.train.cpu = 5, True  # workers shape the stream, --cpu does not
+    assert "--num-workers 2 -> 5" in identity_changes(old, run_identity(cfg, manifest))
+    assert not any("--cpu" in c for c in identity_changes(old, run_identity(cfg, manifest)))
+
+
+@pytest.fixture(scope="module")
+def reseeded_shards(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny shard set generated again with `--seed 1`: same sizes, other samples."""
+    from data_gen.cli import main
+
+    out = tmp_path_factory.mktemp("reseeded")
+    argv = tiny_generate_argv(mnist_dir, out)
+    argv[argv.index("--seed") + 1] = "1"
+    main(argv)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("guarded")
+    run_in_process(job_argv(tiny_shards, out))
+    return out
+
+
+def job_argv(shards: Path, out: Path, *extra: str) -> list[str]:
+    return train_argv(shards, out, "job", "--wandb-mode", "disabled", "--epochs", "2",
+                      "--steps-per-epoch", "2", "--eval-batch-size", "250", *extra)  # fmt: skip
+
+
+def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(argv)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    return line
+
+
+def test_resume_on_regenerated_shards_is_refused_then_accepted_with_the_flag(
+    trained: Path, reseeded_shards: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = job_argv(reseeded_shards, trained, "--resume", "auto")
+    line = refusal(argv, capsys)
+    assert line.startswith("seqtrain: error: resume from") and "refused" in line, line
+    assert "data (shards)" in line and "--accept-changes" in line, line
+    run_in_process([*argv, "--accept-changes"])
+    assert "resuming with accepted changes: data (shards)" in capsys.readouterr().out
+
+
+def test_resume_with_a_changed_setting_names_it(
+    trained: Path, tiny_shards: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = refusal(job_argv(tiny_shards, trained, "--resume", "auto", "--batch-size", "8"), capsys)
+    assert "--batch-size 16 -> 8" in line and "data" not in line.split("refused")[1], line
