@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -37,8 +38,9 @@ from seqtrain.checkpoint import (
 )
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, checked_manifest, load_manifest, shard_problems
+from seqtrain.data.position import EpochPlan, Layout, plan_epoch, record_batches, resize_note
 from seqtrain.data.staged import staged_train_loader
-from seqtrain.data.stream import train_loader, train_steps_per_epoch
+from seqtrain.data.stream import train_layout, train_loader, train_steps_per_epoch
 from seqtrain.distributed import (
     all_reduce_sum,
     from_main_process,
@@ -109,6 +111,7 @@ class Session:
     scheduler: LRSchedule
     stopper: EarlyStopping
     position: Position
+    layout: Layout  # how this run deals out each epoch's samples
     flops_per_sample: int = 0
     peak_flops: float | None = None
     lr_history: list[float] = field(default_factory=list)
@@ -137,7 +140,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         train_loss = train_epoch(run, epoch)
         val = evaluate(run, "val")
         improved, lr_reduced = _end_of_epoch_decisions(run, val["loss"])
-        run.position = Position(epoch + 1, 0, run.position.step)
+        run.position = run.position.next_epoch()
         _save(run, improved)
         _report_epoch(run, epoch, train_loss, val, improved, lr_reduced, start)
     return _finish(run)
@@ -151,25 +154,35 @@ def _build(cfg: RunConfig) -> Session:
     manifest, skipped = _usable_shards(load_manifest(cfg.data.shards), cfg)
     accelerator = make_accelerator(cfg, run_dir)
     model, optimizer = build_model_and_optimizer(cfg, accelerator)
-    total_steps = sum(
-        _steps_in_epoch(cfg, manifest, accelerator.num_processes, epoch)
-        for epoch in range(cfg.train.epochs)
-    )
-    scheduler = LRSchedule(optimizer, cfg.optim, total_steps)
+    scheduler = LRSchedule(optimizer, cfg.optim)
     stopper = EarlyStopping(cfg.train.early_stop_patience)
     accelerator.register_for_checkpointing(scheduler, stopper)
+    layout = train_layout(cfg.data, accelerator.num_processes)
     run = Session(
-        cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position()
+        cfg,
+        run_dir,
+        manifest,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        stopper,
+        Position(),
+        layout,
     )
     run.flops_per_sample = flops_per_sample(partial(build_model, cfg.model.model))
     run.peak_flops = peak_flops(device_name(accelerator.device), cfg.train.mixed_precision)
     resume_from = resolve_resume(cfg.train.resume, run_dir)
     if resume_from is not None:
-        run.position = load_checkpoint(accelerator, resume_from, cfg.model.model)
+        run.position = load_checkpoint(accelerator, resume_from, cfg.model.model, cfg.train.seed)
         run.log(
             f"resumed from {resume_from} at epoch {run.position.epoch + 1}, "
-            f"batch {run.position.batches_done}"
+            f"batch {run.position.steps_done} ({run.position.samples_done} samples)"
         )
+        note = resize_note(run.position, layout)
+        if note:
+            run.log(note)
+    scheduler.plan(_samples_left(run), layout.global_batch)
     _start_outputs(run)
     if skipped:
         run.log(f"skipped {len(skipped)} corrupt shard(s): " + "; ".join(skipped))
@@ -209,59 +222,62 @@ def _start_outputs(run: Session) -> None:
 
 
 def train_epoch(run: Session, epoch: int) -> float:
-    """One epoch of optimizer steps; returns the mean train loss over all ranks."""
+    """One epoch (the rest of it, when resumed) of optimizer steps; returns the mean train
+    loss over all ranks."""
     cfg, accelerator = run.cfg, run.accelerator
-    steps = _steps_in_epoch(cfg, run.manifest, accelerator.num_processes, epoch)
-    skip = run.position.batches_done if epoch == run.position.epoch else 0
-    if cfg.data.stage_on_device:
-        loader = staged_train_loader(
-            run.manifest,
-            cfg.data.batch_size,
-            epoch,
-            steps,
-            accelerator.process_index,
-            cfg.train.seed,
-            accelerator.device,
-            skip_batches=skip,
-        )
-    else:
-        loader = train_loader(
-            run.manifest,
-            cfg.data,
-            epoch,
-            steps,
-            accelerator.process_index,
-            accelerator.num_processes,
-            cfg.train.seed,
-            skip_batches=skip,
-        )
+    fresh_steps = _steps_in_epoch(cfg, run.manifest, accelerator.num_processes, epoch)
+    plan, run.position = plan_epoch(run.position, epoch, run.layout, cfg.train.seed, fresh_steps)
+    rank = accelerator.process_index
+    loader = record_batches(_epoch_loader(run, plan), plan, rank, lambda: run.lr)
     run.model.train()
     window = LossWindow(accelerator.device)
     epoch_loss = LossWindow(accelerator.device)
     progress = tqdm(
-        total=steps,
-        initial=skip,
+        total=plan.steps,
+        initial=plan.skip,
         desc=f"epoch {epoch + 1}",
         leave=False,
         disable=not accelerator.is_main_process,
         dynamic_ncols=True,
     )
     with progress as bar:  # closed on errors too, so an error line starts on a clean line
-        for batch_index, (images, labels) in enumerate(loader, start=skip + 1):
+        for batch_index, (images, labels) in enumerate(loader, start=plan.skip + 1):
             loss = train_step(accelerator, run.model, run.optimizer, (images, labels), cfg)
             run.scheduler.after_step()
-            run.position = Position(epoch, batch_index, run.position.step + 1)
+            run.position = run.position.after_step()
             window.add(loss, run.position.step)
             epoch_loss.add(loss, run.position.step)
             bar.update()
             if run.position.step % cfg.train.log_every == 0:
                 _log_window(run, window, len(labels), bar)
-            if _mid_epoch_checkpoint_due(cfg, batch_index, steps):
+            if _mid_epoch_checkpoint_due(cfg, batch_index, plan.steps):
                 _check_finite(accelerator, epoch_loss)
                 save_checkpoint(
                     accelerator, run.checkpoints / "last", cfg.model.model, run.position
                 )
     return _check_finite(accelerator, epoch_loss)
+
+
+def _epoch_loader(run: Session, plan: EpochPlan) -> Iterable[Batch]:
+    rank = run.accelerator.process_index
+    if run.cfg.data.stage_on_device:
+        return staged_train_loader(run.manifest, plan, rank, run.accelerator.device)
+    return train_loader(run.manifest, run.cfg.data, plan, rank)
+
+
+def _samples_left(run: Session) -> int:
+    """Samples the run will still train, for the LR plan: the rest of the current epoch as
+    this run deals it out, then whole epochs."""
+    cfg, start, batch = run.cfg, run.position.epoch, run.layout.global_batch
+    if start >= cfg.train.epochs:
+        return 0
+    world = run.accelerator.num_processes
+    steps = _steps_in_epoch(cfg, run.manifest, world, start)
+    plan, _ = plan_epoch(run.position, start, run.layout, cfg.train.seed, steps)
+    later = range(start + 1, cfg.train.epochs)
+    return batch * (
+        plan.steps - plan.skip + sum(_steps_in_epoch(cfg, run.manifest, world, e) for e in later)
+    )
 
 
 def _steps_in_epoch(cfg: RunConfig, manifest: Manifest, world_size: int, epoch: int) -> int:
