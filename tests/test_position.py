@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 
 from seqtrain.data.position import Layout, Position, Segment, plan_epoch, resize_note
@@ -66,7 +65,7 @@ def test_every_sample_of_the_epoch_exactly_once_over_a_resize(old, new, fraction
     ],
 )
 def test_several_resizes_and_layout_changes_in_one_epoch(layouts):
-    seen, last_plan, position = run_segments(layouts[0], 4, layouts[1:], epoch_steps=12)
+    seen, _last_plan, position = run_segments(layouts[0], 4, layouts[1:], epoch_steps=12)
     size = 12 * layouts[0].global_batch
     assert len(seen) == len(set(seen)) and set(seen) <= set(range(size))
     assert size - len(seen) < sum(lay.global_batch for lay in layouts[1:])
