@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -147,7 +148,9 @@ def _position(folder: Path, meta: dict) -> Position:
 
 def _prefix_free_weights(models: list, weights: list[dict], output_dir: str) -> None:
     """Save hook: the weights Accelerate is about to write, with prefix-free keys."""
-    weights[:] = [prefix_free(state) for state in weights]
+    # An OrderedDict, as a state dict is: Accelerate only then makes tensors contiguous
+    # (channels-last weights are not) and drops shared ones before writing safetensors.
+    weights[:] = [OrderedDict(prefix_free(state)) for state in weights]
 
 
 def _load_prefix_free(accelerator: Accelerator):
