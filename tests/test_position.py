@@ -104,14 +104,18 @@ def test_the_order_is_seeded_and_shuffled():
 
 
 def test_the_position_round_trips_through_json():
-    position = Position(2, 40, 96, (Segment(layout(2), 5), Segment(layout(3, window=0), 1)))
+    segments = (Segment(layout(2), 5), Segment(layout(3, window=0), 1))
+    position = Position(2, 40, 96, segments, segments[-1].layout)
     assert Position.from_json(position.to_json()) == position
+    assert Position.from_json(position.next_epoch().to_json()) == position.next_epoch()
     assert position.to_json()["samples_done"] == 5 * 6 + 1 * 9
 
 
 def test_a_resize_is_stated_in_one_line_naming_the_global_batches():
-    position = Position(0, 3, 48, (Segment(layout(2), 3),))
-    assert resize_note(position, layout(2)) is None
-    note = resize_note(position, layout(3))
-    assert "global batch changes from 6 to 9" in note and "\n" not in note
-    assert "changes" not in resize_note(position, layout(2, batch=3, streams=1))
+    mid_epoch = Position(0, 3, 48, (Segment(layout(2), 3),), layout(2))
+    assert resize_note(Position(), layout(2)) is None
+    for position in (mid_epoch, mid_epoch.next_epoch()):
+        assert resize_note(position, layout(2)) is None
+        note = resize_note(position, layout(3))
+        assert "global batch changes from 6 to 9" in note and "\n" not in note
+        assert "changes" not in resize_note(position, layout(2, batch=3, streams=1))

@@ -12,16 +12,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from test_faults_train import kill_when
 from test_train import read_jsonl, train_argv
 from test_train_resume import run_to_end
 from trainutil import cpu_env, launch_argv
 
-from seqtrain.checkpoint import META_NAME
+from seqtrain.checkpoint import META_NAME, WRAPPER_PREFIXES, prefix_free
 from seqtrain.data.format import load_manifest
 from seqtrain.data.position import LEDGER_ENV, Position
-
-pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+from seqtrain.distributed import seed_resumed_rank
+from seqtrain.export import WEIGHTS_NAME
 
 BATCH, LR = 16, 1e-2
 
@@ -49,6 +51,8 @@ def ledger(folder: Path) -> list[dict]:
     return [line for path in sorted(folder.glob("rank*.jsonl")) for line in read_jsonl(path)]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("old, new", [(2, 1), (2, 3), (1, 2)])
 def test_resume_on_other_processes_trains_each_sample_once(
     tiny_shards: Path, tmp_path: Path, old: int, new: int
@@ -60,6 +64,7 @@ def test_resume_on_other_processes_trains_each_sample_once(
     kill_when(resize_argv(tiny_shards, tmp_path, old), lambda: mid_first_epoch(last), env=env)
     position = Position.from_json(json.loads((last / META_NAME).read_text()))
     assert position.epoch == 0 and position.steps_done > 0
+    assert not any(key.startswith(WRAPPER_PREFIXES) for key in load_file(last / WEIGHTS_NAME))
     done = run_to_end([*resize_argv(tiny_shards, tmp_path, new), "--resume", "auto"], env)
     assert f"the global batch changes from {old * BATCH} to {new * BATCH}" in done
     assert f"at epoch 1, batch {position.steps_done} " in done
@@ -101,3 +106,21 @@ def test_resume_on_other_processes_trains_each_sample_once(
     test = json.loads((run / "test_metrics.json").read_text())
     assert test["count"] == load_manifest(tiny_shards).num_samples("test")
     assert 0 < test["exact_match"] <= 1
+
+
+def test_wrapper_prefixes_come_off_checkpoint_keys() -> None:
+    weight = torch.zeros(1)
+    state = {"module.head.weight": weight, "_orig_mod.conv.bias": weight, "fc.weight": weight}
+    assert list(prefix_free(state)) == ["head.weight", "conv.bias", "fc.weight"]
+
+
+def test_a_new_rank_gets_a_deterministic_seed_of_its_own() -> None:
+    def draw(process_index: int, step: int = 10, seed: int = 0) -> torch.Tensor:
+        seed_resumed_rank(seed, process_index, step)
+        return torch.rand(4)
+
+    with torch.random.fork_rng(devices=[]):
+        assert torch.equal(draw(2), draw(2))
+        assert not torch.equal(draw(2), draw(3))
+        assert not torch.equal(draw(2), draw(2, step=11))
+        assert not torch.equal(draw(2), draw(2, seed=1))

@@ -75,12 +75,14 @@ class Segment:
 class Position:
     """Where training continues: the epoch, the global optimizer step, the epoch's size in
     samples and its segments (empty before the epoch's first step). A global quantity: no
-    per-rank state, so any number of processes can continue from it."""
+    per-rank state, so any number of processes can continue from it. `last_layout`: the layout
+    of the latest segment (kept across the epoch boundary, to state a change at resume)."""
 
     epoch: int = 0
     step: int = 0
     epoch_samples: int = 0
     segments: tuple[Segment, ...] = ()
+    last_layout: Layout | None = None
 
     @property
     def samples_done(self) -> int:
@@ -100,8 +102,11 @@ class Position:
             segments=(*self.segments[:-1], replace(last, steps=last.steps + 1)),
         )
 
+    def start_segment(self, layout: Layout) -> Position:
+        return replace(self, segments=(*self.segments, Segment(layout)), last_layout=layout)
+
     def next_epoch(self) -> Position:
-        return Position(self.epoch + 1, self.step)
+        return Position(self.epoch + 1, self.step, last_layout=self.last_layout)
 
     def to_json(self) -> dict:
         return {
@@ -110,15 +115,24 @@ class Position:
             "epoch_samples": self.epoch_samples,
             "samples_done": self.samples_done,  # for people reading the file; derived
             "segments": [{**vars(s.layout), "steps": s.steps} for s in self.segments],
+            "last_layout": vars(self.last_layout) if self.last_layout else None,
         }
 
     @classmethod
     def from_json(cls, meta: dict) -> Position:
-        segments = tuple(
-            Segment(Layout(s["world_size"], s["batch_size"], s["streams"], s["window"]), s["steps"])
-            for s in meta["segments"]
+        segments = tuple(Segment(_layout(s), s["steps"]) for s in meta["segments"])
+        last = meta.get("last_layout")
+        return cls(
+            meta["epoch"],
+            meta["step"],
+            meta["epoch_samples"],
+            segments,
+            _layout(last) if last else None,
         )
-        return cls(meta["epoch"], meta["step"], meta["epoch_samples"], segments)
+
+
+def _layout(fields: dict) -> Layout:
+    return Layout(fields["world_size"], fields["batch_size"], fields["streams"], fields["window"])
 
 
 @dataclass(frozen=True)
@@ -168,15 +182,8 @@ class EpochPlan:
             start += length
             rng = np.random.default_rng([self.seed, self.epoch, SAMPLE_ORDER, self.index, rank, w])
             window = layout.window or max(length, 1)
-            streams.append(
-                Stream(
-                    positions,
-                    [
-                        rng.permutation(len(positions[lo : lo + window]))
-                        for lo in range(0, length, window)
-                    ],
-                )
-            )
+            windows = [rng.permutation(min(window, length - lo)) for lo in range(0, length, window)]
+            streams.append(Stream(positions, windows))
         return streams
 
     def batch_positions(self, rank: int, batch: int) -> np.ndarray:
@@ -213,7 +220,7 @@ def plan_epoch(
     the last segment continues; with another layout, a new segment deals out what is left."""
     if position.epoch != epoch or not position.segments:
         size = fresh_steps * layout.global_batch
-        start = Position(epoch, position.step, size, (Segment(layout),))
+        start = Position(epoch, position.step, size).start_segment(layout)
         return EpochPlan(seed, epoch, 0, np.arange(size, dtype=np.int64), layout), start
     left = np.arange(position.epoch_samples, dtype=np.int64)
     for index, segment in enumerate(position.segments[:-1]):
@@ -223,16 +230,13 @@ def plan_epoch(
     if last.layout == layout:
         return EpochPlan(seed, epoch, index, left, layout, skip=last.steps), position
     left = EpochPlan(seed, epoch, index, left, last.layout).remaining(last.steps)
-    resized = replace(position, segments=(*position.segments, Segment(layout)))
-    return EpochPlan(seed, epoch, index + 1, left, layout), resized
+    return EpochPlan(seed, epoch, index + 1, left, layout), position.start_segment(layout)
 
 
 def resize_note(position: Position, layout: Layout) -> str | None:
     """One line when the checkpoint's last layout differs from this run's, else None."""
-    if not position.segments:
-        return None
-    old = position.segments[-1].layout
-    if old == layout:
+    old = position.last_layout
+    if old is None or old == layout:
         return None
     line = f"resuming on {layout.describe()}; the checkpoint was trained on {old.describe()}"
     if old.global_batch != layout.global_batch:
