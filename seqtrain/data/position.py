@@ -180,7 +180,10 @@ class EpochPlan:
             length = layout.batch_size * len(range(w, self.steps, layout.streams))
             positions = self.positions[start : start + length]
             start += length
-            rng = np.random.default_rng([self.seed, self.epoch, SAMPLE_ORDER, self.index, rank, w])
+            # A later segment adds its index: segment 0 keeps the order unresized runs had
+            # before segments existed.
+            later = [self.index] if self.index else []
+            rng = np.random.default_rng([self.seed, self.epoch, SAMPLE_ORDER, rank, w, *later])
             window = layout.window or max(length, 1)
             windows = [rng.permutation(min(window, length - lo)) for lo in range(0, length, window)]
             streams.append(Stream(positions, windows))
