@@ -434,7 +434,7 @@ def _finish(run: Session) -> dict[str, Any]:
     best = find_checkpoint(run.checkpoints / "best")
     if best is None:
         raise UserError(f"no best checkpoint in {run.checkpoints}: no epoch had a finite val loss")
-    load_checkpoint(accelerator, best, run.cfg.model.model)
+    load_checkpoint(accelerator, best, run.cfg.model.model, run.cfg.train.seed)
     test = evaluate(run, "test")
     write_rank_record(run.run_dir, accelerator, run.lr_history, run.position.epoch)
     if accelerator.is_main_process:
