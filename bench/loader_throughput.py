@@ -31,14 +31,16 @@ from storeutil import BUCKET, Server, http_server, moto_server, s3_env  # noqa: 
 
 from seqtrain.config import DataConfig  # noqa: E402
 from seqtrain.data.format import load_manifest  # noqa: E402
-from seqtrain.data.stream import train_loader, train_steps_per_epoch  # noqa: E402
+from seqtrain.data.position import Position, plan_epoch  # noqa: E402
+from seqtrain.data.stream import train_layout, train_loader, train_steps_per_epoch  # noqa: E402
 
 
 def epoch_rate(manifest, cfg: DataConfig, epoch: int) -> float:
     """Samples/s of one full training epoch of the loader, consuming the batches."""
     steps = train_steps_per_epoch(manifest, cfg.batch_size, world_size=1)
+    plan, _ = plan_epoch(Position(), epoch, train_layout(cfg, 1), 0, steps)
     start = time.perf_counter()
-    samples = sum(len(labels) for _, labels in train_loader(manifest, cfg, epoch, steps, 0, 1, 0))
+    samples = sum(len(labels) for _, labels in train_loader(manifest, cfg, plan, 0))
     return samples / (time.perf_counter() - start)
 
 

@@ -1,9 +1,15 @@
 """Checkpoints: Accelerate's `save_state` written aside and renamed into place only when complete.
 
 A checkpoint folder holds Accelerate's files (model, optimizer, registered objects, one RNG file
-per rank) plus `seqtrain_checkpoint.json`, written last: a folder without it is incomplete.
-Replacing a checkpoint renames the old one to `.<name>.old` first, so a crash at any moment
-leaves either the old or the new checkpoint findable by `find_checkpoint`.
+per rank) plus `seqtrain_checkpoint.json` (model name and the global `Position`), written last:
+a folder without it is incomplete. Replacing a checkpoint renames the old one to
+`.<name>.old` first, so a crash at any moment leaves either the old or the new checkpoint
+findable by `find_checkpoint`.
+
+Checkpoints load on any number of processes: model weights are saved with prefix-free keys
+(no DDP `module.`, no torch.compile `_orig_mod.`; older checkpoints holding them are stripped
+on load), the optimizer and registered states are process-independent, the position is global,
+and a rank without a saved RNG state (more processes than at saving) gets a derived one.
 """
 
 from __future__ import annotations
@@ -11,17 +17,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from seqtrain.atomic import atomic_write_json
+from seqtrain.data.position import Position
 from seqtrain.errors import UserError
 
 if TYPE_CHECKING:  # keeps Accelerate out of `seqtrain.load_model`, which reads checkpoints too
     from accelerate import Accelerator
+    from torch import nn
+
+__all__ = ["Position"]  # the position lives with the data it counts; checkpoints carry it
 
 META_NAME = "seqtrain_checkpoint.json"
 IDENTITY_KEY = "identity"  # the data and settings trained with (see `resume_guard`)
@@ -29,15 +41,19 @@ AUTO = "auto"
 # What writing a checkpoint raises when the disk is full: OSError from Python, RuntimeError
 # from torch.save ("PytorchStreamWriter failed writing file"), SafetensorError from safetensors.
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+# Prefixes a wrapped model adds to state-dict keys: DDP's `module.` (Accelerate saves the
+# prepared model with unwrap=False) and torch.compile's `_orig_mod.`.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-@dataclass(frozen=True)
-class Position:
-    """Where training continues: epoch index and batches of it already done, global step."""
-
-    epoch: int = 0
-    batches_done: int = 0
-    step: int = 0
+def prefix_free(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the wrapper prefixes taken off its keys: the bare model's key names."""
+    stripped = {}
+    for key, value in state.items():
+        for prefix in WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        stripped[key] = value
+    return stripped
 
 
 def save_checkpoint(
@@ -53,15 +69,18 @@ def save_checkpoint(
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
+    hook = accelerator.register_save_state_pre_hook(_prefix_free_weights)
     try:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            meta = {"model": model_name, **asdict(position), IDENTITY_KEY: identity}
+            meta = {"model": model_name, **position.to_json(), IDENTITY_KEY: identity}
             atomic_write_json(tmp / META_NAME, meta)
     except WRITE_ERRORS as e:  # a full disk, a quota, a file size limit
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write checkpoint {folder}: {_write_error(e)}") from None
+    finally:
+        hook.remove()
     if accelerator.is_main_process:
         _replace(tmp, folder)
     accelerator.wait_for_everyone()
@@ -115,12 +134,59 @@ def checkpoint_meta(folder: Path, model_name: str) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(accelerator: Accelerator, folder: Path, model_name: str) -> Position:
-    """Collective: restore everything `save_checkpoint` saved; returns where to continue."""
+def load_checkpoint(
+    accelerator: Accelerator, folder: Path, model_name: str, seed: int = 0
+) -> Position:
+    """Collective: restore everything `save_checkpoint` saved, on any number of processes;
+    returns where to continue. A rank the checkpoint has no RNG state for is seeded from
+    (`seed`, its index, the checkpoint's step)."""
     meta = checkpoint_meta(folder, model_name)
+    position = _position(folder, meta)
     _check_scaler_state(accelerator, folder)
-    accelerator.load_state(str(folder))
-    return Position(meta["epoch"], meta["batches_done"], meta["step"])
+    hook = accelerator.register_load_state_pre_hook(_load_prefix_free(accelerator))
+    try:
+        accelerator.load_state(str(folder))
+    finally:
+        hook.remove()
+    if not (folder / f"random_states_{accelerator.process_index}.pkl").is_file():
+        # Imported here: Accelerate stays out of `seqtrain.load_model`'s imports.
+        from seqtrain.distributed import seed_resumed_rank
+
+        seed_resumed_rank(seed, accelerator.process_index, position.step)
+    return position
+
+
+def _position(folder: Path, meta: dict) -> Position:
+    if "segments" in meta:
+        return Position.from_json(meta)
+    # Written before positions were global: only an epoch boundary can be placed.
+    if meta.get("batches_done", 0):
+        raise UserError(
+            f"checkpoint {folder} is from inside an epoch, saved by an older seqtrain with a "
+            "per-process position: resume it with that version, or from an epoch-end checkpoint"
+        )
+    return Position(meta["epoch"], meta["step"])
+
+
+def _prefix_free_weights(models: list, weights: list[dict], output_dir: str) -> None:
+    """Save hook: the weights Accelerate is about to write, with prefix-free keys."""
+    # An OrderedDict, as a state dict is: Accelerate only then makes tensors contiguous
+    # (channels-last weights are not) and drops shared ones before writing safetensors.
+    weights[:] = [OrderedDict(prefix_free(state)) for state in weights]
+
+
+def _load_prefix_free(accelerator: Accelerator):
+    """Load hook: load each model file into the bare model (keys stripped of wrapper prefixes,
+    so checkpoints of wrapped and bare models both fit), then leave nothing for Accelerate."""
+
+    def hook(models: list[nn.Module], input_dir: str) -> None:
+        for i, model in enumerate(models):
+            name = "model.safetensors" if i == 0 else f"model_{i}.safetensors"
+            state = prefix_free(load_file(Path(input_dir) / name, device="cpu"))
+            accelerator.unwrap_model(model).load_state_dict(state)
+        models.clear()
+
+    return hook
 
 
 def _check_scaler_state(accelerator: Accelerator, folder: Path) -> None:

@@ -83,7 +83,8 @@ class OptimConfig:
     """Weight decay of the optimizer."""
     sched: Literal["plateau", "onecycle"] = "plateau"
     """LR schedule: `plateau` (ReduceLROnPlateau on the val loss once per epoch, the reference)
-    or `onecycle` (OneCycleLR up to --lr and down, stepped per optimizer step over --epochs)."""
+    or `onecycle` (OneCycleLR's curve up to --lr and down over --epochs, planned in samples
+    trained, so it stays continuous when a resumed run changes the global batch)."""
     label_smoothing: float = 0.0
     """Label smoothing of each head's cross-entropy."""
     plateau_factor: float = 0.1

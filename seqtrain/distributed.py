@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, gather_object, reduce
+from accelerate.utils import broadcast_object_list, gather_object, reduce, set_seed
 from torch import nn
 
 from seqtrain.config import RunConfig
@@ -161,6 +161,14 @@ def shared_across_processes(work: Callable[[int, int], dict]) -> dict:
     for one in gather_object([work(state.process_index, state.num_processes)]):
         merged.update(one)
     return merged
+
+
+def seed_resumed_rank(seed: int, process_index: int, step: int) -> None:
+    """Seed python, numpy and torch of a rank that has no saved RNG state (a run resumed on
+    more processes than it was saved with): deterministic, and its own, not a copy of another
+    rank's stream."""
+    derived = np.random.SeedSequence([seed, process_index, step]).generate_state(1)[0]
+    set_seed(int(derived))
 
 
 def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:

@@ -19,7 +19,7 @@ from torch import nn
 
 from seqtrain import __version__
 from seqtrain.atomic import atomic_write_bytes, atomic_write_json, read_json_object
-from seqtrain.checkpoint import META_NAME, find_checkpoint
+from seqtrain.checkpoint import META_NAME, find_checkpoint, prefix_free
 from seqtrain.data.format import BLANK, IMAGE_SHAPE, NUM_CLASSES, NUM_SLOTS
 from seqtrain.errors import UserError
 from seqtrain.models import build_model
@@ -28,9 +28,6 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
 EXPORT_FORMAT = "seqtrain-model"
 EXPORT_VERSION = 1
-# Prefixes a wrapped model adds to state-dict keys: DDP's `module.` (Accelerate saves the
-# prepared model unwrapped=False) and torch.compile's `_orig_mod.`.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 @dataclass
@@ -97,7 +94,7 @@ def load_model(path: str | Path) -> nn.Module:
     """
     source = resolve_source(path)
     model = build_model(source.model)
-    state = _strip_wrappers(_load_weights(source.weights))
+    state = prefix_free(_load_weights(source.weights))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -161,12 +158,3 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is missing") from None
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a readable safetensors file: {e}") from None
-
-
-def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    stripped = {}
-    for key, value in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
-        stripped[key] = value
-    return stripped

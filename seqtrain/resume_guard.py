@@ -27,13 +27,13 @@ from seqtrain.data.format import SPLITS, Manifest
 from seqtrain.distributed import decided_on_main_process
 from seqtrain.errors import UserError
 
-# (section, field) of the settings that change which samples come in which order, or what
-# an optimizer step does with them. Speed options (precision, compile, channels-last) and the
-# number of processes are left out on purpose. Every optimizer setting counts. The model is
+# (section, field) of the settings that change what an optimizer step does with its samples, or
+# how an epoch is shuffled. Speed options (precision, compile, channels-last, loader workers) and
+# the number of processes are left out on purpose: a resume deals the rest of the epoch out
+# over any of those (`seqtrain.data.position`). Every optimizer setting counts. The model is
 # checked apart: another model's checkpoint cannot be loaded, so it cannot be accepted.
 GUARDED_SETTINGS = (
     ("data", "batch_size"),
-    ("data", "num_workers"),  # the loader's sample order depends on its worker count
     ("data", "shuffle_buffer"),
     ("data", "stage_on_device"),
     *(("optim", f.name) for f in dataclasses.fields(OptimConfig)),

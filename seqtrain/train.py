@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -36,8 +37,15 @@ from seqtrain.checkpoint import (
 )
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, checked_manifest, load_manifest, shard_problems
+from seqtrain.data.position import EpochPlan, Layout, plan_epoch, record_batches, resize_note
 from seqtrain.data.staged import staged_train_loader
-from seqtrain.data.stream import Batches, eval_loader, train_loader, train_steps_per_epoch
+from seqtrain.data.stream import (
+    Batches,
+    eval_loader,
+    train_layout,
+    train_loader,
+    train_steps_per_epoch,
+)
 from seqtrain.distributed import (
     all_reduce_sum,
     decided_on_main_process,
@@ -113,6 +121,7 @@ class Session:
     scheduler: LRSchedule
     stopper: EarlyStopping
     position: Position
+    layout: Layout  # how this run deals out each epoch's samples
     identity: dict[str, Any] = field(default_factory=dict)
     resumed_from: Path | None = None
     flops_per_sample: int = 0
@@ -144,7 +153,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         train_loss = train_epoch(run, epoch)
         val = evaluate(run, "val")
         improved, lr_reduced = _end_of_epoch_decisions(run, val["loss"])
-        run.position = Position(epoch + 1, 0, run.position.step)
+        run.position = run.position.next_epoch()
         _save(run, improved)
         _report_epoch(run, epoch, train_loss, val, improved, lr_reduced, start)
     return _finish(run)
@@ -159,15 +168,21 @@ def _build(cfg: RunConfig) -> Session:
     accelerator = make_accelerator(cfg, run_dir)
     model, optimizer = build_model_and_optimizer(cfg, accelerator)
     seed_rank_streams(cfg.train.seed, accelerator.process_index)  # own dropout masks per rank
-    total_steps = sum(
-        _steps_in_epoch(cfg, manifest, accelerator.num_processes, epoch)
-        for epoch in range(cfg.train.epochs)
-    )
-    scheduler = LRSchedule(optimizer, cfg.optim, total_steps)
+    scheduler = LRSchedule(optimizer, cfg.optim)
     stopper = EarlyStopping(cfg.train.early_stop_patience)
     accelerator.register_for_checkpointing(scheduler, stopper)
+    layout = train_layout(cfg.data, accelerator.num_processes)
     run = Session(
-        cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position()
+        cfg,
+        run_dir,
+        manifest,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        stopper,
+        Position(),
+        layout,
     )
     run.flops_per_sample = flops_per_sample(partial(build_model, cfg.model.model))
     run.peak_flops, peak_line = mfu_peak(accelerator.device, cfg.train.mixed_precision)
@@ -176,11 +191,16 @@ def _build(cfg: RunConfig) -> Session:
     run.identity = run_identity(cfg, manifest)
     run.resumed_from = decide_resume(cfg, run_dir, run.identity)
     if run.resumed_from is not None:
-        run.position = load_checkpoint(accelerator, run.resumed_from, cfg.model.model)
+        position = load_checkpoint(accelerator, run.resumed_from, cfg.model.model, cfg.train.seed)
+        run.position = position
         run.log(
-            f"resumed from {run.resumed_from} at epoch {run.position.epoch + 1}, "
-            f"batch {run.position.batches_done}"
+            f"resumed from {run.resumed_from} at epoch {position.epoch + 1}, "
+            f"batch {position.steps_done} ({position.samples_done} samples)"
         )
+        note = resize_note(run.position, layout)
+        if note:
+            run.log(note)
+    scheduler.plan(_samples_left(run), layout.global_batch)
     _start_outputs(run)
     if skipped:
         run.log(f"skipped {len(skipped)} corrupt shard(s): " + "; ".join(skipped))
@@ -220,55 +240,35 @@ def _start_outputs(run: Session) -> None:
 
 
 def train_epoch(run: Session, epoch: int) -> float:
-    """One epoch of optimizer steps; returns the mean train loss over all ranks."""
+    """One epoch (the rest of it, when resumed) of optimizer steps; returns the mean train
+    loss over all ranks."""
     cfg, accelerator = run.cfg, run.accelerator
-    steps = _steps_in_epoch(cfg, run.manifest, accelerator.num_processes, epoch)
-    skip = run.position.batches_done if epoch == run.position.epoch else 0
-    if cfg.data.stage_on_device:
-        loader = staged_train_loader(
-            run.manifest,
-            cfg.data.batch_size,
-            epoch,
-            steps,
-            accelerator.process_index,
-            cfg.train.seed,
-            accelerator.device,
-            skip_batches=skip,
-        )
-    else:
-        loader = train_loader(
-            run.manifest,
-            cfg.data,
-            epoch,
-            steps,
-            accelerator.process_index,
-            accelerator.num_processes,
-            cfg.train.seed,
-            skip_batches=skip,
-            device=accelerator.device,
-        )
+    fresh_steps = _steps_in_epoch(cfg, run.manifest, accelerator.num_processes, epoch)
+    plan, run.position = plan_epoch(run.position, epoch, run.layout, cfg.train.seed, fresh_steps)
+    rank = accelerator.process_index
+    loader = record_batches(_epoch_loader(run, plan), plan, rank, lambda: run.lr)
     run.model.train()
     window = LossWindow(accelerator.device)
     epoch_loss = LossWindow(accelerator.device)
     progress = tqdm(
-        total=steps,
-        initial=skip,
+        total=plan.steps,
+        initial=plan.skip,
         desc=f"epoch {epoch + 1}",
         leave=False,
         disable=not accelerator.is_main_process,
         dynamic_ncols=True,
     )
     with progress as bar:  # closed on errors too, so an error line starts on a clean line
-        for batch_index, (images, labels) in enumerate(loader, start=skip + 1):
+        for batch_index, (images, labels) in enumerate(loader, start=plan.skip + 1):
             loss = train_step(accelerator, run.model, run.optimizer, (images, labels), cfg)
             run.scheduler.after_step()
-            run.position = Position(epoch, batch_index, run.position.step + 1)
+            run.position = run.position.after_step()
             window.add(loss, run.position.step)
             epoch_loss.add(loss, run.position.step)
             bar.update()
             if run.position.step % cfg.train.log_every == 0:
                 _log_window(run, window, len(labels), bar)
-            if _mid_epoch_checkpoint_due(cfg, batch_index, steps):
+            if _mid_epoch_checkpoint_due(cfg, batch_index, plan.steps):
                 _check_finite(accelerator, epoch_loss)
                 save_checkpoint(
                     accelerator,
@@ -278,6 +278,28 @@ def train_epoch(run: Session, epoch: int) -> float:
                     identity=run.identity,
                 )
     return _check_finite(accelerator, epoch_loss)
+
+
+def _epoch_loader(run: Session, plan: EpochPlan) -> Iterable[Batch]:
+    rank = run.accelerator.process_index
+    if run.cfg.data.stage_on_device:
+        return staged_train_loader(run.manifest, plan, rank, run.accelerator.device)
+    return train_loader(run.manifest, run.cfg.data, plan, rank, device=run.accelerator.device)
+
+
+def _samples_left(run: Session) -> int:
+    """Samples the run will still train, for the LR plan: the rest of the current epoch as
+    this run deals it out, then whole epochs."""
+    cfg, start, batch = run.cfg, run.position.epoch, run.layout.global_batch
+    if start >= cfg.train.epochs:
+        return 0
+    world = run.accelerator.num_processes
+    steps = _steps_in_epoch(cfg, run.manifest, world, start)
+    plan, _ = plan_epoch(run.position, start, run.layout, cfg.train.seed, steps)
+    later = range(start + 1, cfg.train.epochs)
+    return batch * (
+        plan.steps - plan.skip + sum(_steps_in_epoch(cfg, run.manifest, world, e) for e in later)
+    )
 
 
 def _steps_in_epoch(cfg: RunConfig, manifest: Manifest, world_size: int, epoch: int) -> int:
@@ -428,7 +450,7 @@ def _finish(run: Session) -> dict[str, Any]:
     """Load the best checkpoint, evaluate test, write results, close tracking."""
     accelerator = run.accelerator
     best = decided_on_main_process(partial(best_to_test, run.checkpoints))
-    load_checkpoint(accelerator, best, run.cfg.model.model)
+    load_checkpoint(accelerator, best, run.cfg.model.model, run.cfg.train.seed)
     test = evaluate(run, "test")
     sources = {"resumed_from": run.resumed_from, "tested": best}
     write_rank_record(run.run_dir, accelerator, run.lr_history, run.position.epoch, sources)

@@ -33,9 +33,11 @@ def test_changes_name_each_setting_old_to_new(tiny_shards: Path) -> None:
         "--lr 0.001 -> 0.5",
         "--seed 0 -> 7",
     ]
-    cfg.data.num_workers, cfg.train.cpu = 5, True  # workers shape the stream, --cpu does not
-    assert "--num-workers 2 -> 5" in identity_changes(old, run_identity(cfg, manifest))
-    assert not any("--cpu" in c for c in identity_changes(old, run_identity(cfg, manifest)))
+    cfg.data.shuffle_buffer, cfg.train.cpu = 5, True  # the shuffle counts, --cpu does not
+    cfg.data.num_workers = 5  # a resume re-deals the epoch over any worker count
+    changes = identity_changes(old, run_identity(cfg, manifest))
+    assert "--shuffle-buffer 8192 -> 5" in changes
+    assert not any("--cpu" in c or "--num-workers" in c for c in changes)
 
 
 @pytest.fixture(scope="module")

@@ -4,39 +4,53 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
 import pytest
 import torch
-from test_stream import BATCH, check_batch, config, ids_of, manifest  # noqa: F401 (fixture)
+from test_stream import (  # noqa: F401 (fixture)
+    BATCH,
+    check_batch,
+    config,
+    fresh_plan,
+    ids_of,
+    manifest,
+    train_batches,
+)
 
 from seqtrain.data import staged
+from seqtrain.data.position import SHARD_ORDER, Position, plan_epoch
 from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import (
-    SHARD_ORDER,
     read_chunks,
     sample_pieces,
     shuffled_shard_order,
-    train_loader,
+    train_layout,
     train_steps_per_epoch,
 )
 
 CPU = torch.device("cpu")
 
 
+def staged_config(manifest):  # noqa: F811
+    return replace(config(manifest, 0), stage_on_device=True)
+
+
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 def test_each_rank_gets_the_loaders_samples_in_the_same_steps(manifest, world_size):  # noqa: F811
     steps = train_steps_per_epoch(manifest, BATCH, world_size)
+    plan = fresh_plan(staged_config(manifest), 0, steps, world_size, seed=3)
     seen = []
     for rank in range(world_size):
-        staged = staged_train_loader(manifest, BATCH, 0, steps, rank, seed=3, device=CPU)
+        staged = staged_train_loader(manifest, plan, rank, CPU)
         batches = list(staged)
         assert len(staged) == len(batches) == steps
         for images, labels in batches:
             check_batch(images, labels, BATCH)
         ids = ids_of(batches)
-        streamed = train_loader(manifest, config(manifest, 0), 0, steps, rank, world_size, seed=3)
+        streamed = train_batches(manifest, config(manifest, 0), 0, steps, rank, world_size, 3)
         assert sorted(ids) == sorted(ids_of(streamed))  # the same samples, reshuffled
         seen += ids
     assert len(set(seen)) == len(seen) == steps * BATCH * world_size  # each sample once
@@ -44,8 +58,8 @@ def test_each_rank_gets_the_loaders_samples_in_the_same_steps(manifest, world_si
 
 def test_staged_batches_are_seeded_and_skip_gives_the_tail(manifest):  # noqa: F811
     def ids(skip: int = 0, seed: int = 5, epoch: int = 0) -> list[int]:
-        batches = staged_train_loader(manifest, BATCH, epoch, 10, 0, seed, CPU, skip)
-        return ids_of(batches)
+        plan = fresh_plan(staged_config(manifest), epoch, 10, 1, seed, skip)
+        return ids_of(staged_train_loader(manifest, plan, 0, CPU))
 
     full = ids()
     assert ids() == full
@@ -71,3 +85,22 @@ def test_staging_reads_shards_in_parallel_threads(manifest, monkeypatch):  # noq
     assert np.array_equal(images.numpy(), np.concatenate([c[0] for c in expected]))
     assert np.array_equal(labels.numpy(), np.concatenate([c[1] for c in expected]))
     assert len(readers) > 1
+
+
+@pytest.mark.parametrize("old, new", [(2, 1), (2, 3), (1, 2)])
+def test_staged_resume_on_other_ranks_trains_the_rest_of_the_epoch(manifest, old, new):  # noqa: F811
+    """Staged and resized, from a streamed segment: every sample of the epoch once at most."""
+    streamed, staged = config(manifest, 2, shuffle_buffer=12), staged_config(manifest)
+    steps = train_steps_per_epoch(manifest, BATCH, old)
+    _plan, position = plan_epoch(Position(), 0, train_layout(streamed, old), 1, steps)
+    done = steps // 2
+    seen = []
+    for rank in range(old):
+        seen += ids_of(list(train_batches(manifest, streamed, 0, steps, rank, old, 1))[:done])
+    for _ in range(done):
+        position = position.after_step()
+    rest, _ = plan_epoch(position, 0, train_layout(staged, new), 1, steps)
+    for rank in range(new):
+        seen += ids_of(staged_train_loader(manifest, rest, rank, CPU))
+    assert len(seen) == len(set(seen))
+    assert steps * BATCH * old - len(seen) < BATCH * new

@@ -9,9 +9,11 @@ from shardutil import decode_ids, sample_id, tiny_labels, write_tiny_dataset
 
 from seqtrain.config import DataConfig
 from seqtrain.data.format import load_manifest
+from seqtrain.data.position import EpochPlan, Position, plan_epoch
 from seqtrain.data.stream import (
     eval_loader,
     images_to_float,
+    train_layout,
     train_loader,
     train_steps_per_epoch,
 )
@@ -41,6 +43,21 @@ def config(manifest, num_workers: int, shuffle_buffer: int = 8) -> DataConfig:
     )
 
 
+def fresh_plan(
+    cfg: DataConfig, epoch: int, steps: int, world_size: int, seed: int, skip: int = 0
+) -> EpochPlan:
+    """The plan of a fresh epoch of `steps` global steps, resumed after `skip` of them."""
+    plan, _ = plan_epoch(Position(), epoch, train_layout(cfg, world_size), seed, steps)
+    return EpochPlan(plan.seed, epoch, 0, plan.positions, plan.layout, skip)
+
+
+def train_batches(
+    manifest, cfg, epoch: int, steps: int, rank: int, world_size: int, seed: int, skip: int = 0
+):
+    """`train_loader` of rank `rank` in a fresh epoch of `steps` steps (from `skip` on)."""
+    return train_loader(manifest, cfg, fresh_plan(cfg, epoch, steps, world_size, seed, skip), rank)
+
+
 def ids_of(batches) -> list[int]:
     return [int(i) for images, _ in batches for i in decode_ids(images)]
 
@@ -62,7 +79,7 @@ def test_every_rank_gets_exactly_steps_batches_and_the_epoch_reads_each_sample_o
     assert steps == sum(TRAIN_SHARDS) // (BATCH * world_size)
     seen = []
     for rank in range(world_size):
-        batches = list(train_loader(manifest, cfg, 0, steps, rank, world_size, seed=3))
+        batches = list(train_batches(manifest, cfg, 0, steps, rank, world_size, seed=3))
         assert len(batches) == steps
         for images, labels in batches:
             check_batch(images, labels, BATCH)
@@ -76,7 +93,7 @@ def test_every_rank_gets_exactly_steps_batches_and_the_epoch_reads_each_sample_o
 def test_more_steps_than_data_repeats_the_data_without_hanging(manifest):
     cfg = config(manifest, num_workers=2)
     for rank in range(3):
-        batches = list(train_loader(manifest, cfg, 0, 25, rank, 3, seed=0))
+        batches = list(train_batches(manifest, cfg, 0, 25, rank, 3, seed=0))
         assert len(batches) == 25
     # 25 * 4 * 3 = 300 samples: each of the 64 read 4 or 5 times.
     assert len(set(ids_of(batches))) == 64
@@ -87,7 +104,7 @@ def test_a_single_shard_feeds_many_ranks_and_workers(tmp_path):
     cfg = config(manifest, num_workers=2)
     seen = []
     for rank in range(3):
-        batches = list(train_loader(manifest, cfg, 0, 2, rank, 3, seed=0))
+        batches = list(train_batches(manifest, cfg, 0, 2, rank, 3, seed=0))
         assert len(batches) == 2
         seen += ids_of(batches)
     assert len(set(seen)) == len(seen) == 24
@@ -99,7 +116,7 @@ def test_same_arguments_same_batches_and_skip_gives_the_tail(manifest, num_worke
     steps = 7
 
     def run(skip: int = 0, seed: int = 5, epoch: int = 0) -> list[list[int]]:
-        batches = train_loader(manifest, cfg, epoch, steps, 1, 2, seed=seed, skip_batches=skip)
+        batches = train_batches(manifest, cfg, epoch, steps, 1, 2, seed=seed, skip=skip)
         assert len(batches) == steps - skip
         return [ids_of([batch]) for batch in batches]
 
@@ -114,14 +131,14 @@ def test_same_arguments_same_batches_and_skip_gives_the_tail(manifest, num_worke
 def test_training_epochs_wrap_around_the_generator_epochs(manifest):
     cfg = config(manifest, num_workers=0)
     for epoch, generator_epoch in [(0, 0), (1, 1), (2, 0), (5, 1)]:
-        ids = ids_of(train_loader(manifest, cfg, epoch, 16, 0, 1, seed=0))
+        ids = ids_of(train_batches(manifest, cfg, epoch, 16, 0, 1, seed=0))
         expected = {sample_id("train", generator_epoch, i) for i in range(64)}
         assert set(ids) == expected
 
 
 def test_shuffling_mixes_shards_and_positions(manifest):
     cfg = config(manifest, num_workers=0, shuffle_buffer=64)
-    ids = ids_of(train_loader(manifest, cfg, 0, 16, 0, 1, seed=0))
+    ids = ids_of(train_batches(manifest, cfg, 0, 16, 0, 1, seed=0))
     assert ids != sorted(ids)
 
 
@@ -167,5 +184,57 @@ def test_a_bad_shard_is_a_one_line_user_error_naming_it(tmp_path, num_workers, d
     else:
         shard.unlink()
     with pytest.raises(UserError, match=shard.name) as info:
-        list(train_loader(manifest, config(manifest, num_workers), 0, 6, 0, 1, seed=0))
+        list(train_batches(manifest, config(manifest, num_workers), 0, 6, 0, 1, seed=0))
     assert "\n" not in str(info.value)
+
+
+def trained_ids(manifest, cfg, plan, steps: int | None = None) -> list[int]:
+    """Ids every rank's loader delivers in the plan's global steps from `plan.skip` to `steps`."""
+    stop = plan.steps if steps is None else steps
+    ids = []
+    for rank in range(plan.layout.world_size):
+        batches = list(train_loader(manifest, cfg, plan, rank))[: stop - plan.skip]
+        assert all(len(labels) == plan.layout.batch_size for _, labels in batches)
+        ids += ids_of(batches)
+    return ids
+
+
+@pytest.mark.parametrize(
+    "old, new, old_workers, new_workers", [(2, 1, 2, 0), (2, 3, 0, 2), (1, 2, 2, 2), (3, 2, 2, 0)]
+)
+def test_a_resized_resume_reads_every_sample_of_the_epoch_once(
+    manifest, old, new, old_workers, new_workers
+):
+    """Real samples (ids decoded from the images): k steps on `old` ranks, then the rest of
+    the epoch on `new` ranks, other workers and batch size: each sample at most once, fewer
+    than one new global batch never trained."""
+    before = config(manifest, old_workers, shuffle_buffer=12)
+    after = DataConfig(shards=manifest.root, batch_size=3, num_workers=new_workers)
+    steps = train_steps_per_epoch(manifest, BATCH, old)
+    plan, position = plan_epoch(Position(), 1, train_layout(before, old), 5, steps)
+    done = steps // 2 + 1
+    seen = trained_ids(manifest, before, plan, done)
+    for _ in range(done):
+        position = position.after_step()
+    rest, _ = plan_epoch(position, 1, train_layout(after, new), 5, steps)
+    assert rest.index == 1 and rest.skip == 0
+    seen += trained_ids(manifest, after, rest)
+    epoch_ids = {sample_id("train", 1, i) for i in range(sum(TRAIN_SHARDS))}
+    assert len(seen) == len(set(seen)) and set(seen) <= epoch_ids
+    assert steps * BATCH * old - len(seen) < 3 * new
+
+
+def test_a_resumed_segment_skips_to_its_tail(manifest):
+    """Mid-way through a resized segment, the same layout resumes with the segment's tail."""
+    cfg = config(manifest, 2, shuffle_buffer=12)
+    _plan, position = plan_epoch(Position(), 0, train_layout(cfg, 2), 5, 8)
+    for _ in range(3):
+        position = position.after_step()
+    rest, position = plan_epoch(position, 0, train_layout(cfg, 3), 5, 8)
+    full = [ids_of(train_loader(manifest, cfg, rest, rank)) for rank in range(3)]
+    for _ in range(2):
+        position = position.after_step()
+    again, _ = plan_epoch(position, 0, train_layout(cfg, 3), 5, 8)
+    assert again.skip == 2
+    for rank in range(3):
+        assert ids_of(train_loader(manifest, cfg, again, rank)) == full[rank][2 * BATCH :]

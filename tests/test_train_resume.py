@@ -27,8 +27,8 @@ def resume_argv(shards: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def run_to_end(argv: list[str]) -> str:
-    done = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=240, check=False)
+def run_to_end(argv: list[str], env: dict[str, str] = ENV) -> str:
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -44,7 +44,7 @@ def kill_mid_second_epoch(argv: list[str], run: Path) -> None:
                 position = json.loads(meta.read_text())
             except (FileNotFoundError, ValueError):
                 position = {}
-            if position.get("epoch") == 1 and position.get("batches_done", 0) > 0:
+            if position.get("epoch") == 1 and position.get("samples_done", 0) > 0:
                 break
             time.sleep(0.01)
         assert process.poll() is None, "the run ended before it could be killed"

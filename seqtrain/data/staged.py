@@ -1,10 +1,11 @@
 """Training batches served from device memory (`--stage-on-device`).
 
-At an epoch's start the process reads its share of the epoch's samples, the very samples
-`train_loader` would give it (the same plan: seeded shard order, contiguous run of
-`steps * batch_size` samples per rank), into one uint8 tensor on the device, then serves
-batches by indexing that tensor with a seeded permutation: no loader workers, no host-to-device
-copy per step, a full shuffle of the epoch instead of a shuffle buffer.
+At a segment's start the process reads its share of the epoch's samples (the positions the
+segment's plan deals it, see `seqtrain.data.position`; its layout has one stream whose whole
+run is one shuffle window) into one uint8 tensor on the device, then serves batches by
+indexing that tensor in the planned order: no loader workers, no host-to-device copy per step,
+a full shuffle of the rank's run instead of a shuffle buffer. Resumes and resizes work as with
+the streaming loader, from the same plan.
 """
 
 from __future__ import annotations
@@ -12,29 +13,19 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import numpy as np
 import torch
 
 from seqtrain.data.format import IMAGE_SHAPE, NUM_SLOTS, Manifest
-from seqtrain.data.stream import (
-    SAMPLE_ORDER,
-    SHARD_ORDER,
-    Batch,
-    _Piece,
-    generator_epoch,
-    read_chunks,
-    sample_pieces,
-    shuffled_shard_order,
-    total_samples,
-)
+from seqtrain.data.position import EpochPlan
+from seqtrain.data.stream import Batch, _Piece, epoch_sequence, read_chunks, stream_read
 
 READ_THREADS = 8  # shards read at once while staging an epoch
 
 
 class StagedBatches:
-    """One epoch of a rank's training batches from a device tensor: iterable, with a length."""
+    """One segment of a rank's training batches from a device tensor: iterable, with a length."""
 
     def __init__(
         self,
@@ -58,30 +49,27 @@ class StagedBatches:
 
 
 def staged_train_loader(
-    manifest: Manifest,
-    batch_size: int,
-    epoch: int,
-    steps: int,
-    rank: int,
-    seed: int,
-    device: torch.device,
-    skip_batches: int = 0,
+    manifest: Manifest, plan: EpochPlan, rank: int, device: torch.device
 ) -> StagedBatches:
-    """This rank's `steps` training batches of `epoch` (from `skip_batches` on), staged on
-    `device`: images uint8 [B, 1, 28, 84] and labels int64 [B, 3], already on the device."""
-    if not 0 <= skip_batches <= steps:
-        raise ValueError(f"skip_batches={skip_batches} is outside [0, steps={steps}]")
-    shards = manifest.shards("train", generator_epoch(manifest, epoch))
-    order = partial(shuffled_shard_order, shards, (seed, epoch, SHARD_ORDER))
-    length = steps * batch_size
-    pieces = sample_pieces(order, total_samples(shards, "train"), rank * length, length)
-    images, labels = read_into_host(pieces, pinned=device.type == "cuda")
+    """Rank `rank`'s batches of the segment `plan` (from `plan.skip` on), staged on `device`:
+    images uint8 [B, 1, 28, 84] and labels int64 [B, 3], already on the device."""
+    layout = plan.layout
+    if layout.streams != 1 or layout.window != 0:
+        raise ValueError(f"staged batches need one stream, one window per run, not {layout}")
+    (stream,) = plan.streams(rank)
+    read = stream_read(epoch_sequence(manifest, plan.seed, plan.epoch), stream, 1, skip=0)
+    images, labels = read_into_host(read.pieces, pinned=device.type == "cuda")
+    if read.keep is not None:  # holes: samples trained in an earlier segment
+        keep = torch.from_numpy(read.keep)
+        images, labels = images[keep], labels[keep]
+    order = torch.from_numpy(stream.batch_order()).to(device)
     # From pinned memory the copies run asynchronously: the first steps queue behind them.
-    images = images.to(device, non_blocking=True)
-    labels = labels.to(device, non_blocking=True)
-    permutation = np.random.default_rng([seed, epoch, SAMPLE_ORDER, rank]).permutation(length)
     return StagedBatches(
-        images, labels, torch.from_numpy(permutation).to(device), batch_size, skip_batches
+        images.to(device, non_blocking=True),
+        labels.to(device, non_blocking=True),
+        order,
+        layout.batch_size,
+        plan.skip,
     )
 
 

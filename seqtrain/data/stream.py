@@ -1,21 +1,22 @@
 """Train and eval loaders: webdataset pipelines over the shards of `seqtrain.data.format`.
 
-Each loader is one explicit list of stages, built per epoch:
+Each loader is one explicit list of stages, built per epoch segment:
 
-    plan (seeded shard order, split by rank and worker) → read tar chunks → shuffle + batch
-    → WebLoader.with_epoch
+    plan (`seqtrain.data.position`: who trains which position when) → per worker, read its
+    span of the epoch's sample sequence (tar chunks) → gather each window, put it in its planned
+    order, cut batches → WebLoader.with_epoch
 
-The split is by *sample range*, not by whole shards. The shards of an epoch, in a seeded order
-shared by all ranks, form one sequence of samples (repeated, reshuffled, when an epoch needs
-more than the generator wrote); rank r takes its contiguous run of `steps * batch_size`
-samples and cuts it between its workers in proportion to the batches each worker will deliver.
-So every rank gets exactly `steps` batches whatever the number of shards, ranks and workers
-(no uneven-shard hang), and an epoch reads every sample once, losing fewer than one global
-batch (no shard is silently dropped, none read twice). Eval splits the same way without
-shuffling or repetition: every sample exactly once over all ranks.
+The split is by *sample position*, not by whole shards. The shards of an epoch, in a seeded
+order shared by all ranks, form one sequence of samples (repeated, reshuffled, when an epoch
+needs more than the generator wrote); `seqtrain.data.position` deals its positions to ranks
+(contiguous runs), workers (contiguous shares) and shuffle windows. So every rank gets exactly
+`steps` batches whatever the number of shards, ranks and workers (no uneven-shard hang), and an
+epoch reads every sample once, losing fewer than one global batch (no shard is silently
+dropped, none read twice). Eval splits the same way without shuffling or repetition: every
+sample exactly once over all ranks.
 
 Everything is a pure function of the arguments, so the same call gives the same batches in
-the same order: that is what makes mid-epoch resume (`skip_batches`) exact.
+the same order: that is what makes mid-epoch resume exact.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from seqtrain.config import DataConfig
 from seqtrain.data.format import IMAGE_EXT, LABEL_EXT, Manifest, ShardInfo, check_chunk
+from seqtrain.data.position import SHARD_ORDER, EpochPlan, Layout, Stream
 from seqtrain.data.remote import StorageError, open_shard
 from seqtrain.errors import UserError
 
@@ -43,9 +45,6 @@ Batch = tuple[Tensor, Tensor]
 # Arrays, not tensors, cross from the workers: a pickled array through the pipe is about 3x
 # faster here than torch's per-tensor shared-memory handover (see bench/loader_throughput.py).
 Chunk = tuple[np.ndarray, np.ndarray]
-
-# Domain tags keep the shard-order and sample-shuffle random streams apart.
-SHARD_ORDER, SAMPLE_ORDER = 0, 1
 
 
 def images_to_float(images: Tensor) -> Tensor:
@@ -64,48 +63,95 @@ def train_steps_per_epoch(
 def train_loader(
     manifest: Manifest,
     cfg: DataConfig,
-    epoch: int,
-    steps: int,
+    plan: EpochPlan,
     rank: int,
-    world_size: int,
-    seed: int,
-    skip_batches: int = 0,
     device: torch.device | None = None,
 ) -> Batches:
-    """This rank's training batches of `epoch`: exactly `steps - skip_batches` of them.
+    """Rank `rank`'s training batches of the segment `plan`: exactly `plan.steps - plan.skip`.
 
     Yields (images uint8 [B, 1, 28, 84], labels int64 [B, 3]). Do not pass the loader through
-    `accelerator.prepare`: it is already split by rank. `skip_batches` resumes mid-epoch: the
-    result equals the full epoch's batches from that index on. `device`: where the batches
-    go (None: they stay on the host), see `pins_memory`.
+    `accelerator.prepare`: it is already split by rank. `plan.skip` resumes mid-segment: the
+    result equals the segment's batches from that index on. `cfg.num_workers` must match
+    `plan.layout.streams` (see `train_layout`). `device`: where the batches go (None: they
+    stay on the host), see `pins_memory`.
     """
-    if not 0 <= skip_batches <= steps:
-        raise ValueError(f"skip_batches={skip_batches} is outside [0, steps={steps}]")
-    shards = manifest.shards("train", generator_epoch(manifest, epoch))
-    total = total_samples(shards, "train")
-    batch = cfg.batch_size
-    workers = max(1, cfg.num_workers)
+    workers = plan.layout.streams
+    if workers != max(1, cfg.num_workers):
+        raise ValueError(f"the plan has {workers} streams, --num-workers is {cfg.num_workers}")
+    sequence = epoch_sequence(manifest, plan.seed, plan.epoch)
     # DataLoader takes batches round-robin from its workers: worker w delivers batches
-    # w, w + workers, ... of the rank's epoch.
-    counts = [len(range(w, steps, workers)) for w in range(workers)]
+    # w, w + workers, ... of the rank's segment. Each worker skips its share of whole rounds
+    # itself (not reading windows it would skip whole); the main process drops the rest.
+    rounds, drop = divmod(plan.skip, workers)
+    reads = [
+        stream_read(sequence, stream, plan.layout.batch_size, skip=rounds)
+        for stream in plan.streams(rank)
+    ]
+    loader = _web_loader(_stages(reads), cfg.num_workers)
+    loader = loader.with_epoch(nbatches=plan.steps - rounds * workers)
+    return Batches(loader, drop, plan.steps - plan.skip, pins_memory(cfg, device))
+
+
+def train_layout(cfg: DataConfig, world_size: int) -> Layout:
+    """The layout `train_loader` (or, with --stage-on-device, `staged_train_loader`) deals an
+    epoch's samples with: one stream per loader worker, windows of --shuffle-buffer samples
+    rounded up to whole batches (staged: one stream, the whole run one window)."""
+    batch = cfg.batch_size
+    if cfg.stage_on_device:
+        return Layout(world_size, batch, streams=1, window=0)
+    window = -(-max(cfg.shuffle_buffer, batch) // batch) * batch
+    return Layout(world_size, batch, streams=max(1, cfg.num_workers), window=window)
+
+
+@dataclass(frozen=True)
+class EpochSequence:
+    """The endless sample sequence of a training epoch: pass c is the shards in `order(c)`."""
+
+    order: Callable[[int], Sequence[ShardInfo]]
+    total: int  # samples per pass
+
+    def pieces(self, start: int, length: int) -> list[_Piece]:
+        return sample_pieces(self.order, self.total, start, length)
+
+
+def epoch_sequence(manifest: Manifest, seed: int, epoch: int) -> EpochSequence:
+    shards = manifest.shards("train", generator_epoch(manifest, epoch))
     order = partial(shuffled_shard_order, shards, (seed, epoch, SHARD_ORDER))
-    start = rank * steps * batch
-    plans = []
-    for count in counts:
-        plans.append(sample_pieces(order, total, start, count * batch))
-        start += count * batch
-    # Each worker skips its share of whole rounds itself (no transfer of skipped batches);
-    # the main process drops the rest, fewer than one round.
-    rounds, drop = divmod(skip_batches, workers)
-    stages = _stages(
-        plans,
-        batch_size=batch,
-        block=max(cfg.shuffle_buffer, batch),
-        seed=(seed, epoch, SAMPLE_ORDER, rank),
-        skip=rounds,
+    return EpochSequence(order, total_samples(shards, "train"))
+
+
+@dataclass(frozen=True)
+class StreamRead:
+    """What one loader stream reads and yields: the samples of `pieces` (those `keep` marks;
+    all if None) in windows, each yielded in its order (indices into the window) and cut
+    into batches, the first `skip` batches not yielded."""
+
+    pieces: list[_Piece]
+    keep: np.ndarray | None
+    windows: list[np.ndarray]
+    batch_size: int
+    skip: int = 0
+
+
+def stream_read(sequence: EpochSequence, stream: Stream, batch_size: int, skip: int) -> StreamRead:
+    """The read of `stream` from batch `skip` on: windows already trained whole are not read;
+    holes (positions trained in an earlier segment) are read over and dropped."""
+    sizes = [len(w) for w in stream.windows]
+    ends = np.cumsum(sizes, dtype=np.int64)
+    first = int(np.searchsorted(ends, skip * batch_size, side="right"))
+    offset = int(ends[first - 1]) if first else 0
+    span = stream.positions[offset:]
+    if len(span) == 0:
+        return StreamRead([], None, [], batch_size)
+    lo, hi = int(span[0]), int(span[-1]) + 1
+    keep = None
+    if hi - lo != len(span):
+        keep = np.zeros(hi - lo, dtype=bool)
+        keep[span - lo] = True
+    windows = stream.windows[first:]
+    return StreamRead(
+        sequence.pieces(lo, hi - lo), keep, windows, batch_size, skip - offset // batch_size
     )
-    loader = _web_loader(stages, cfg.num_workers).with_epoch(nbatches=steps - rounds * workers)
-    return Batches(loader, drop, steps - skip_batches, pins_memory(cfg, device))
 
 
 def eval_loader(
@@ -131,14 +177,15 @@ def eval_loader(
     num_batches = math.ceil((stop - start) / batch)
     workers = min(cfg.num_workers, num_batches)  # no idle worker processes
     parts = max(1, workers)
-    plans = []
+    reads = []
     for w in range(parts):
         # Whole batches per worker, so only the rank's last batch can be short.
         lo = start + num_batches * w // parts * batch
         hi = min(stop, start + num_batches * (w + 1) // parts * batch)
-        plans.append(sample_pieces(lambda _cycle: shards, total, lo, hi - lo))
-    stages = _stages(plans, batch_size=batch, block=batch, seed=None, skip=0)
-    loader = _web_loader(stages, workers, persistent)
+        in_order = [np.arange(min(batch, hi - b)) for b in range(lo, hi, batch)]
+        pieces = sample_pieces(lambda _cycle: shards, total, lo, hi - lo)
+        reads.append(StreamRead(pieces, None, in_order, batch))
+    loader = _web_loader(_stages(reads), workers, persistent)
     return Batches(loader, 0, num_batches, pins_memory(cfg, device))
 
 
@@ -240,18 +287,18 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-class _WorkerPieces(IterableDataset):
-    """Pipeline source: the shard pieces planned for the worker that iterates it."""
+class _WorkerStreams(IterableDataset):
+    """Pipeline source: the stream read planned for the worker that iterates it."""
 
-    def __init__(self, plans: list[list[_Piece]]) -> None:
+    def __init__(self, reads: list[StreamRead]) -> None:
         super().__init__()
-        self.plans = plans
+        self.reads = reads
 
-    def __iter__(self) -> Iterator[_Piece]:
+    def __iter__(self) -> Iterator[StreamRead]:
         worker, num_workers = _worker()
-        if num_workers != len(self.plans):
-            raise RuntimeError(f"planned {len(self.plans)} workers, running {num_workers}")
-        return iter(self.plans[worker])
+        if num_workers != len(self.reads):
+            raise RuntimeError(f"planned {len(self.reads)} workers, running {num_workers}")
+        return iter([self.reads[worker]])
 
 
 def read_chunks(pieces: Iterable[_Piece]) -> Iterator[Chunk]:
@@ -304,47 +351,57 @@ def _decode(sample: dict) -> Chunk:
     return check_chunk(key, images, labels)
 
 
-def _shuffle_batches(
-    chunks: Iterable[Chunk],
-    batch_size: int,
-    block: int,
-    seed: tuple[int, ...] | None,
-    skip: int,
-) -> Iterator[Chunk]:
-    """Pipeline stage: chunks → batches, permuting blocks of >= `block` samples.
+def stream_batches(reads: Iterable[StreamRead]) -> Iterator[Chunk]:
+    """Pipeline stage: stream reads → batches, each window gathered then put in its order
+    with one numpy index (vectorised) and cut into batches by slicing."""
+    for read in reads:
+        samples = _Samples(_kept(read_chunks(read.pieces), read.keep))
+        emitted = 0
+        for order in read.windows:
+            images, labels = samples.take(len(order))
+            images, labels = images[order], labels[order]
+            for lo in range(0, len(order), read.batch_size):
+                if emitted >= read.skip:
+                    hi = lo + read.batch_size
+                    yield images[lo:hi], labels[lo:hi].astype(np.int64)
+                emitted += 1
 
-    Vectorised: the buffer is concatenated, permuted with one numpy index and cut into batches
-    by slicing. Samples left over after the last full batch of a block join the next block.
-    `seed` None keeps the order; the end of the stream yields a short last batch if needed.
-    The first `skip` batches are computed (they advance the random state) but not yielded.
-    """
-    rng = None if seed is None else np.random.default_rng([*seed, _worker()[0]])
-    pending: list[Chunk] = []
-    buffered = 0
-    emitted = 0
 
-    def flush(final: bool) -> Iterator[Chunk]:
-        nonlocal pending, buffered, emitted
-        images = np.concatenate([c[0] for c in pending])
-        labels = np.concatenate([c[1] for c in pending])
-        if rng is not None:
-            permutation = rng.permutation(len(images))
-            images, labels = images[permutation], labels[permutation]
-        cut = len(images) if final else len(images) - len(images) % batch_size
-        for lo in range(0, cut, batch_size):
-            if emitted >= skip:
-                yield images[lo : lo + batch_size], labels[lo : lo + batch_size].astype(np.int64)
-            emitted += 1
-        pending = [(images[cut:], labels[cut:])]
-        buffered = len(images) - cut
+def _kept(chunks: Iterable[Chunk], keep: np.ndarray | None) -> Iterator[Chunk]:
+    """The samples of `chunks` that `keep` (over all their samples in turn) marks."""
+    if keep is None:
+        yield from chunks
+        return
+    offset = 0
+    for images, labels in chunks:
+        chosen = keep[offset : offset + len(images)]
+        offset += len(images)
+        if chosen.any():
+            yield images[chosen], labels[chosen]
 
-    for chunk in chunks:
-        pending.append(chunk)
-        buffered += len(chunk[0])
-        if buffered >= block:
-            yield from flush(final=False)
-    if buffered:
-        yield from flush(final=True)
+
+class _Samples:
+    """Samples from a stream of chunks, taken in counts that need not match the chunks."""
+
+    def __init__(self, chunks: Iterable[Chunk]) -> None:
+        self.chunks = iter(chunks)
+        self.pending: list[Chunk] = []
+        self.buffered = 0
+
+    def take(self, count: int) -> Chunk:
+        while self.buffered < count:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                raise RuntimeError(
+                    f"the planned pieces hold {self.buffered} samples, {count} needed"
+                )
+            self.pending.append(chunk)
+            self.buffered += len(chunk[0])
+        images = np.concatenate([c[0] for c in self.pending])
+        labels = np.concatenate([c[1] for c in self.pending])
+        self.pending = [(images[count:], labels[count:])]
+        self.buffered -= count
+        return images[:count], labels[:count]
 
 
 @dataclass(frozen=True)
@@ -363,19 +420,8 @@ def _errors_as_items(items: Iterable[Chunk]) -> Iterator[Chunk | _LoaderError]:
         yield _LoaderError(str(e))
 
 
-def _stages(
-    plans: list[list[_Piece]],
-    batch_size: int,
-    block: int,
-    seed: tuple[int, ...] | None,
-    skip: int,
-) -> wds.DataPipeline:
-    return wds.DataPipeline(
-        _WorkerPieces(plans),
-        read_chunks,
-        partial(_shuffle_batches, batch_size=batch_size, block=block, seed=seed, skip=skip),
-        _errors_as_items,
-    )
+def _stages(reads: list[StreamRead]) -> wds.DataPipeline:
+    return wds.DataPipeline(_WorkerStreams(reads), stream_batches, _errors_as_items)
 
 
 def _as_is(item: object) -> object:
