@@ -28,7 +28,12 @@ def fake_checkpoint(folder: Path, with_scaler: bool) -> Path:
 
 def accelerator(fp16: bool, loaded: list[str]) -> SimpleNamespace:
     """Accelerate's view that matters here: a GradScaler exactly under fp16."""
-    return SimpleNamespace(scaler=object() if fp16 else None, load_state=loaded.append)
+    return SimpleNamespace(
+        scaler=object() if fp16 else None,
+        load_state=loaded.append,
+        register_load_state_pre_hook=lambda hook: SimpleNamespace(remove=lambda: None),
+        process_index=0,
+    )
 
 
 def test_fp16_resume_of_a_bf16_checkpoint_is_one_line_error(tmp_path: Path) -> None:
@@ -44,5 +49,5 @@ def test_fp16_resume_of_a_bf16_checkpoint_is_one_line_error(tmp_path: Path) -> N
 def test_matching_or_scaler_free_resumes_load(tmp_path: Path, fp16: bool, with_scaler: bool):
     folder = fake_checkpoint(tmp_path / "last", with_scaler)
     loaded: list[str] = []
-    assert load_checkpoint(accelerator(fp16, loaded), folder, "tiny") == Position(2, 0, 40)
+    assert load_checkpoint(accelerator(fp16, loaded), folder, "tiny") == Position(epoch=2, step=40)
     assert loaded == [str(folder)]
