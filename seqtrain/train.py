@@ -55,6 +55,7 @@ from seqtrain.export import export_model
 from seqtrain.flops import device_name, flops_per_sample, peak_flops, throughput_metrics
 from seqtrain.metrics import sequence_loss
 from seqtrain.models import build_model
+from seqtrain.preemption import Decision, PreemptionWatch
 from seqtrain.run_files import (
     append_metrics,
     epoch_line,
@@ -109,6 +110,7 @@ class Session:
     scheduler: LRSchedule
     stopper: EarlyStopping
     position: Position
+    preemption: PreemptionWatch
     flops_per_sample: int = 0
     peak_flops: float | None = None
     lr_history: list[float] = field(default_factory=list)
@@ -158,9 +160,11 @@ def _build(cfg: RunConfig) -> Session:
     scheduler = LRSchedule(optimizer, cfg.optim, total_steps)
     stopper = EarlyStopping(cfg.train.early_stop_patience)
     accelerator.register_for_checkpointing(scheduler, stopper)
+    preemption = PreemptionWatch(cfg.preempt, accelerator.device)
     run = Session(
-        cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position()
-    )
+        cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position(),
+        preemption,
+    )  # fmt: skip
     run.flops_per_sample = flops_per_sample(partial(build_model, cfg.model.model))
     run.peak_flops = peak_flops(device_name(accelerator.device), cfg.train.mixed_precision)
     resume_from = resolve_resume(cfg.train.resume, run_dir)
@@ -256,11 +260,17 @@ def train_epoch(run: Session, epoch: int) -> float:
             bar.update()
             if run.position.step % cfg.train.log_every == 0:
                 _log_window(run, window, len(labels), bar)
-            if _mid_epoch_checkpoint_due(cfg, batch_index, steps):
+            # The epoch's last step is left to the epoch-end checkpoint, saved after val.
+            agreed = run.preemption.poll(run.position.step) if batch_index < steps else Decision()
+            if agreed.save or _mid_epoch_checkpoint_due(cfg, batch_index, steps):
                 _check_finite(accelerator, epoch_loss)
                 save_checkpoint(
                     accelerator, run.checkpoints / "last", cfg.model.model, run.position
                 )
+            if agreed.stop:
+                run.log(f"preempted: saved {run.checkpoints / 'last'} at epoch {epoch + 1}, "
+                        f"batch {batch_index}; continue with --resume auto")  # fmt: skip
+                raise run.preemption.stop(accelerator.is_local_main_process)
     return _check_finite(accelerator, epoch_loss)
 
 
