@@ -181,3 +181,10 @@ def test_train_sbatch_requeues_on_preemption_exit(tmp_path):
 @pytest.mark.parametrize("status", [0, 1, 2])
 def test_train_sbatch_does_not_requeue_other_exits(tmp_path, status):
     assert sbatch_with_stand_ins(tmp_path, srun_status=status) == (status, [])
+
+
+def test_generate_jobs_take_sbatch_args_for_a_cpu_partition(fake_slurm):
+    env = {**fake_slurm, "NODES": "2", "SBATCH_ARGS": "--partition cpu --cpus-per-task 2"}
+    submit, finalize = dry_run("slurm/submit_generate.sh", ["--out", "o"], env)
+    for cmd in (submit, finalize):
+        assert option(cmd, "--partition") == "cpu" and option(cmd, "--cpus-per-task") == "2"

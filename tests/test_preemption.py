@@ -139,7 +139,7 @@ SCRIPTS = {"accelerate": "train_multinode.sh", "torchrun": "torchrun_train.sh"}
 
 
 def script_argv(launcher: str, shards: Path, out: Path) -> list[str]:
-    flags = preempt_argv(shards, out)[3:]  # `python -m seqtrain train` is the script's part
+    flags = preempt_argv(shards, out)[4:]  # `python -m seqtrain train` is the script's part
     return ["bash", str(REPO / "launch" / SCRIPTS[launcher]), *flags]
 
 
