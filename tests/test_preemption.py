@@ -4,10 +4,12 @@ then ends with the same weights and test metrics as an unbroken run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from seqtrain.config import PreemptConfig
 from seqtrain.preemption import EXIT_PREEMPTED, Decision, PreemptionWatch, handled_signals
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(os.sys.executable).parent
+BIN = Path(sys.executable).parent
 STEPS = 6  # --steps-per-epoch of resume_argv
 EXIT_BOUND_S = 90  # from the signal to the exit: at most K steps, a checkpoint, shutdown
 
@@ -157,8 +159,10 @@ def launcher_process(script: subprocess.Popen, launcher: str) -> psutil.Process:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for child in psutil.Process(script.pid).children():
-            if launcher in " ".join(child.cmdline()):
-                return child
+            # By program name: the script's own subshells carry "torchrun" in their command line.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if launcher in (Path(part).name for part in child.cmdline()[:2]):
+                    return child
         time.sleep(0.05)
     pytest.fail(f"{launcher} did not start")
 
