@@ -49,11 +49,14 @@ resolve_nodes() {
 # Exit status of a run stopped for preemption, saved and resumable (seqtrain.preemption).
 EXIT_PREEMPTED=75
 
-# Run "$@" in the background and return its exit status, passing a SIGTERM, SIGUSR1 or SIGINT
-# that reaches this shell on to it as SIGTERM (which srun and torch's launchers both forward to
-# their tasks and ranks). In the background because bash runs a trap only after a foreground
-# child has ended (and a background child ignores SIGINT, hence INT forwarded as TERM too).
+# Run "$@" (after the signal name $1) in the background and return its exit status, passing a
+# SIGTERM, SIGUSR1 or SIGINT that reaches this shell on to it as signal $1. In the background
+# because bash runs a trap only after a foreground child has ended (and a background child
+# ignores SIGINT, hence INT forwarded too). To torch's launchers pass TERM: they forward it to
+# every rank. To srun pass USR1: srun forwards it to its tasks, but ends the step on TERM.
 run_forwarding_signals() {
+  local sig=$1
+  shift
   if [ "${DRY_RUN:-0}" = 1 ]; then
     run "$@"
     return
@@ -61,7 +64,7 @@ run_forwarding_signals() {
   "$@" &
   local child=$! status=0
   # shellcheck disable=SC2064  # the child's pid is meant to be fixed now
-  trap "kill -TERM $child 2>/dev/null || true" TERM USR1 INT
+  trap "kill -$sig $child 2>/dev/null || true" TERM USR1 INT
   # `wait` returns early (status > 128) when a trapped signal arrives: wait again.
   while :; do
     status=0
@@ -73,8 +76,8 @@ run_forwarding_signals() {
 }
 
 # Run a launcher of `seqtrain train` (accelerate launch, torchrun) so that preemption works
-# through it: signals are forwarded (run_forwarding_signals; torch's elastic agent also
-# forwards SIGUSR1 instead of dying of it), and since the agent itself exits 1 when its ranks
+# through it: signals are forwarded as SIGTERM (run_forwarding_signals; torch's elastic agent
+# also forwards a SIGUSR1 sent to it directly instead of dying of it), and since the agent itself exits 1 when its ranks
 # exit 75, the ranks' mark ($SEQTRAIN_PREEMPTED_FILE) makes this return EXIT_PREEMPTED.
 launch_trainer() {
   if [ "${DRY_RUN:-0}" = 1 ]; then
@@ -85,7 +88,7 @@ launch_trainer() {
   mark=$(mktemp "${TMPDIR:-/tmp}/seqtrain-preempted.XXXXXX")
   SEQTRAIN_PREEMPTED_FILE=$mark \
     TORCHELASTIC_SIGNALS_TO_HANDLE=${TORCHELASTIC_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1} \
-    run_forwarding_signals "$@" || status=$?
+    run_forwarding_signals TERM "$@" || status=$?
   [ -s "$mark" ] && status=$EXIT_PREEMPTED
   rm -f "$mark"
   return "$status"

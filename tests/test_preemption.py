@@ -32,10 +32,14 @@ EXIT_BOUND_S = 90  # from the signal to the exit: at most K steps, a checkpoint,
 
 @pytest.fixture
 def restored_handlers() -> Iterator[None]:
+    """Signal handlers as before, and no Accelerate state left (`poll` creates one)."""
+    from accelerate.state import AcceleratorState
+
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_signal_only_sets_a_flag_acted_on_at_the_next_check(restored_handlers) -> None:
