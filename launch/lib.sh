@@ -61,16 +61,20 @@ run_forwarding_signals() {
     run "$@"
     return
   fi
+  # Job control puts the child in a process group of its own, so a signal sent to this shell's
+  # group (srun's tasks get them so) reaches it only through the trap, once.
+  set -m
   "$@" &
+  set +m
   local child=$! status=0
   # shellcheck disable=SC2064  # the child's pid is meant to be fixed now
   trap "kill -$sig $child 2>/dev/null || true" TERM USR1 INT
-  # `wait` returns early (status > 128) when a trapped signal arrives: wait again.
-  while :; do
-    status=0
-    wait "$child" || status=$?
-    kill -0 "$child" 2>/dev/null || break
+  # `wait` returns early (status > 128) when a trapped signal arrives: wait again, then once
+  # more for the child's own status (bash keeps it after reaping).
+  while kill -0 "$child" 2>/dev/null; do
+    wait "$child" || true
   done
+  wait "$child" || status=$?
   trap - TERM USR1 INT
   return "$status"
 }
