@@ -81,7 +81,7 @@ run_forwarding_signals() {
 
 # Run a launcher of `seqtrain train` (accelerate launch, torchrun) so that preemption works
 # through it: signals are forwarded as SIGTERM (run_forwarding_signals; torch's elastic agent
-# also forwards a SIGUSR1 sent to it directly instead of dying of it), and since the agent itself exits 1 when its ranks
+# forwards SIGTERM to every rank but dies of SIGUSR1), and since the agent itself exits 1 when its ranks
 # exit 75, the ranks' mark ($SEQTRAIN_PREEMPTED_FILE) makes this return EXIT_PREEMPTED.
 launch_trainer() {
   if [ "${DRY_RUN:-0}" = 1 ]; then
@@ -90,9 +90,7 @@ launch_trainer() {
   fi
   local mark status=0
   mark=$(mktemp "${TMPDIR:-/tmp}/seqtrain-preempted.XXXXXX")
-  SEQTRAIN_PREEMPTED_FILE=$mark \
-    TORCHELASTIC_SIGNALS_TO_HANDLE=${TORCHELASTIC_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1} \
-    run_forwarding_signals TERM "$@" || status=$?
+  SEQTRAIN_PREEMPTED_FILE=$mark run_forwarding_signals TERM "$@" || status=$?
   [ -s "$mark" ] && status=$EXIT_PREEMPTED
   rm -f "$mark"
   return "$status"
