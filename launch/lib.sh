@@ -61,10 +61,14 @@ run_forwarding_signals() {
     run "$@"
     return
   fi
-  # Job control puts the child in a process group of its own, so a signal sent to this shell's
-  # group (srun's tasks get them so) reaches it only through the trap, once.
+  # SLURM signals every process of a step (the launcher too, and torch's agent dies of USR1):
+  # the child ignores USR1 (which ranks inherit, and seqtrain's handler overrides), and runs in
+  # a process group of its own (job control), so signals reach it through the trap.
   set -m
-  "$@" &
+  (
+    trap '' USR1
+    exec "$@"
+  ) &
   set +m
   local child=$! status=0
   # shellcheck disable=SC2064  # the child's pid is meant to be fixed now
