@@ -174,6 +174,7 @@ def launcher_process(script: subprocess.Popen, launcher: str) -> psutil.Process:
 @pytest.mark.slow
 @pytest.mark.faults
 @pytest.mark.multiprocess
+@pytest.mark.timeout(600)  # an unbroken 2-rank run (module fixture), a preempted one, its resume
 @pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
 def test_sigterm_to_launcher_of_two_ranks_saves_exits_75_and_resumes_exactly(
     launcher: str, unbroken_two_ranks: Path, tiny_shards: Path, tmp_path: Path

@@ -25,6 +25,7 @@ from seqtrain.data.format import MANIFEST_NAME
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.multiprocess,
+    pytest.mark.timeout(900),  # an unbroken 2-rank run, then a job started twice
     pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
 ]
 
