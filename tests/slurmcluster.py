@@ -128,7 +128,7 @@ def _wait_for(ready, what: str, root: Path, timeout: float = 60) -> None:
 
 
 def job_fields(job: str, env: dict[str, str]) -> dict[str, str]:
-    """`scontrol show job` as a dict (JobState, RestartCnt, ExitCode, ...)."""
+    """`scontrol show job` as a dict (JobState, Restarts, ExitCode, ...)."""
     out = subprocess.run(["scontrol", "-o", "show", "job", job], env=env, capture_output=True,
                          text=True, check=False).stdout  # fmt: skip
     return dict(re.findall(r"(\w+)=(\S*)", out))

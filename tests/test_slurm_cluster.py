@@ -25,7 +25,6 @@ from seqtrain.data.format import MANIFEST_NAME
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.multiprocess,
-    pytest.mark.timeout(900),  # an unbroken 2-rank run, then a job started twice
     pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
 ]
 
@@ -48,6 +47,7 @@ def wait_job(job: str, env: dict[str, str], done, what: str) -> dict[str, str]:
     return fields
 
 
+@pytest.mark.timeout(900)  # an unbroken 2-rank run, then a job started twice
 def test_train_sbatch_preempted_requeues_and_resumes(
     cluster: dict[str, str],
     unbroken_two_ranks: Path,  # noqa: F811  (the fixture imported above, shared with that module)
@@ -72,7 +72,7 @@ def test_train_sbatch_preempted_requeues_and_resumes(
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
 
     # SLURM holds a requeued job for a while before it may start again: release it now.
-    wait_job(job, env, lambda f: f.get("RestartCnt") == "1" and f.get("JobState") == "PENDING",
+    wait_job(job, env, lambda f: f.get("Restarts") == "1" and f.get("JobState") == "PENDING",
              "requeue")  # fmt: skip
     position = json.loads((run / "checkpoints" / "last" / META_NAME).read_text())
     assert position["epoch"] >= 1 and 0 < position["batches_done"] < STEPS, position
