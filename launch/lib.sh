@@ -32,7 +32,8 @@ resolve_nodes() {
   MACHINE_RANK=${MACHINE_RANK:-${SLURM_NODEID:-0}}
   if [ -z "${MAIN_PROCESS_IP:-}" ]; then
     if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
-      MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+      # sed reads to the end: `head -n 1` may SIGPIPE scontrol, fatal under pipefail (exit 141).
+      MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
     else
       MAIN_PROCESS_IP=127.0.0.1
     fi
