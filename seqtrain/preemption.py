@@ -54,8 +54,12 @@ class PreemptionWatch:
         self.device = device
         self.signal_name: str | None = None
         self.clock_started = time.monotonic()
-        for sig in handled_signals(cfg):
-            signal.signal(sig, self._on_signal)
+        self.previous = {sig: signal.signal(sig, self._on_signal) for sig in handled_signals(cfg)}
+
+    def close(self) -> None:
+        """Give the signals back to their previous handlers (training is over)."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only a flag: the step in flight, collectives and file writes are left undisturbed.

@@ -424,6 +424,7 @@ def _report_epoch(
 
 def _finish(run: Session) -> dict[str, Any]:
     """Load the best checkpoint, evaluate test, write results, close tracking."""
+    run.preemption.close()  # no step left to save at: a signal now ends the process as usual
     accelerator = run.accelerator
     best = find_checkpoint(run.checkpoints / "best")
     if best is None:

@@ -61,6 +61,16 @@ def test_checkpoint_clock_saves_without_stopping(restored_handlers) -> None:
     assert watch.poll(step=2) == Decision(save=True, stop=False)
 
 
+def test_close_gives_the_signals_back(restored_handlers) -> None:
+    import torch
+
+    before = signal.getsignal(signal.SIGTERM)
+    watch = PreemptionWatch(PreemptConfig(), torch.device("cpu"))
+    assert signal.getsignal(signal.SIGTERM) != before
+    watch.close()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_extra_signal_is_a_setting() -> None:
     assert handled_signals(PreemptConfig()) == [signal.SIGTERM, signal.SIGUSR1]
     assert handled_signals(PreemptConfig(preempt_signal="USR2")) == [
