@@ -75,3 +75,57 @@ resolve_nodes() {
     die "MACHINE_RANK=$MACHINE_RANK is outside [0, NUM_MACHINES=$NUM_MACHINES)"
   fi
 }
+
+# Exit status of a run stopped for preemption, saved and resumable (seqtrain.preemption).
+EXIT_PREEMPTED=75
+
+# Run "$@" (after the signal name $1) in the background and return its exit status, passing a
+# SIGTERM, SIGUSR1 or SIGINT that reaches this shell on to it as signal $1. In the background
+# because bash runs a trap only after a foreground child has ended (and a background child
+# ignores SIGINT, hence INT forwarded too). To torch's launchers pass TERM: they forward it to
+# every rank. To srun pass USR1: srun forwards it to its tasks, but ends the step on TERM.
+run_forwarding_signals() {
+  local sig=$1
+  shift
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    run "$@"
+    return
+  fi
+  # SLURM signals every process of a step (the launcher too, and torch's agent dies of USR1):
+  # the child ignores USR1 (which ranks inherit, and seqtrain's handler overrides), and runs in
+  # a process group of its own (job control), so signals reach it through the trap.
+  set -m
+  (
+    trap '' USR1
+    exec "$@"
+  ) &
+  set +m
+  local child=$! status=0
+  # shellcheck disable=SC2064  # the child's pid is meant to be fixed now
+  trap "kill -$sig $child 2>/dev/null || true" TERM USR1 INT
+  # `wait` returns early (status > 128) when a trapped signal arrives: wait again, then once
+  # more for the child's own status (bash keeps it after reaping).
+  while kill -0 "$child" 2>/dev/null; do
+    wait "$child" || true
+  done
+  wait "$child" || status=$?
+  trap - TERM USR1 INT
+  return "$status"
+}
+
+# Run a launcher of `seqtrain train` (accelerate launch, torchrun) so that preemption works
+# through it: signals are forwarded as SIGTERM (run_forwarding_signals; torch's elastic agent
+# forwards SIGTERM to every rank but dies of SIGUSR1), and since the agent itself exits 1 when its ranks
+# exit 75, the ranks' mark ($SEQTRAIN_PREEMPTED_FILE) makes this return EXIT_PREEMPTED.
+launch_trainer() {
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    run "$@"
+    return
+  fi
+  local mark status=0
+  mark=$(mktemp "${TMPDIR:-/tmp}/seqtrain-preempted.XXXXXX")
+  SEQTRAIN_PREEMPTED_FILE=$mark run_forwarding_signals TERM "$@" || status=$?
+  [ -s "$mark" ] && status=$EXIT_PREEMPTED
+  rm -f "$mark"
+  return "$status"
+}

@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 resolve_nodes
 
-run "${TORCHRUN:-torchrun}" --nnodes "$NUM_MACHINES" --node_rank "$MACHINE_RANK" \
+launch_trainer "${TORCHRUN:-torchrun}" --nnodes "$NUM_MACHINES" --node_rank "$MACHINE_RANK" \
   --nproc_per_node "$GPUS_PER_NODE" --master_addr "$MAIN_PROCESS_IP" \
   --master_port "$MAIN_PROCESS_PORT" \
   -m seqtrain train --mixed-precision "${MIXED_PRECISION:-bf16}" "$@"

@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 resolve_nodes
 
-run "${ACCELERATE:-accelerate}" launch --config_file "$here/accelerate/multinode.yaml" \
+launch_trainer "${ACCELERATE:-accelerate}" launch --config_file "$here/accelerate/multinode.yaml" \
   --multi_gpu --num_machines "$NUM_MACHINES" --machine_rank "$MACHINE_RANK" \
   --main_process_ip "$MAIN_PROCESS_IP" --main_process_port "$MAIN_PROCESS_PORT" \
   --num_processes "$((NUM_MACHINES * GPUS_PER_NODE))" \

@@ -13,5 +13,5 @@ num_gpus=${NUM_GPUS:-$(count_gpus)}
 config=$here/accelerate/node-8gpu-bf16.yaml
 [ "$num_gpus" -eq 1 ] && config=$here/accelerate/gpu-1.yaml
 
-run "${ACCELERATE:-accelerate}" launch --config_file "$config" --num_processes "$num_gpus" \
+launch_trainer "${ACCELERATE:-accelerate}" launch --config_file "$config" --num_processes "$num_gpus" \
   -m seqtrain train --mixed-precision "${MIXED_PRECISION:-bf16}" "$@"

@@ -155,6 +155,25 @@ class TrainConfig:
 
 
 @dataclass
+class PreemptConfig:
+    preempt_signal: Literal["USR1", "USR2", "HUP", "QUIT", "none"] = "USR1"
+    """Signal handled like SIGTERM (always handled): save checkpoints/last at the current step
+    and exit with code 75, to be resumed with --resume auto. `none` leaves it to its default
+    action (choose it, or another, where the stack uses USR1 itself, as some NCCL setups do)."""
+    preempt_check_every: int = 10
+    """Steps between the checks, taken together by all ranks (one tiny all-reduce), of whether
+    any rank got a preemption signal or --checkpoint-minutes have passed."""
+    checkpoint_minutes: float = 0.0
+    """Also save checkpoints/last once this many minutes have passed since the last such save
+    (all ranks together, at the next check): a kill without warning loses at most that much
+    work (0: off)."""
+
+    def __post_init__(self) -> None:
+        _require(self.preempt_check_every > 0, "--preempt-check-every", "must be > 0")
+        _require(self.checkpoint_minutes >= 0, "--checkpoint-minutes", "must be >= 0")
+
+
+@dataclass
 class LogConfig:
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     """W&B mode: `offline` writes the run under the run folder (sync later), `online` streams it."""
@@ -176,4 +195,5 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    preempt: PreemptConfig = field(default_factory=PreemptConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -65,6 +65,7 @@ from seqtrain.flops import flops_per_sample, mfu_peak, throughput_metrics
 from seqtrain.loss_window import LossWindow
 from seqtrain.metrics import sequence_loss
 from seqtrain.models import build_model
+from seqtrain.preemption import Decision, PreemptionWatch
 from seqtrain.resume_guard import decide_resume, run_identity
 from seqtrain.run_files import (
     append_metrics,
@@ -122,6 +123,7 @@ class Session:
     stopper: EarlyStopping
     position: Position
     layout: Layout  # how this run deals out each epoch's samples
+    preemption: PreemptionWatch
     identity: dict[str, Any] = field(default_factory=dict)
     resumed_from: Path | None = None
     flops_per_sample: int = 0
@@ -172,18 +174,11 @@ def _build(cfg: RunConfig) -> Session:
     stopper = EarlyStopping(cfg.train.early_stop_patience)
     accelerator.register_for_checkpointing(scheduler, stopper)
     layout = train_layout(cfg.data, accelerator.num_processes)
+    preemption = PreemptionWatch(cfg.preempt, accelerator.device)
     run = Session(
-        cfg,
-        run_dir,
-        manifest,
-        accelerator,
-        model,
-        optimizer,
-        scheduler,
-        stopper,
-        Position(),
-        layout,
-    )
+        cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position(),
+        layout, preemption,
+    )  # fmt: skip
     run.flops_per_sample = flops_per_sample(partial(build_model, cfg.model.model))
     run.peak_flops, peak_line = mfu_peak(accelerator.device, cfg.train.mixed_precision)
     run.log(peak_line)
@@ -268,7 +263,10 @@ def train_epoch(run: Session, epoch: int) -> float:
             bar.update()
             if run.position.step % cfg.train.log_every == 0:
                 _log_window(run, window, len(labels), bar)
-            if _mid_epoch_checkpoint_due(cfg, batch_index, plan.steps):
+            # The epoch's last step is left to the epoch-end checkpoint, saved after val.
+            last_step = batch_index == plan.steps
+            agreed = Decision() if last_step else run.preemption.poll(run.position.step)
+            if agreed.save or _mid_epoch_checkpoint_due(cfg, batch_index, plan.steps):
                 _check_finite(accelerator, epoch_loss)
                 save_checkpoint(
                     accelerator,
@@ -277,6 +275,10 @@ def train_epoch(run: Session, epoch: int) -> float:
                     run.position,
                     identity=run.identity,
                 )
+            if agreed.stop:
+                run.log(f"preempted: saved {run.checkpoints / 'last'} at epoch {epoch + 1}, "
+                        f"batch {batch_index}; continue with --resume auto")  # fmt: skip
+                raise run.preemption.stop(accelerator.is_local_main_process)
     return _check_finite(accelerator, epoch_loss)
 
 
@@ -448,6 +450,7 @@ def _report_epoch(
 
 def _finish(run: Session) -> dict[str, Any]:
     """Load the best checkpoint, evaluate test, write results, close tracking."""
+    run.preemption.close()  # no step left to save at: a signal now ends the process as usual
     accelerator = run.accelerator
     best = decided_on_main_process(partial(best_to_test, run.checkpoints))
     load_checkpoint(accelerator, best, run.cfg.model.model, run.cfg.train.seed)

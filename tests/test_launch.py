@@ -147,3 +147,51 @@ def test_scripts_are_shellcheck_clean():
     scripts = sorted(str(p) for p in LAUNCH.rglob("*") if p.suffix in (".sh", ".sbatch"))
     result = subprocess.run([SHELLCHECK, "-x", *scripts], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_train_sbatch_passes_cpus_per_task_to_srun(fake_slurm):
+    """Slurm >= 22.05: srun no longer inherits --cpus-per-task from sbatch."""
+    env = {**fake_slurm, "SLURM_CPUS_PER_TASK": "32", "SLURM_SUBMIT_DIR": str(REPO),
+           "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "seqtrain"}  # fmt: skip
+    (cmd,) = dry_run("slurm/train.sbatch", ["--shards", "/d", "--run-name", "mine"], env)
+    assert cmd[0] == "srun"
+    assert "--cpus-per-task=32" in cmd
+    # A requeued start finds its run folder again; the user's flags come last and win.
+    script = cmd.index("launch/train_multinode.sh")
+    assert cmd[script + 1 :] == [
+        "--run-name", "seqtrain-77", "--resume", "auto", "--shards", "/d", "--run-name", "mine",
+    ]  # fmt: skip
+
+
+def sbatch_with_stand_ins(tmp_path: Path, srun_status: int) -> tuple[int, list[str]]:
+    """Run train.sbatch for real with a stand-in `srun` that exits `srun_status` and a stand-in
+    `scontrol` that records its arguments; returns the script's status and scontrol's calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "srun").write_text(f"#!/bin/sh\nexit {srun_status}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env = {**clean, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
+           "SLURM_SUBMIT_DIR": str(REPO), "SLURM_CPUS_PER_TASK": "4"}  # fmt: skip
+    done = subprocess.run(["bash", str(LAUNCH / "slurm" / "train.sbatch")], env=env,
+                          capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+    return done.returncode, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_train_sbatch_requeues_on_preemption_exit(tmp_path):
+    assert sbatch_with_stand_ins(tmp_path, srun_status=75) == (75, ["requeue 4242"])
+
+
+@pytest.mark.parametrize("status", [0, 1, 2])
+def test_train_sbatch_does_not_requeue_other_exits(tmp_path, status):
+    assert sbatch_with_stand_ins(tmp_path, srun_status=status) == (status, [])
+
+
+def test_generate_jobs_take_sbatch_args_for_a_cpu_partition(fake_slurm):
+    env = {**fake_slurm, "NODES": "2", "SBATCH_ARGS": "--partition cpu --cpus-per-task 2"}
+    submit, finalize = dry_run("slurm/submit_generate.sh", ["--out", "o"], env)
+    for cmd in (submit, finalize):
+        assert option(cmd, "--partition") == "cpu" and option(cmd, "--cpus-per-task") == "2"

@@ -1,0 +1,141 @@
+"""A real one-node SLURM cluster on this machine, for tests: munged, slurmctld and slurmd run as
+root from a temporary folder (slurm.conf there, named by $SLURM_CONF), stopped afterwards.
+
+Needs Debian's `slurm-wlm` and `munge` (`apt-get install -y slurm-wlm munge`) and root."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+DAEMONS = ("munged", "slurmctld", "slurmd")
+MUNGE_KEY = Path("/etc/munge/munge.key")
+
+
+def missing_reason() -> str | None:
+    """Why a cluster cannot be started here, or None."""
+    absent = [d for d in DAEMONS if shutil.which(d) is None and not Path(f"/usr/sbin/{d}").exists()]
+    if absent:
+        return f"{', '.join(absent)} not installed (apt-get install -y slurm-wlm munge)"
+    if os.geteuid() != 0:
+        return "the test SLURM cluster runs its daemons as root"
+    if not MUNGE_KEY.exists():
+        return f"{MUNGE_KEY} missing (reinstall munge)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slurm_conf(root: Path, host: str, cpus: int) -> str:
+    return f"""\
+ClusterName=seqtrain-test
+SlurmctldHost={host}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={root}/munge.socket
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+PlugStackConfig={root}/plugstack.conf
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/builtin
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+ReturnToService=2
+KillWait=30
+MinJobAge=600
+NodeName={host} CPUs={cpus} State=UNKNOWN
+PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@contextlib.contextmanager
+def slurm_cluster(root: Path) -> Iterator[dict[str, str]]:
+    """Start the daemons; yields the environment for sbatch/scontrol (SLURM_CONF set)."""
+    host = socket.gethostname().split(".")[0]
+    for sub in ("state", "spool"):
+        (root / sub).mkdir(parents=True)
+    (root / "plugstack.conf").write_text("")
+    conf = root / "slurm.conf"
+    conf.write_text(_slurm_conf(root, host, os.cpu_count() or 1))
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    daemons: list[subprocess.Popen] = []
+    try:
+        log = (root / "daemons.log").open("w")
+        daemons.append(subprocess.Popen(
+            ["munged", "-F", "--force", f"--socket={root}/munge.socket", f"--key-file={MUNGE_KEY}",
+             f"--pid-file={root}/munged.pid", f"--log-file={root}/munged.log",
+             f"--seed-file={root}/munged.seed"],
+            stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        _wait_for(lambda: (root / "munge.socket").exists(), "munged", root)
+        daemons.append(subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(conf)], env=env,
+                                        stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        _wait_for(lambda: _scontrol_ok(env), "slurmctld", root)
+        daemons.append(subprocess.Popen(["slurmd", "-D", "-f", str(conf)], env=env,
+                                        stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        _wait_for(lambda: _node_idle(env), "slurmd", root)
+        yield env
+    finally:
+        for daemon in reversed(daemons):
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+
+
+def _scontrol_ok(env: dict[str, str]) -> bool:
+    return subprocess.run(["scontrol", "ping"], env=env, capture_output=True, text=True,
+                          check=False).stdout.count("UP") > 0  # fmt: skip
+
+
+def _node_idle(env: dict[str, str]) -> bool:
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True,
+                         check=False).stdout  # fmt: skip
+    return "idle" in out
+
+
+def _wait_for(ready, what: str, root: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            logs = "".join(p.read_text()[-2000:] for p in sorted(root.glob("*.log")))
+            raise RuntimeError(f"{what} did not come up within {timeout:.0f} s:\n{logs}")
+        time.sleep(0.2)
+
+
+def job_fields(job: str, env: dict[str, str]) -> dict[str, str]:
+    """`scontrol show job` as a dict (JobState, Restarts, ExitCode, ...)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job], env=env, capture_output=True,
+                         text=True, check=False).stdout  # fmt: skip
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def sbatch(argv: list[str], env: dict[str, str], cwd: Path) -> str:
+    """Submit; returns the job id."""
+    done = subprocess.run(["sbatch", "--parsable", *argv], env=env, cwd=cwd,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return done.stdout.strip().split(";")[0]

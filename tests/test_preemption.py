@@ -1,0 +1,208 @@
+"""Preemption: a real SIGTERM mid-epoch (to a 1-process run, and to the launcher of a 2-process
+run under accelerate launch and torchrun) saves `last` at that step and exits 75; `--resume auto`
+then ends with the same weights and test metrics as an unbroken run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from test_faults_train import assert_same_result, epoch_of, process_tree
+from test_train_resume import ENV, resume_argv, run_to_end
+from trainutil import cpu_env, free_port
+
+from seqtrain.checkpoint import META_NAME
+from seqtrain.config import PreemptConfig
+from seqtrain.preemption import EXIT_PREEMPTED, Decision, PreemptionWatch, handled_signals
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STEPS = 6  # --steps-per-epoch of resume_argv
+EXIT_BOUND_S = 90  # from the signal to the exit: at most K steps, a checkpoint, shutdown
+
+
+@pytest.fixture
+def restored_handlers() -> Iterator[None]:
+    """Signal handlers as before, and no Accelerate state left (`poll` creates one)."""
+    from accelerate.state import AcceleratorState
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_signal_only_sets_a_flag_acted_on_at_the_next_check(restored_handlers) -> None:
+    import torch
+
+    watch = PreemptionWatch(PreemptConfig(preempt_check_every=5), torch.device("cpu"))
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert watch.signal_name == "SIGUSR1"
+    assert watch.poll(step=7) == Decision()  # not a check step: no collective, no action
+    assert watch.poll(step=10) == Decision(save=True, stop=True)
+
+
+def test_checkpoint_clock_saves_without_stopping(restored_handlers) -> None:
+    import torch
+
+    watch = PreemptionWatch(PreemptConfig(preempt_check_every=1), torch.device("cpu"))
+    assert watch.poll(step=1) == Decision()  # --checkpoint-minutes 0: off
+    watch.cfg = PreemptConfig(preempt_check_every=1, checkpoint_minutes=1e-9)
+    assert watch.poll(step=2) == Decision(save=True, stop=False)
+
+
+def test_close_gives_the_signals_back(restored_handlers) -> None:
+    import torch
+
+    before = signal.getsignal(signal.SIGTERM)
+    watch = PreemptionWatch(PreemptConfig(), torch.device("cpu"))
+    assert signal.getsignal(signal.SIGTERM) != before
+    watch.close()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_extra_signal_is_a_setting() -> None:
+    assert handled_signals(PreemptConfig()) == [signal.SIGTERM, signal.SIGUSR1]
+    assert handled_signals(PreemptConfig(preempt_signal="USR2")) == [
+        signal.SIGTERM,
+        signal.SIGUSR2,
+    ]
+    assert handled_signals(PreemptConfig(preempt_signal="none")) == [signal.SIGTERM]
+
+
+# Checks every 2 steps and no --checkpoint-every: only the preemption itself saves mid-epoch.
+# Three epochs, so a signal landing after epoch 2's last check still stops mid-epoch 3.
+PREEMPT_FLAGS = ["--checkpoint-every", "0", "--preempt-check-every", "2", "--epochs", "3"]
+
+
+def preempt_argv(shards: Path, out: Path) -> list[str]:
+    return [*resume_argv(shards, out), *PREEMPT_FLAGS]
+
+
+def signal_after_epoch_one(proc: subprocess.Popen, run: Path, target: psutil.Process) -> float:
+    """SIGTERM to `target` once epoch 1's checkpoint exists; returns when it was sent."""
+    deadline = time.monotonic() + 200
+    while epoch_of(run / "checkpoints" / "last") != 1:
+        assert proc.poll() is None, "the run ended before the signal"
+        assert time.monotonic() < deadline, "no epoch-1 checkpoint in time"
+        time.sleep(0.01)
+    target.send_signal(signal.SIGTERM)
+    return time.monotonic()
+
+
+def wait_exit(proc: subprocess.Popen, sent: float) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=EXIT_BOUND_S)
+    except subprocess.TimeoutExpired:
+        for p in process_tree(proc.pid):
+            p.kill()
+        proc.communicate()
+        pytest.fail(f"still running {EXIT_BOUND_S} s after SIGTERM")
+    assert time.monotonic() - sent < EXIT_BOUND_S
+    return proc.returncode, out
+
+
+def assert_saved_mid_epoch(run: Path) -> None:
+    position = json.loads((run / "checkpoints" / "last" / META_NAME).read_text())
+    assert position["epoch"] >= 1 and 0 < position["batches_done"] < STEPS, position
+    assert not (run / "test_metrics.json").exists()
+
+
+@pytest.fixture(scope="module")
+def unbroken(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("unbroken")
+    run_to_end(preempt_argv(tiny_shards, out))
+    return out / "job"
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_sigterm_mid_epoch_saves_exits_75_and_resumes_exactly(
+    unbroken: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    argv = preempt_argv(tiny_shards, tmp_path)
+    proc = subprocess.Popen(argv, env=ENV, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    sent = signal_after_epoch_one(proc, tmp_path / "job", psutil.Process(proc.pid))
+    status, out = wait_exit(proc, sent)
+    assert status == EXIT_PREEMPTED, out[-3000:]
+    assert "preempted: saved" in out and "Traceback" not in out
+    assert_saved_mid_epoch(tmp_path / "job")
+
+    assert "resumed from" in run_to_end([*argv, "--resume", "auto"])
+    assert_same_result(unbroken, tmp_path / "job")
+
+
+def script_env(launcher: str) -> dict[str, str]:
+    """One machine, two CPU ranks, through launch/train_multinode.sh or torchrun_train.sh."""
+    var = "TORCHRUN" if launcher == "torchrun" else "ACCELERATE"
+    return cpu_env(**{var: str(BIN / launcher)}, NUM_MACHINES="1", MACHINE_RANK="0",
+                   MAIN_PROCESS_IP="127.0.0.1", MAIN_PROCESS_PORT=str(free_port()),
+                   GPUS_PER_NODE="2", MIXED_PRECISION="no")  # fmt: skip
+
+
+SCRIPTS = {"accelerate": "train_multinode.sh", "torchrun": "torchrun_train.sh"}
+
+
+def script_argv(launcher: str, shards: Path, out: Path) -> list[str]:
+    flags = preempt_argv(shards, out)[4:]  # `python -m seqtrain train` is the script's part
+    return ["bash", str(REPO / "launch" / SCRIPTS[launcher]), *flags]
+
+
+@pytest.fixture(scope="module")
+def unbroken_two_ranks(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("unbroken2")
+    done = subprocess.run(script_argv("accelerate", tiny_shards, out), env=script_env("accelerate"),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out / "job"
+
+
+def launcher_process(script: subprocess.Popen, launcher: str) -> psutil.Process:
+    """The launcher the script started (its child running accelerate or torchrun)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for child in psutil.Process(script.pid).children():
+            # By program name: the script's own subshells carry "torchrun" in their command line.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if launcher in (Path(part).name for part in child.cmdline()[:2]):
+                    return child
+        time.sleep(0.05)
+    pytest.fail(f"{launcher} did not start")
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+@pytest.mark.multiprocess
+@pytest.mark.timeout(600)  # an unbroken 2-rank run (module fixture), a preempted one, its resume
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+def test_sigterm_to_launcher_of_two_ranks_saves_exits_75_and_resumes_exactly(
+    launcher: str, unbroken_two_ranks: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """The launcher forwards SIGTERM to both ranks (torch's elastic agent does, then exits 1);
+    the launch script turns the ranks' mark into 75."""
+    argv, env = script_argv(launcher, tiny_shards, tmp_path), script_env(launcher)
+    proc = subprocess.Popen(argv, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    target = launcher_process(proc, launcher)
+    sent = signal_after_epoch_one(proc, tmp_path / "job", target)
+    status, out = wait_exit(proc, sent)
+    assert status == EXIT_PREEMPTED, out[-3000:]
+    assert_saved_mid_epoch(tmp_path / "job")
+
+    env["MAIN_PROCESS_PORT"] = str(free_port())
+    done = subprocess.run([*argv, "--resume", "auto"], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout
+    assert_same_result(unbroken_two_ranks, tmp_path / "job")
