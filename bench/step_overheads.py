@@ -33,12 +33,12 @@ sys.path.insert(0, str(REPO / "tests"))  # the tiny-shard writer the tests use
 
 from shardutil import write_tiny_dataset  # noqa: E402
 
+from seqtrain.components.loss_window import LossWindow  # noqa: E402
 from seqtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from seqtrain.data.format import load_manifest  # noqa: E402
 from seqtrain.data.staged import staged_train_loader  # noqa: E402
 from seqtrain.data.stream import eval_loader, train_loader, train_steps_per_epoch  # noqa: E402
 from seqtrain.distributed import make_accelerator  # noqa: E402
-from seqtrain.loss_window import LossWindow  # noqa: E402
 from seqtrain.train import build_model_and_optimizer, train_step  # noqa: E402
 
 

@@ -76,7 +76,7 @@ resolve_nodes() {
   fi
 }
 
-# Exit status of a run stopped for preemption, saved and resumable (seqtrain.preemption).
+# Exit status of a run stopped for preemption, saved and resumable (seqtrain.components.preemption).
 EXIT_PREEMPTED=75
 
 # Run "$@" (after the signal name $1) in the background and return its exit status, passing a

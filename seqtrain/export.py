@@ -19,7 +19,7 @@ from torch import nn
 
 from seqtrain import __version__
 from seqtrain.atomic import atomic_write_bytes, atomic_write_json, read_json_object
-from seqtrain.checkpoint import META_NAME, find_checkpoint, prefix_free
+from seqtrain.components.checkpoint import META_NAME, find_checkpoint, prefix_free
 from seqtrain.data.format import BLANK, IMAGE_SHAPE, NUM_CLASSES, NUM_SLOTS
 from seqtrain.errors import UserError
 from seqtrain.models import build_model

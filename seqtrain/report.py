@@ -24,9 +24,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from seqtrain.atomic import atomic_open, read_json_object
+from seqtrain.components.run_files import METRICS_NAME
 from seqtrain.errors import UserError
 from seqtrain.export import class_names
-from seqtrain.run_files import METRICS_NAME
 
 TEST_NAME = "test_metrics.json"
 CURVES_PNG = "learning_curves.png"

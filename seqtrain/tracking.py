@@ -23,8 +23,8 @@ from PIL import Image
 
 from seqtrain.atomic import atomic_write_json
 from seqtrain.cliparse import config_to_dict
+from seqtrain.components.run_files import read_metrics
 from seqtrain.config import RunConfig
-from seqtrain.run_files import read_metrics
 
 WANDB = "wandb"
 # The run folder's W&B run: its id, and the last step each key was logged at (JSON).

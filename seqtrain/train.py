@@ -28,13 +28,26 @@ from tqdm.auto import tqdm
 
 from seqtrain import tracking
 from seqtrain.atomic import atomic_write_json
-from seqtrain.checkpoint import (
+from seqtrain.components.checkpoint import (
     Position,
     best_to_test,
     copy_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
+from seqtrain.components.loss_window import LossWindow
+from seqtrain.components.preemption import Decision, PreemptionWatch
+from seqtrain.components.resume_guard import decide_resume, run_identity
+from seqtrain.components.run_files import (
+    append_metrics,
+    epoch_line,
+    truncate_metrics,
+    write_predictions_picture,
+    write_rank_record,
+    write_resolved_config,
+)
+from seqtrain.components.run_folder import claim_run_folder, release_run_folder
+from seqtrain.components.schedules import LRSchedule
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, checked_manifest, load_manifest, shard_problems
 from seqtrain.data.position import EpochPlan, Layout, plan_epoch, record_batches, resize_note
@@ -62,21 +75,8 @@ from seqtrain.errors import UserError
 from seqtrain.evaluate import evaluate_model
 from seqtrain.export import export_model
 from seqtrain.flops import flops_per_sample, mfu_peak, throughput_metrics
-from seqtrain.loss_window import LossWindow
 from seqtrain.metrics import sequence_loss
 from seqtrain.models import build_model
-from seqtrain.preemption import Decision, PreemptionWatch
-from seqtrain.resume_guard import decide_resume, run_identity
-from seqtrain.run_files import (
-    append_metrics,
-    epoch_line,
-    truncate_metrics,
-    write_predictions_picture,
-    write_rank_record,
-    write_resolved_config,
-)
-from seqtrain.run_folder import claim_run_folder, release_run_folder
-from seqtrain.schedules import LRSchedule
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from accelerate.utils.constants import SCALER_NAME
 
-from seqtrain.checkpoint import META_NAME, Position, load_checkpoint
+from seqtrain.components.checkpoint import META_NAME, Position, load_checkpoint
 from seqtrain.errors import UserError
 
 

@@ -17,7 +17,7 @@ from test_train_resume import ENV, assert_same_weights, resume_argv, run_to_end
 from trainutil import cpu_env, launch_argv
 
 import seqtrain
-from seqtrain.checkpoint import META_NAME, find_checkpoint
+from seqtrain.components.checkpoint import META_NAME, find_checkpoint
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

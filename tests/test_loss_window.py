@@ -7,7 +7,7 @@ import math
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from seqtrain.loss_window import LossWindow
+from seqtrain.components.loss_window import LossWindow
 
 CPU = torch.device("cpu")
 

@@ -16,7 +16,7 @@ from test_run_folder import cli_argv
 from test_train import read_jsonl
 from trainutil import cpu_env, launch_argv
 
-from seqtrain.parent_watch import POLL_SECONDS
+from seqtrain.components.parent_watch import POLL_SECONDS
 
 BOUND_SECONDS = 30  # generous: the watch polls every POLL_SECONDS; the machine is shared
 
@@ -30,7 +30,7 @@ time.sleep(600)
 """
 WATCHED = """
 import time
-from seqtrain.parent_watch import end_with_parent
+from seqtrain.components.parent_watch import end_with_parent
 end_with_parent("the launcher died")
 print("watching", flush=True)
 time.sleep(600)

@@ -20,9 +20,14 @@ from test_faults_train import assert_same_result, epoch_of, process_tree
 from test_train_resume import ENV, resume_argv, run_to_end
 from trainutil import cpu_env, free_port
 
-from seqtrain.checkpoint import META_NAME
+from seqtrain.components.checkpoint import META_NAME
+from seqtrain.components.preemption import (
+    EXIT_PREEMPTED,
+    Decision,
+    PreemptionWatch,
+    handled_signals,
+)
 from seqtrain.config import PreemptConfig
-from seqtrain.preemption import EXIT_PREEMPTED, Decision, PreemptionWatch, handled_signals
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

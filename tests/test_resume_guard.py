@@ -10,9 +10,9 @@ import pytest
 from conftest import tiny_generate_argv
 from test_train import run_in_process, train_argv
 
+from seqtrain.components.resume_guard import data_fingerprint, identity_changes, run_identity
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, load_manifest
-from seqtrain.resume_guard import data_fingerprint, identity_changes, run_identity
 
 
 def test_fingerprint_follows_the_shard_bytes_not_the_folder(tiny_shards: Path) -> None:

@@ -19,7 +19,7 @@ from test_data_gen_runs import shard_bytes_of
 from test_faults_train import assert_same_result, epoch_of
 from test_preemption import STEPS, preempt_argv, script_env, unbroken_two_ranks  # noqa: F401
 
-from seqtrain.checkpoint import META_NAME
+from seqtrain.components.checkpoint import META_NAME
 from seqtrain.data.format import MANIFEST_NAME
 
 pytestmark = [

@@ -21,10 +21,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+from seqtrain.components.run_files import METRICS_NAME
 from seqtrain.config import RunConfig
 from seqtrain.distributed import decided_on_main_process
 from seqtrain.errors import UserError
-from seqtrain.run_files import METRICS_NAME
 from seqtrain.tracking import RUN_STATE_NAME
 
 LOCK_NAME = ".owner.lock"

@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from seqtrain.checkpoint import IDENTITY_KEY, checkpoint_meta, resolve_resume
+from seqtrain.components.checkpoint import IDENTITY_KEY, checkpoint_meta, resolve_resume
 from seqtrain.config import OptimConfig, RunConfig
 from seqtrain.data.format import SPLITS, Manifest
 from seqtrain.distributed import decided_on_main_process
