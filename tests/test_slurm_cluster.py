@@ -75,7 +75,8 @@ def test_train_sbatch_preempted_requeues_and_resumes(
     wait_job(job, env, lambda f: f.get("Restarts") == "1" and f.get("JobState") == "PENDING",
              "requeue")  # fmt: skip
     position = json.loads((run / "checkpoints" / "last" / META_NAME).read_text())
-    assert position["epoch"] >= 1 and 0 < position["batches_done"] < STEPS, position
+    steps_done = sum(segment["steps"] for segment in position["segments"])
+    assert position["epoch"] >= 1 and 0 < steps_done < STEPS, position
     assert not (run / "test_metrics.json").exists()
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=env, check=True)
 
