@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from test_faults_train import kill_when
 from test_train import train_argv
 from trainutil import cpu_env
 
+from seqtrain.components.preemption import EXIT_PREEMPTED
 from seqtrain.tracking import _BLOCK, RUN_STATE_NAME, read_offline_run, read_offline_segments
 
 
@@ -92,3 +94,41 @@ def test_killed_and_resumed_run_is_one_wandb_run_with_each_epoch_once(
     assert train_steps == sorted(set(train_steps)), "a step logged twice or going back"
     assert train_steps[-1] == 3 * steps
     assert (f"model-{run_id}", "model") in segments[-1]["artifacts"]
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_preempted_and_resumed_run_is_one_wandb_run_with_each_step_once(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    """SIGTERM a few steps into epoch 2 (a preemption): the run saves at that step, exits 75
+    with its W&B records written, and the resume continues the same W&B run from the next step:
+    every epoch and every train step is in the history exactly once, none lost."""
+    steps = 30
+    argv = [
+        sys.executable, "-m", "seqtrain",
+        *train_argv(tiny_shards, tmp_path, "job", "--wandb-mode", "offline", "--epochs", "3",
+                    "--steps-per-epoch", str(steps), "--log-every", "1",
+                    "--eval-batch-size", "250", "--preempt-check-every", "1"),
+    ]  # fmt: skip
+    run = tmp_path / "job"
+    preempted = kill_when(
+        argv,
+        lambda: steps_logged(run).get("train/loss", 0) >= steps + 3,
+        env=cpu_env(),
+        victims=lambda pid: [psutil.Process(pid)],
+        sig=signal.SIGTERM,
+    )
+    _, err = preempted.communicate(timeout=120)
+    assert preempted.returncode == EXIT_PREEMPTED, err[-3000:]
+    done = subprocess.run([*argv, "--resume", "auto"], env=cpu_env(),
+                          capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    segments = read_offline_segments(run / "wandb")
+    run_id = json.loads((run / RUN_STATE_NAME).read_text())["id"]
+    assert [s["id"] for s in segments] == [run_id, run_id]
+    rows = [row for segment in segments for row in segment["history"]]
+    assert [row["epoch"] for row in rows if "epoch" in row] == [1, 2, 3]
+    train_steps = [row["_step"] for row in rows if "train/loss" in row]
+    assert train_steps == list(range(1, 3 * steps + 1))
