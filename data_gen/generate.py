@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -106,6 +107,9 @@ def _results(
 def _init_worker(ctx: WriterContext) -> None:
     global _WORKER_CONTEXT
     _WORKER_CONTEXT = ctx
+    # The pool ends its workers with SIGTERM: a handler inherited from the forking process (a
+    # trainer's preemption flag, say) must not keep one alive, blocking the pool's exit forever.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(1)
 
 

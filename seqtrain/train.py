@@ -147,18 +147,21 @@ class Session:
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Train, evaluate the best model on test, and return the test metrics and run folder."""
     run = _build(cfg)
-    for epoch in range(run.position.epoch, cfg.train.epochs):
-        if run.stopper.should_stop:
-            run.log(f"early stopping: val loss did not improve for {run.stopper.patience} epochs")
-            break
-        start = time.perf_counter()
-        train_loss = train_epoch(run, epoch)
-        val = evaluate(run, "val")
-        improved, lr_reduced = _end_of_epoch_decisions(run, val["loss"])
-        run.position = run.position.next_epoch()
-        _save(run, improved)
-        _report_epoch(run, epoch, train_loss, val, improved, lr_reduced, start)
-    return _finish(run)
+    with run.preemption:  # SIGTERM/--preempt-signal save and stop; given back however it ends
+        for epoch in range(run.position.epoch, cfg.train.epochs):
+            if run.stopper.should_stop:
+                run.log(
+                    f"early stopping: val loss did not improve for {run.stopper.patience} epochs"
+                )
+                break
+            start = time.perf_counter()
+            train_loss = train_epoch(run, epoch)
+            val = evaluate(run, "val")
+            improved, lr_reduced = _end_of_epoch_decisions(run, val["loss"])
+            run.position = run.position.next_epoch()
+            _save(run, improved)
+            _report_epoch(run, epoch, train_loss, val, improved, lr_reduced, start)
+        return _finish(run)
 
 
 def _build(cfg: RunConfig) -> Session:

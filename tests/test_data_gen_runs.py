@@ -27,6 +27,20 @@ def test_two_workers_write_the_same_bytes(tiny_shards, mnist_dir, tmp_path, caps
     assert (tmp_path / MANIFEST_NAME).read_bytes() == (tiny_shards / MANIFEST_NAME).read_bytes()
 
 
+def test_workers_end_with_their_pool_under_an_inherited_sigterm_handler(mnist_dir, tmp_path):
+    """Generating from a process that handles SIGTERM with a flag (a trainer's preemption watch
+    does, while it trains): the pool's workers must still end when the pool terminates them."""
+    code = (
+        "import signal, sys\n"
+        "from data_gen.cli import main\n"
+        "signal.signal(signal.SIGTERM, lambda *_: None)\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = [sys.executable, "-c", code, *tiny_generate_argv(mnist_dir, tmp_path, workers=2)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_nodes_write_disjoint_parts_then_finalize(tiny_shards, mnist_dir, tmp_path, capsys):
     def node(rank: int) -> list[str]:
         return [*tiny_generate_argv(mnist_dir, tmp_path, workers=2), "--num-nodes", "3",

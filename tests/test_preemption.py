@@ -50,7 +50,7 @@ def restored_handlers() -> Iterator[None]:
 def test_signal_only_sets_a_flag_acted_on_at_the_next_check(restored_handlers) -> None:
     import torch
 
-    watch = PreemptionWatch(PreemptConfig(preempt_check_every=5), torch.device("cpu"))
+    watch = PreemptionWatch(PreemptConfig(preempt_check_every=5), torch.device("cpu")).__enter__()
     os.kill(os.getpid(), signal.SIGUSR1)
     assert watch.signal_name == "SIGUSR1"
     assert watch.poll(step=7) == Decision()  # not a check step: no collective, no action
@@ -71,8 +71,14 @@ def test_close_gives_the_signals_back(restored_handlers) -> None:
 
     before = signal.getsignal(signal.SIGTERM)
     watch = PreemptionWatch(PreemptConfig(), torch.device("cpu"))
-    assert signal.getsignal(signal.SIGTERM) != before
-    watch.close()
+    assert signal.getsignal(signal.SIGTERM) == before  # nothing handled before the block
+    with watch:
+        assert signal.getsignal(signal.SIGTERM) != before
+        watch.close()
+        assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.getsignal(signal.SIGTERM) == before
+    with pytest.raises(RuntimeError), watch:  # a run that fails gives them back too
+        raise RuntimeError("failed run")
     assert signal.getsignal(signal.SIGTERM) == before
 
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import torch
 
@@ -54,12 +55,26 @@ class PreemptionWatch:
         self.device = device
         self.signal_name: str | None = None
         self.clock_started = time.monotonic()
-        self.previous = {sig: signal.signal(sig, self._on_signal) for sig in handled_signals(cfg)}
+        self.previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> PreemptionWatch:
+        """Handle the signals while training; `close` (or leaving the block, however it is
+        left) gives them back, so a failed run leaves no handler behind in the process, nor in
+        processes it forks later (a forked worker that only sets a flag on SIGTERM would never
+        end when its pool is terminated)."""
+        self.previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in handled_signals(self.cfg)
+        }
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Give the signals back to their previous handlers (training is over)."""
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        self.previous = {}
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only a flag: the step in flight, collectives and file writes are left undisturbed.
