@@ -36,8 +36,14 @@ from shardutil import write_tiny_dataset  # noqa: E402
 from seqtrain.components.loss_window import LossWindow  # noqa: E402
 from seqtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from seqtrain.data.format import load_manifest  # noqa: E402
+from seqtrain.data.position import Position, plan_epoch  # noqa: E402
 from seqtrain.data.staged import staged_train_loader  # noqa: E402
-from seqtrain.data.stream import eval_loader, train_loader, train_steps_per_epoch  # noqa: E402
+from seqtrain.data.stream import (  # noqa: E402
+    eval_loader,
+    train_layout,
+    train_loader,
+    train_steps_per_epoch,
+)
 from seqtrain.distributed import make_accelerator  # noqa: E402
 from seqtrain.train import build_model_and_optimizer, train_step  # noqa: E402
 
@@ -119,14 +125,15 @@ def loader_startup(args: argparse.Namespace, root: Path, device: torch.device) -
         shards=root, batch_size=args.batch_size, eval_batch_size=1000, num_workers=args.workers
     )
     steps = train_steps_per_epoch(manifest, args.batch_size, world_size=1)
-    train_first, train_total = first_and_total(
-        train_loader(manifest, cfg, 0, steps, 0, 1, seed=0, device=device)
-    )
+    plan, _ = plan_epoch(Position(), 0, train_layout(cfg, 1), 0, steps)
+    train_first, train_total = first_and_total(train_loader(manifest, cfg, plan, 0, device=device))
     evaluation = eval_loader(manifest, cfg, "val", 0, 1, device=device, persistent=True)
     eval_first, eval_total = first_and_total(evaluation)
     again_first, again_total = first_and_total(evaluation)
     start = time.perf_counter()
-    staged = staged_train_loader(manifest, args.batch_size, 0, steps, 0, 0, device)
+    staged_cfg = DataConfig(shards=root, batch_size=args.batch_size, stage_on_device=True)
+    staged_plan, _ = plan_epoch(Position(), 0, train_layout(staged_cfg, 1), 0, steps)
+    staged = staged_train_loader(manifest, staged_plan, 0, device)
     synchronize(device)
     staged_load = time.perf_counter() - start
     _, staged_total = first_and_total(staged)
