@@ -189,21 +189,27 @@ def _build(cfg: RunConfig) -> Session:
     run.identity = run_identity(cfg, manifest)
     run.resumed_from = decide_resume(cfg, run_dir, run.identity)
     if run.resumed_from is not None:
-        position = load_checkpoint(accelerator, run.resumed_from, cfg.model.model, cfg.train.seed)
-        run.position = position
-        run.log(
-            f"resumed from {run.resumed_from} at epoch {position.epoch + 1}, "
-            f"batch {position.steps_done} ({position.samples_done} samples)"
+        run.position = load_checkpoint(
+            accelerator, run.resumed_from, cfg.model.model, cfg.train.seed
         )
-        note = resize_note(run.position, layout)
-        if note:
-            run.log(note)
+        _log_resume(run)
     scheduler.plan(_samples_left(run), layout.global_batch)
     _start_outputs(run)
     if skipped:
         run.log(f"skipped {len(skipped)} corrupt shard(s): " + "; ".join(skipped))
         tracking.log_summary(accelerator, {"data/skipped_shards": len(skipped)})
     return run
+
+
+def _log_resume(run: Session) -> None:
+    position = run.position
+    run.log(
+        f"resumed from {run.resumed_from} at epoch {position.epoch + 1}, "
+        f"batch {position.steps_done} ({position.samples_done} samples)"
+    )
+    note = resize_note(position, run.layout)
+    if note:
+        run.log(note)
 
 
 def _usable_shards(manifest: Manifest, cfg: RunConfig) -> tuple[Manifest, list[str]]:

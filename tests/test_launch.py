@@ -35,16 +35,21 @@ def fake_slurm(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def dry_run(script: str, args: list[str], env: dict[str, str]) -> list[list[str]]:
-    """Run a launch script in dry-run mode; return each printed command as argv."""
+def run_script(script: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run a launch script with `env` over this environment minus SLURM's and CUDA's variables."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
-    result = subprocess.run(
+    return subprocess.run(
         ["bash", str(LAUNCH / script), *args],
         env={**clean, **env},
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def dry_run(script: str, args: list[str], env: dict[str, str]) -> list[list[str]]:
+    """Run a launch script in dry-run mode; return each printed command as argv."""
+    result = run_script(script, args, env)
     assert result.returncode == 0, result.stderr
     return [shlex.split(line) for line in result.stdout.splitlines()]
 
@@ -123,14 +128,7 @@ def test_generate_array_task_maps_to_node_rank(fake_slurm):
     ],
 )
 def test_bad_environment_is_one_line_error(script, env, message):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    result = subprocess.run(
-        ["bash", str(LAUNCH / script)],
-        env={**clean, **env, "DRY_RUN": "1"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_script(script, [], {**env, "DRY_RUN": "1"})
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert message in result.stderr

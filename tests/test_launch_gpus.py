@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_launch import LAUNCH, SCRUBBED, dry_run, option
+from test_launch import LAUNCH, dry_run, option, run_script
 
 INSTALLED = 8
 
@@ -63,14 +63,7 @@ def test_one_visible_gpu_uses_the_single_gpu_config(eight_gpus):
 
 @pytest.mark.parametrize("script", ["train_node.sh", "train_multinode.sh", "torchrun_train.sh"])
 def test_empty_visible_set_means_no_gpus(eight_gpus, script):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
-    result = subprocess.run(
-        ["bash", str(LAUNCH / script)],
-        env={**clean, **eight_gpus, "CUDA_VISIBLE_DEVICES": ""},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_script(script, [], {**eight_gpus, "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2, result.stdout
     assert "no GPUs visible in CUDA_VISIBLE_DEVICES=''" in result.stderr
 

@@ -53,6 +53,31 @@ def steps_logged(run: Path) -> dict[str, int]:
         return {}
 
 
+STEPS = 30  # per epoch of the offline runs below
+
+
+def offline_argv(shards: Path, out: Path, *extra: str) -> list[str]:
+    """A 3-epoch offline W&B run `out/job` logging every step."""
+    return [
+        sys.executable, "-m", "seqtrain",
+        *train_argv(shards, out, "job", "--wandb-mode", "offline", "--epochs", "3",
+                    "--steps-per-epoch", str(STEPS), "--log-every", "1",
+                    "--eval-batch-size", "250", *extra),
+    ]  # fmt: skip
+
+
+def signal_in_epoch_2(argv: list[str], run: Path, sig: signal.Signals):
+    """Start `argv` and send `sig` to the trainer alone (W&B's own service process may flush)
+    once it has logged 3 steps of epoch 2."""
+    return kill_when(
+        argv,
+        lambda: steps_logged(run).get("train/loss", 0) >= STEPS + 3,
+        env=cpu_env(),
+        victims=lambda pid: [psutil.Process(pid)],
+        sig=sig,
+    )
+
+
 @pytest.mark.faults
 @pytest.mark.slow
 def test_killed_and_resumed_run_is_one_wandb_run_with_each_epoch_once(
@@ -62,20 +87,10 @@ def test_killed_and_resumed_run_is_one_wandb_run_with_each_epoch_once(
     last logged step, and replays steps already logged. Both segments are one W&B run whose
     history (read from W&B's own offline records) has each epoch once and no step twice: what
     the killed process's W&B service never wrote is logged again by the resumed one."""
-    steps = 30
-    argv = [
-        sys.executable, "-m", "seqtrain",
-        *train_argv(tiny_shards, tmp_path, "job", "--wandb-mode", "offline", "--epochs", "3",
-                    "--steps-per-epoch", str(steps), "--log-every", "1",
-                    "--eval-batch-size", "250"),
-    ]  # fmt: skip
+    steps = STEPS
+    argv = offline_argv(tiny_shards, tmp_path)
     run = tmp_path / "job"
-    killed = kill_when(
-        argv,
-        lambda: steps_logged(run).get("train/loss", 0) >= steps + 3,
-        env=cpu_env(),
-        victims=lambda pid: [psutil.Process(pid)],  # W&B's own service process may flush
-    )
+    killed = signal_in_epoch_2(argv, run, signal.SIGKILL)
     killed.communicate()
     logged = steps_logged(run)
     assert logged["val/loss"] == steps < logged["train/loss"] < 2 * steps, logged
@@ -104,21 +119,10 @@ def test_preempted_and_resumed_run_is_one_wandb_run_with_each_step_once(
     """SIGTERM a few steps into epoch 2 (a preemption): the run saves at that step, exits 75
     with its W&B records written, and the resume continues the same W&B run from the next step:
     every epoch and every train step is in the history exactly once, none lost."""
-    steps = 30
-    argv = [
-        sys.executable, "-m", "seqtrain",
-        *train_argv(tiny_shards, tmp_path, "job", "--wandb-mode", "offline", "--epochs", "3",
-                    "--steps-per-epoch", str(steps), "--log-every", "1",
-                    "--eval-batch-size", "250", "--preempt-check-every", "1"),
-    ]  # fmt: skip
+    steps = STEPS
+    argv = offline_argv(tiny_shards, tmp_path, "--preempt-check-every", "1")
     run = tmp_path / "job"
-    preempted = kill_when(
-        argv,
-        lambda: steps_logged(run).get("train/loss", 0) >= steps + 3,
-        env=cpu_env(),
-        victims=lambda pid: [psutil.Process(pid)],
-        sig=signal.SIGTERM,
-    )
+    preempted = signal_in_epoch_2(argv, run, signal.SIGTERM)
     _, err = preempted.communicate(timeout=120)
     assert preempted.returncode == EXIT_PREEMPTED, err[-3000:]
     done = subprocess.run([*argv, "--resume", "auto"], env=cpu_env(),
