@@ -62,7 +62,10 @@ def claim(cfg: GenConfig, planned: list[ShardJob]) -> None:
         raise UserError(f"--out {out} exists and is not a folder")
     saved = saved_fingerprint(out)
     mine = fingerprint(cfg)
-    if saved != mine and out.is_dir() and any(out.iterdir()):
+    # Without generate.json, a folder holding only our own entries is a sibling node's claim in
+    # progress (array tasks start together): not foreign.
+    differs = saved != mine if saved else out.is_dir() and bool(foreign_entries(out))
+    if differs:
         if not cfg.overwrite:
             what = "a different config" if saved else "files not made by seqtrain-data"
             raise UserError(
@@ -72,6 +75,17 @@ def claim(cfg: GenConfig, planned: list[ShardJob]) -> None:
         _remove_stale(out, planned)
     out.mkdir(parents=True, exist_ok=True)
     write_run_file(cfg)
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """Names in OUT that seqtrain-data does not write (its temp files included as its own)."""
+    ours = {RUN_FILE, MANIFEST_NAME, RECORDS_DIR, *SPLITS}
+    temp_prefixes = tuple(f".{name}." for name in ours)  # seqtrain.atomic's temp names
+    return [
+        p.name
+        for p in out.iterdir()
+        if p.name not in ours and not (p.name.startswith(temp_prefixes) and p.name.endswith(".tmp"))
+    ]
 
 
 def write_run_file(cfg: GenConfig) -> None:

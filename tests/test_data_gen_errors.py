@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import gzip
 import os
 import resource
@@ -147,6 +148,19 @@ def test_foreign_folder_needs_overwrite(mnist_dir, tmp_path, capsys):
     (tmp_path / "out" / "notes.txt").write_text("mine")
     code, _, err = run_cli(tiny_generate_argv(mnist_dir, tmp_path / "out"), capsys)
     assert_one_line_error(code, err, "not made by seqtrain-data")
+
+
+def test_sibling_node_claim_in_progress_is_not_foreign(mnist_dir, tmp_path, capsys):
+    """Array tasks start together: node 1 may see node 0's folder after its mkdir and before its
+    generate.json is renamed into place (only seqtrain-data's own entries and temp files)."""
+    out = tmp_path / "out"
+    (out / "train").mkdir(parents=True)
+    (out / ".generate.json.k3j2.tmp").write_text("{")
+    argv = [*tiny_generate_argv(mnist_dir, out), "--num-nodes", "2", "--node-rank", "1"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert json.loads((out / "generate.json").read_text())["num_nodes"] == 2
+    assert list((out / "records").rglob("*.json"))
 
 
 def test_disk_full_keeps_finished_shards(mnist_dir, tmp_path, monkeypatch, capsys):

@@ -43,6 +43,8 @@ def wait_job(job: str, env: dict[str, str], done, what: str) -> dict[str, str]:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while not done(fields := job_fields(job, env)):
         assert time.monotonic() < deadline, f"job {job}: no {what} in {JOB_TIMEOUT_S} s: {fields}"
+        # afterok on a failed job: SLURM keeps the dependent job pending for ever
+        assert fields.get("Reason") != "DependencyNeverSatisfied", f"job {job}: {fields}"
         time.sleep(0.5)
     return fields
 
@@ -88,6 +90,7 @@ def test_train_sbatch_preempted_requeues_and_resumes(
     assert_same_result(unbroken_two_ranks, run)
 
 
+@pytest.mark.timeout(2 * JOB_TIMEOUT_S)  # wait_job's own failure, with the job's state, first
 def test_submit_generate_array_then_finalize(
     cluster: dict[str, str], tiny_shards: Path, mnist_dir: Path, tmp_path: Path
 ) -> None:
@@ -101,9 +104,15 @@ def test_submit_generate_array_then_finalize(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     finalize = done.stdout.split()[-1]  # "Submitted batch job N"
-    fields = wait_job(finalize, env, lambda f: f.get("JobState") not in ("PENDING", "RUNNING"),
-                      "end")  # fmt: skip
-    logs = "".join(p.read_text() for p in tmp_path.glob("*.out"))
-    assert fields["JobState"] == "COMPLETED", logs[-3000:]
+
+    def logs() -> str:
+        return "".join(p.read_text() for p in sorted(tmp_path.glob("*.out")))
+
+    try:
+        fields = wait_job(finalize, env, lambda f: f.get("JobState") not in ("PENDING", "RUNNING"),
+                          "end")  # fmt: skip
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{logs()[-3000:]}") from None
+    assert fields["JobState"] == "COMPLETED", logs()[-3000:]
     assert shard_bytes_of(out) == shard_bytes_of(tiny_shards)
     assert (out / MANIFEST_NAME).read_bytes() == (tiny_shards / MANIFEST_NAME).read_bytes()
