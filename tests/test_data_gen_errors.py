@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import errno
-import json
 import gzip
+import json
 import os
 import resource
 import shutil
