@@ -1,7 +1,7 @@
 """Model FLOPs per sample, achieved FLOP/s and MFU (model FLOPs utilisation).
 
-FLOPs are counted, not estimated: one forward pass of the model on a meta-device input under
-`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products, 2 FLOPs per
+FLOPs are counted, not estimated: forward passes of the model on one CPU sample per sequence
+length under `torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products, 2 FLOPs per
 multiply-accumulate). A training step costs about 3x the forward (forward + backward for
 activations + backward for weights). MFU is one device's achieved model FLOP/s over its dense
 peak for the math mode in use (bf16/fp16 autocast, else TF32 where torch allows it, else fp32);
@@ -11,14 +11,14 @@ it is reported only for GPUs in `PEAKS`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from seqtrain.data.format import IMAGE_SHAPE
+from seqtrain.data.format import DIGIT_SIZE, IMAGE_SHAPE
 
 TRAIN_FORWARD_RATIO = 3
 
@@ -55,23 +55,43 @@ PEAKS: tuple[Peak, ...] = (
 )
 
 
-def forward_flops(build: Callable[[], nn.Module]) -> int:
-    """FLOPs of one forward pass per sample of the model `build()` makes.
+def forward_flops(
+    build: Callable[[], nn.Module], length_weights: Sequence[float] = (1.0, 1.0, 1.0)
+) -> float:
+    """FLOPs of one forward pass per sample of the model `build()` makes, averaged over sequence
+    lengths 1..3 weighted as the data drew them (the manifest's `length_weights`): a model that
+    skips blank slots costs less on short sequences; for the others every length costs the same.
 
-    The model is built on the meta device (no memory, no computation, the global RNG untouched)
-    and run in eval mode on one sample.
+    The model runs in eval mode on CPU on one sample of each length (ones where digits are, the
+    rest zeros); the global RNG is left untouched.
     """
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+    with torch.random.fork_rng(devices=[]):
         model = build().eval()
-        sample = torch.empty(1, 1, *IMAGE_SHAPE)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(sample)
+        per_length = [_counted_flops(model, _sample_of_length(n)) for n in (1, 2, 3)]
+    return sum(w * f for w, f in zip(length_weights, per_length, strict=True)) / sum(
+        length_weights
+    )
+
+
+def _sample_of_length(digits: int) -> torch.Tensor:
+    sample = torch.zeros(1, 1, *IMAGE_SHAPE)
+    sample[..., : digits * DIGIT_SIZE] = 1.0
+    return sample
+
+
+def _counted_flops(model: nn.Module, sample: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(sample)
     return counter.get_total_flops()
 
 
-def flops_per_sample(build: Callable[[], nn.Module], training: bool = True) -> int:
+def flops_per_sample(
+    build: Callable[[], nn.Module],
+    training: bool = True,
+    length_weights: Sequence[float] = (1.0, 1.0, 1.0),
+) -> float:
     """Model FLOPs per sample of a training step (3x forward) or of inference."""
-    return forward_flops(build) * (TRAIN_FORWARD_RATIO if training else 1)
+    return forward_flops(build, length_weights) * (TRAIN_FORWARD_RATIO if training else 1)
 
 
 def math_mode(mixed_precision: str) -> str:
@@ -129,7 +149,7 @@ def mfu_peak(device: torch.device, mixed_precision: str) -> tuple[float | None, 
 
 
 def throughput_metrics(
-    job_samples_per_s: float, flops_per_sample: int, num_processes: int, peak: float | None
+    job_samples_per_s: float, flops_per_sample: float, num_processes: int, peak: float | None
 ) -> dict[str, float]:
     """`train/tflops_job` (model TFLOP/s of all processes together) and, with a known peak,
     `train/mfu_per_device` (0-1: one process's share against one device's peak)."""

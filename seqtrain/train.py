@@ -126,7 +126,7 @@ class Session:
     preemption: PreemptionWatch
     identity: dict[str, Any] = field(default_factory=dict)
     resumed_from: Path | None = None
-    flops_per_sample: int = 0
+    flops_per_sample: float = 0.0
     peak_flops: float | None = None
     lr_history: list[float] = field(default_factory=list)
     val_batches: Batches | None = None  # built once: its workers persist between epochs
@@ -182,7 +182,9 @@ def _build(cfg: RunConfig) -> Session:
         cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position(),
         layout, preemption,
     )  # fmt: skip
-    run.flops_per_sample = flops_per_sample(partial(build_model, cfg.model.model))
+    run.flops_per_sample = flops_per_sample(
+        partial(build_model, cfg.model.model), length_weights=manifest.length_weights
+    )
     run.peak_flops, peak_line = mfu_peak(accelerator.device, cfg.train.mixed_precision)
     run.log(peak_line)
     claim_run_folder(cfg, run_dir)  # after the checks of the input: a bad start leaves no folder

@@ -59,3 +59,46 @@ def test_slotnet_slots_are_independent(name):
         before, after = model(x), model(changed)
     torch.testing.assert_close(before[:, :2], after[:, :2])
     assert not torch.allclose(before[:, 2], after[:, 2])
+
+
+def _sequences(lengths: list[int]) -> torch.Tensor:
+    """Images whose first `length` slots hold ink and whose other slots are black."""
+    x = torch.zeros(len(lengths), 1, 28, 84)
+    for row, length in enumerate(lengths):
+        x[row, ..., : 28 * length] = torch.rand(1, 28, 28 * length)
+    return x
+
+
+def test_skipblank_answers_blank_slots_without_the_cnn_and_inked_ones_like_slotnet_deep():
+    from seqtrain.data.format import BLANK
+
+    full, skipping = build_model("slotnet_deep"), build_model("slotnet_deep_skipblank")
+    skipping.load_state_dict(full.state_dict())  # the same weights: only the blank path differs
+    full.eval(), skipping.eval()
+    x = _sequences([1, 3, 2])
+    inked = x.unflatten(3, (3, 28)).amax((1, 2, 4)) > 0
+    with torch.no_grad():
+        expected, logits = full(x), skipping(x)
+    torch.testing.assert_close(logits[inked], expected[inked])
+    assert (logits[~inked].argmax(-1) == BLANK).all()
+    assert torch.nn.functional.cross_entropy(logits[~inked], torch.full((3,), BLANK)) < 1e-9
+
+
+def test_skipblank_trains_batchnorm_on_digits_only():
+    """A batch of one-digit sequences: BatchNorm's batch has the digit slots only (B, not 3B)."""
+    model = build_model("slotnet_deep_skipblank").train()
+    seen: list[int] = []
+    model.features[0].register_forward_hook(lambda _m, inputs, _o: seen.append(len(inputs[0])))
+    model(_sequences([1, 1, 1, 1])).sum().backward()
+    assert seen == [4]
+
+
+def test_skipblank_costs_in_proportion_to_the_digits_drawn():
+    from seqtrain.flops import forward_flops
+
+    full = forward_flops(lambda: build_model("slotnet_deep"))
+    skipping = [
+        forward_flops(lambda: build_model("slotnet_deep_skipblank"), weights)
+        for weights in ((1, 1, 1), (0, 0, 1), (1, 0, 0))
+    ]
+    assert skipping == pytest.approx([full * 2 / 3, full, full / 3], rel=1e-3)

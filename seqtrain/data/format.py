@@ -167,6 +167,11 @@ class Manifest:
     def config(self) -> dict:
         return self.raw["config"]
 
+    @property
+    def length_weights(self) -> tuple[float, ...]:
+        """How often sequences of 1, 2, 3 digits were drawn (relative weights)."""
+        return tuple(self.config.get("length_weights", (1.0, 1.0, 1.0)))
+
     def epochs(self, split: str) -> int:
         return int(self.raw["splits"][split]["epochs"])
 

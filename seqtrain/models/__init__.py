@@ -20,6 +20,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "reference": ReferenceNet,
     "slotnet": SlotNet,
     "slotnet_deep": partial(SlotNet, SLOTNET_DEEP_STAGES),
+    "slotnet_deep_skipblank": partial(SlotNet, SLOTNET_DEEP_STAGES, skip_blank=True),
     "tiny": TinyNet,
 }
 
