@@ -8,7 +8,8 @@ main process and optionally write JSON.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,10 @@ from seqtrain.data.stream import Batches, eval_loader
 from seqtrain.distributed import all_reduce_sum, join_processes, make_accelerator, to_device
 from seqtrain.errors import UserError
 from seqtrain.export import class_names, load_model, resolve_source
+from seqtrain.flops import forward_flops
 from seqtrain.metrics import SequenceMetrics, sequence_loss
+from seqtrain.models import build_model
+from seqtrain.models.averaged import AveragedPredictor, cross_shifts
 
 
 @dataclass
@@ -36,6 +40,12 @@ class EvaluateConfig:
     shards: str
     """Folder or URL (s3://, gs://, http(s)://, file://) written by `seqtrain-data generate`
     (holds manifest.json)."""
+    ensemble: list[Path] = field(default_factory=list)
+    """More trained models (run, checkpoint or export folders): the prediction is the mean of
+    every model's softmax (an ensemble)."""
+    tta_shift: int = 0
+    """Test-time augmentation: also average over each slot's content shifted 1..N pixels up,
+    down, left and right within its slot (1 + 4N views per model)."""
     split: Literal["train", "val", "test"] = "test"
     """Split to evaluate (generator epoch 0 for train)."""
     json: Path | None = None
@@ -52,6 +62,8 @@ class EvaluateConfig:
             raise UserError("--batch-size must be > 0")
         if self.num_workers < 0:
             raise UserError("--num-workers must be >= 0")
+        if self.tta_shift < 0:
+            raise UserError("--tta-shift must be >= 0")
 
 
 @torch.no_grad()
@@ -94,7 +106,7 @@ def evaluate_model(
 
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     """Load the model, evaluate `cfg.split` on all ranks; the summary plus what was evaluated."""
-    source = resolve_source(cfg.checkpoint)
+    sources = [resolve_source(path) for path in (cfg.checkpoint, *cfg.ensemble)]
     run_cfg = RunConfig(
         data=DataConfig(
             shards=cfg.shards, eval_batch_size=cfg.batch_size, num_workers=cfg.num_workers
@@ -104,15 +116,25 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     )
     join_processes(run_cfg)
     manifest = load_manifest(cfg.shards)
-    accelerator = make_accelerator(run_cfg, source.origin)
-    model = load_model(source.origin).to(accelerator.device)
-    metrics = evaluate_model(model, accelerator, manifest, run_cfg.data, cfg.split)
+    accelerator = make_accelerator(run_cfg, sources[0].origin)
+    views = cross_shifts(cfg.tta_shift)
+    members = [load_model(source.origin) for source in sources]
+    model = members[0] if len(members) == len(views) == 1 else AveragedPredictor(members, views)
+    metrics = evaluate_model(model.to(accelerator.device), accelerator, manifest, run_cfg.data,
+                             cfg.split)  # fmt: skip
     # Tear the process group down on every rank together: a rank exiting with gloo's threads
     # still alive aborts ("terminate called without an active exception").
     accelerator.end_training()
+    forward = sum(
+        forward_flops(partial(build_model, source.model), manifest.length_weights)
+        for source in sources
+    )
     return {
-        "checkpoint": str(source.origin),
-        "model": source.model,
+        "checkpoint": str(sources[0].origin),
+        "model": sources[0].model,
+        "ensemble": [str(source.origin) for source in sources[1:]],
+        "tta_views": len(views),
+        "inference_gflop_per_sample": forward * len(views) / 1e9,
         "shards": str(cfg.shards),
         "split": cfg.split,
         "num_processes": accelerator.num_processes,
@@ -126,6 +148,13 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['split']} split of {result['shards']}: {count} sequences, "
         f"model {result['model']!r} from {result['checkpoint']}",
+        *(
+            [f"  averaged with {len(result['ensemble'])} more model(s): {result['ensemble']}"]
+            if result.get("ensemble")
+            else []
+        ),
+        f"  {'views per model':<20}{result.get('tta_views', 1)}",
+        f"  {'inference GFLOP':<20}{result.get('inference_gflop_per_sample', 0):.3f} per sequence",
         f"  {'exact match':<20}{result['exact_match']:.4f}",
         f"  {'loss':<20}{result['loss']:.4f}",
     ]

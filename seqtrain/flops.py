@@ -1,8 +1,8 @@
 """Model FLOPs per sample, achieved FLOP/s and MFU (model FLOPs utilisation).
 
 FLOPs are counted, not estimated: forward passes of the model on one CPU sample per sequence
-length under `torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products, 2 FLOPs per
-multiply-accumulate). A training step costs about 3x the forward (forward + backward for
+length under `torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products,
+2 FLOPs per multiply-accumulate). A training step costs about 3x the forward (forward + backward for
 activations + backward for weights). MFU is one device's achieved model FLOP/s over its dense
 peak for the math mode in use (bf16/fp16 autocast, else TF32 where torch allows it, else fp32);
 it is reported only for GPUs in `PEAKS`.
@@ -68,9 +68,7 @@ def forward_flops(
     with torch.random.fork_rng(devices=[]):
         model = build().eval()
         per_length = [_counted_flops(model, _sample_of_length(n)) for n in (1, 2, 3)]
-    return sum(w * f for w, f in zip(length_weights, per_length, strict=True)) / sum(
-        length_weights
-    )
+    return sum(w * f for w, f in zip(length_weights, per_length, strict=True)) / sum(length_weights)
 
 
 def _sample_of_length(digits: int) -> torch.Tensor:

@@ -78,12 +78,47 @@ def test_val_split_and_export_folder(trained_run: Path, tiny_shards: Path, tmp_p
     assert sum(map(sum, result["confusion"])) == 3 * result["count"]
 
 
+def test_an_ensemble_of_one_model_twice_predicts_as_the_model(
+    trained_run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """Averaging equal softmaxes changes nothing but the cost; the loss is the mean softmax's
+    cross-entropy, which for equal members is the model's own."""
+    run_in_process(evaluate_argv(trained_run, tiny_shards, tmp_path / "one.json"))
+    argv = evaluate_argv(trained_run, tiny_shards, tmp_path / "two.json", "--ensemble",
+                         str(trained_run))  # fmt: skip
+    run_in_process(argv)
+    one = json.loads((tmp_path / "one.json").read_text())
+    two = json.loads((tmp_path / "two.json").read_text())
+    for key in (*COUNTERS, "confusion"):
+        assert two[key] == one[key], key
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+    assert two["ensemble"] == [one["checkpoint"]]
+    assert two["inference_gflop_per_sample"] == pytest.approx(2 * one["inference_gflop_per_sample"])
+
+
+def test_tta_shift_averages_over_shifted_views(
+    trained_run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    run_in_process(evaluate_argv(trained_run, tiny_shards, tmp_path / "one.json"))
+    run_in_process(
+        evaluate_argv(trained_run, tiny_shards, tmp_path / "tta.json", "--tta-shift", "1")
+    )
+    one = json.loads((tmp_path / "one.json").read_text())
+    tta = json.loads((tmp_path / "tta.json").read_text())
+    assert (one["tta_views"], tta["tta_views"]) == (1, 5)
+    assert tta["inference_gflop_per_sample"] == pytest.approx(5 * one["inference_gflop_per_sample"])
+    assert tta["count"] == one["count"]
+    assert tta["loss"] != pytest.approx(one["loss"], rel=1e-6)  # other inputs were seen
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--split", "dev"], "dev"),
         (["--batch-size", "0"], "--batch-size must be > 0"),
         (["--checkpoint", "/nonexistent"], "/nonexistent does not exist"),
+        (["--ensemble", "/nonexistent"], "/nonexistent does not exist"),
+        (["--tta-shift", "-1"], "--tta-shift must be >= 0"),
     ],
 )
 def test_bad_input_is_one_line(
