@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import platform
 from pathlib import Path
 
 from seqtrain.atomic import atomic_write_text
@@ -14,3 +16,12 @@ def emit_result(record: dict, json_out: Path | None) -> None:
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json_out, line + "\n")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what Python's platform module knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()

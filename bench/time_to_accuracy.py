@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from emit import emit_result
+from emit import cpu_name, emit_result
 
 from seqtrain.flops import flops_per_sample
 from seqtrain.models import build_model
@@ -48,6 +49,13 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "slotnet_plateau": ("slotnet", []),
     "reference_onecycle": ("reference", ["--sched", "onecycle"]),
     "slotnet_deep_onecycle": ("slotnet_deep", ["--sched", "onecycle", "--lr", "3e-3"]),
+    # Issue 13's compute target (<= 0.03 PFLOP of training): blank slots skipped (0.35 GFLOP per
+    # training sample at uniform lengths), batch 64, one-cycle over 2 x 670 steps = 85,760
+    # samples = 0.0300 PFLOP; these flags override --epochs.
+    "skipblank_0.03pflop": (
+        "slotnet_deep_skipblank",
+        shlex.split("--sched onecycle --lr 3e-3 --batch-size 64 --epochs 2 --steps-per-epoch 670"),
+    ),
     # bf16 autocast against fp32 (`auto` picks bf16 on a CPU with native bf16), two seeds each
     # to see the seed-to-seed noise; `tiny` where bf16 is emulated and too slow for the reference
     **{
@@ -75,6 +83,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=420.0, help="wall seconds per recipe")
     p.add_argument("--recipes", nargs="+", default=[SEED_BASELINE, "reference", "slotnet_onecycle"])
     p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="train every recipe once per seed (`--seed S`, run NAME_seedS) and report the mean "
+        "and spread of test exact match",
+    )
+    p.add_argument(
+        "--ensemble-tta",
+        type=int,
+        metavar="N",
+        help="with --seeds: also evaluate each recipe's seeds as one ensemble on test "
+        "(`seqtrain evaluate --ensemble ... --tta-shift N`)",
+    )
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -157,20 +179,27 @@ def train_seed_baseline(args: argparse.Namespace) -> dict:
     }
 
 
-def train(args: argparse.Namespace, shards: Path, out: Path, name: str) -> dict:
+def train(
+    args: argparse.Namespace, shards: Path, out: Path, name: str, seed: int | None = None
+) -> dict:
     """One recipe in a subprocess, killed at the budget; its per-epoch and test results."""
     model, extra = RECIPES[name]
     if args.channels_last is not None:
         extra = [*extra, "--channels-last" if args.channels_last else "--no-channels-last"]
+    if "--epochs" not in extra:
+        extra = ["--epochs", str(args.epochs), *extra]
+    run_name = name if seed is None else f"{name}_seed{seed}"
+    if seed is not None:
+        extra = [*extra, "--seed", str(seed)]
     argv = [
         sys.executable, "-m", "seqtrain", "train",
-        "--shards", str(shards), "--model", model, "--epochs", str(args.epochs),
-        "--num-workers", str(args.num_workers), "--output-dir", str(out), "--run-name", name,
+        "--shards", str(shards), "--model", model,
+        "--num-workers", str(args.num_workers), "--output-dir", str(out), "--run-name", run_name,
         "--wandb-mode", "disabled", *extra,
     ]  # fmt: skip
     if args.work_dir is not None:
         argv += ["--resume", "auto"]
-    run = out / name
+    run = out / run_name
     metrics, test = run / "metrics.jsonl", run / "test_metrics.json"
     if args.work_dir is not None and test.exists():
         finished, wall = True, None  # finished by an earlier invocation: read its results back
@@ -178,10 +207,16 @@ def train(args: argparse.Namespace, shards: Path, out: Path, name: str) -> dict:
         finished, wall, _ = run_budgeted(argv, args.budget_s)
     epochs = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
     reached = next((e for e in epochs if e["val_exact_match"] >= args.target), None)
+    gflop = flops_per_sample(partial(build_model, model), length_weights=_length_weights(shards))
+    samples = _samples_trained(run, epochs)
     return {
         "recipe": name,
+        "seed": seed,
+        "run": str(run),
         "argv": ["seqtrain", *argv[3:]],
-        "gflop_per_train_sample": flops_per_sample(partial(build_model, model)) / 1e9,
+        "gflop_per_train_sample": gflop / 1e9,
+        "train_samples": samples,
+        "train_pflop": samples * gflop / 1e15,
         "finished": finished,
         "wall_seconds": wall,
         "epochs_run": len(epochs),
@@ -196,6 +231,60 @@ def train(args: argparse.Namespace, shards: Path, out: Path, name: str) -> dict:
     }
 
 
+def _length_weights(shards: Path) -> tuple[float, ...]:
+    return tuple(json.loads((shards / "manifest.json").read_text())["config"]["length_weights"])
+
+
+def _samples_trained(run: Path, epochs: list[dict]) -> int:
+    """Optimizer steps x global batch: the samples the finished epochs trained on."""
+    if not epochs:
+        return 0
+    config = (run / "config.yaml").read_text()
+    batch = int(next(line.split(":")[1] for line in config.splitlines()
+                     if line.strip().startswith("batch_size:")))  # fmt: skip
+    return epochs[-1]["step"] * batch * epochs[-1].get("num_processes", 1)
+
+
+def seed_summary(results: list[dict]) -> dict:
+    """Mean and spread of test exact match over one recipe's seeds."""
+    tests = [r["test_exact_match"] for r in results if r["test_exact_match"] is not None]
+    mean = sum(tests) / len(tests) if tests else None
+    spread = (
+        (sum((t - mean) ** 2 for t in tests) / (len(tests) - 1)) ** 0.5 if len(tests) > 1 else None
+    )
+    return {
+        "recipe": results[0]["recipe"],
+        "seeds": [r["seed"] for r in results],
+        "test_exact_match": tests,
+        "test_exact_match_mean": mean,
+        "test_exact_match_std": spread,
+        "test_exact_match_min": min(tests, default=None),
+        "train_pflop_max": max(r["train_pflop"] for r in results),
+    }
+
+
+def evaluate_ensemble(shards: Path, results: list[dict], tta: int, out: Path) -> dict:
+    """The seeds' best models as one ensemble (mean softmax), with --tta-shift, on test."""
+    runs = [r["run"] for r in results]
+    argv = [
+        sys.executable, "-m", "seqtrain", "evaluate", "--checkpoint", runs[0],
+        "--ensemble", *runs[1:], "--tta-shift", str(tta), "--shards", str(shards),
+        "--json", str(out), "--num-workers", "1",
+    ]  # fmt: skip
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    result = json.loads(out.read_text())
+    return {
+        "recipe": results[0]["recipe"],
+        "members": runs,
+        "tta_views": result["tta_views"],
+        "train_pflop": sum(r["train_pflop"] for r in results),
+        "inference_gflop_per_sample": result["inference_gflop_per_sample"],
+        "test_exact_match": result["exact_match"],
+        "test_length_accuracy": result["length_accuracy"],
+        "argv": ["seqtrain", *argv[3:]],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -206,12 +295,18 @@ def main(argv: list[str] | None = None) -> None:
             shards = work / "shards"
             if not (shards / "manifest.json").exists():
                 gen_seconds = generate(args, shards)
-        results = [
-            train_seed_baseline(args)
-            if name == SEED_BASELINE
-            else train(args, shards, work / "runs", name)
-            for name in args.recipes
-        ]
+        results, summaries, ensembles = [], [], []
+        for name in args.recipes:
+            if name == SEED_BASELINE:
+                results.append(train_seed_baseline(args))
+                continue
+            runs = [train(args, shards, work / "runs", name, seed) for seed in args.seeds or [None]]
+            results += runs
+            if args.seeds:
+                summaries.append(seed_summary(runs))
+            if args.seeds and args.ensemble_tta is not None:
+                out = work / f"{name}_ensemble.json"
+                ensembles.append(evaluate_ensemble(shards, runs, args.ensemble_tta, out))
 
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
@@ -220,18 +315,35 @@ def main(argv: list[str] | None = None) -> None:
         f"target exact match {args.target} (val; the seed baseline: test); "
         f"{args.train_size} train samples/epoch; {device}"
     )
-    print(f"{'recipe':<20} {'GFLOP/smp':>9} {'epochs':>6} {'s to target':>11} "
+    print(f"{'recipe':<28} {'GFLOP/smp':>9} {'PFLOP':>7} {'epochs':>6} {'s to target':>11} "
           f"{'ep. to target':>13} {'best':>8} {'on':>5} {'test':>6} {'wall s':>7}")  # fmt: skip
     for r in results:
+        name = r["recipe"] if r.get("seed") is None else f"{r['recipe']} seed {r['seed']}"
         print(
-            f"{r['recipe']:<20} {r['gflop_per_train_sample']:>9.3f} {r['epochs_run']:>6} "
+            f"{name:<28} {r['gflop_per_train_sample']:>9.3f} "
+            f"{fmt(r.get('train_pflop'), '.4f'):>7} {r['epochs_run']:>6} "
             f"{fmt(r['seconds_to_target'], '.1f'):>11} {fmt(r['epochs_to_target'], 'd'):>13} "
             f"{fmt(max(r['exact_match_per_epoch'], default=None), '.4f'):>8} "
             f"{r['target_split']:>5} "
             f"{fmt(r['test_exact_match'], '.4f'):>6} {fmt(r['wall_seconds'], '.1f'):>7}"
         )
+    for summary in summaries:
+        print(
+            f"{summary['recipe']}: test exact match over seeds {summary['seeds']}: mean "
+            f"{fmt(summary['test_exact_match_mean'], '.4f')}, std "
+            f"{fmt(summary['test_exact_match_std'], '.4f')}, min "
+            f"{fmt(summary['test_exact_match_min'], '.4f')}"
+        )
+    for ensemble in ensembles:
+        print(
+            f"{ensemble['recipe']}: ensemble of {len(ensemble['members'])} x "
+            f"{ensemble['tta_views']} views: test exact match {ensemble['test_exact_match']:.4f}, "
+            f"training {ensemble['train_pflop']:.4f} PFLOP, inference "
+            f"{ensemble['inference_gflop_per_sample']:.3f} GFLOP/sequence"
+        )
     record = {
         "bench": "time_to_accuracy",
+        "cpu_model": cpu_name(),
         "device": device,
         "cpu_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -243,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
         "budget_s": args.budget_s,
         "generate_seconds": gen_seconds,
         "results": results,
+        "seed_summaries": summaries,
+        "ensembles": ensembles,
     }
     emit_result(record, args.json_out)
 

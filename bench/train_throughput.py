@@ -23,9 +23,7 @@ quote, with the best-of-rounds samples/s beside it. Under heavy load fewer round
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
-import platform
 import statistics
 import tempfile
 import time
@@ -38,7 +36,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F  # noqa: N812
 from accelerate.state import AcceleratorState
-from emit import emit_result
+from emit import cpu_name, emit_result
 from torch import nn
 
 from seqtrain.config import ModelConfig, RunConfig, TrainConfig
@@ -156,15 +154,6 @@ def trainer_options(args: argparse.Namespace) -> dict[str, tuple[bool, str, bool
         if torch.cuda.is_available() and not args.cpu:
             options["seqtrain_bf16_channels_last_compile"] = (True, "bf16", True)
     return options
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what Python's platform module knows."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
 
 
 def timed_rate(step: Callable[[], torch.Tensor], steps: int, batch_size: int) -> float:

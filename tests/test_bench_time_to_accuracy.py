@@ -9,21 +9,56 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_bench(mnist_dir: Path, work: Path, out: Path) -> dict:
+def run_bench_record(mnist_dir: Path, work: Path, out: Path, *extra: str) -> dict:
     argv = [
         sys.executable, str(REPO / "bench" / "time_to_accuracy.py"), "--mnist-dir", str(mnist_dir),
         "--train-size", "256", "--val-size", "128", "--test-size", "128", "--epochs", "1",
-        "--target", "0.0", "--budget-s", "300", "--recipes", "seed_baseline", "slotnet_onecycle",
-        "--work-dir", str(work), "--json-out", str(out),
+        "--target", "0.0", "--budget-s", "300", "--work-dir", str(work), "--json-out", str(out),
+        *extra,
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(done.stdout.splitlines()[-1])
     assert json.loads(out.read_text()) == record
+    return record
+
+
+def run_bench(mnist_dir: Path, work: Path, out: Path) -> dict:
+    record = run_bench_record(
+        mnist_dir, work, out, "--recipes", "seed_baseline", "slotnet_onecycle"
+    )
     return {r["recipe"]: r for r in record["results"]}
+
+
+def test_seeds_are_summarised_and_evaluated_as_one_ensemble(mnist_dir, tmp_path):
+    record = run_bench_record(
+        mnist_dir, tmp_path / "work", tmp_path / "out.json",
+        "--recipes", "slotnet_onecycle", "--seeds", "0", "1", "--ensemble-tta", "1",
+    )  # fmt: skip
+    runs = record["results"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    for seed, run in enumerate(runs):
+        assert run["run"].endswith(f"slotnet_onecycle_seed{seed}")
+        assert run["argv"][-4:-2] == ["--seed", str(seed)]
+    for run in runs:  # 256 samples at batch 128: 2 steps
+        assert run["train_samples"] == 256
+        assert run["train_pflop"] == run["train_samples"] * run["gflop_per_train_sample"] / 1e6
+    (summary,) = record["seed_summaries"]
+    tests = [r["test_exact_match"] for r in runs]
+    assert summary["test_exact_match"] == tests
+    assert summary["test_exact_match_mean"] == sum(tests) / 2
+    (ensemble,) = record["ensembles"]
+    assert ensemble["members"] == [r["run"] for r in runs]
+    assert ensemble["tta_views"] == 5
+    assert ensemble["train_pflop"] == sum(r["train_pflop"] for r in runs)
+    forward_gflop = runs[0]["gflop_per_train_sample"] / 3
+    assert ensemble["inference_gflop_per_sample"] == pytest.approx(2 * 5 * forward_gflop)
+    assert 0.0 <= ensemble["test_exact_match"] <= 1.0
 
 
 def test_time_to_accuracy_runs_baseline_and_recipe_and_reads_finished_runs_back(
