@@ -50,11 +50,11 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "reference_onecycle": ("reference", ["--sched", "onecycle"]),
     "slotnet_deep_onecycle": ("slotnet_deep", ["--sched", "onecycle", "--lr", "3e-3"]),
     # Issue 13's compute target (<= 0.03 PFLOP of training): blank slots skipped (0.35 GFLOP per
-    # training sample at uniform lengths), batch 64, one-cycle over 2 x 670 steps = 85,760
+    # training sample at uniform lengths), batch 32, one-cycle over 2 x 1,340 steps = 85,760
     # samples = 0.0300 PFLOP; these flags override --epochs.
     "skipblank_0.03pflop": (
         "slotnet_deep_skipblank",
-        shlex.split("--sched onecycle --lr 3e-3 --batch-size 64 --epochs 2 --steps-per-epoch 670"),
+        shlex.split("--sched onecycle --lr 2e-3 --batch-size 32 --epochs 2 --steps-per-epoch 1340"),
     ),
     # bf16 autocast against fp32 (`auto` picks bf16 on a CPU with native bf16), two seeds each
     # to see the seed-to-seed noise; `tiny` where bf16 is emulated and too slow for the reference
