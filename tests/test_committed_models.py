@@ -1,0 +1,54 @@
+"""The models committed under bench/models/ (issue 13's headline recipes) load as they are:
+`seqtrain evaluate` scores them on data they never saw, and `seqtrain predict` reads PNGs with
+them and agrees with the true digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_export import shard_test_images
+from test_predict import run_predict, write_pngs
+from test_train import run_in_process
+
+from seqtrain.data.format import iter_shard_chunks, load_manifest, sequence_text
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = sorted(p.parent for p in (REPO / "bench" / "models").glob("*/model.json"))
+
+
+def test_there_are_committed_models() -> None:
+    assert COMMITTED, "bench/models/<recipe>/model.json"
+    for folder in COMMITTED:
+        assert (folder / "model.safetensors").stat().st_size < 5_000_000
+        assert (folder / "README.md").is_file(), f"{folder.name} has no card"
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_committed_model_evaluates_on_unseen_test_digits(
+    folder: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """The tiny shards' test split (250 sequences of MNIST-test digits, seed 0 of the fixture)."""
+    out = tmp_path / "eval.json"
+    run_in_process(["evaluate", "--checkpoint", str(folder), "--shards", str(tiny_shards),
+                    "--json", str(out), "--num-workers", "0"])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["count"] == 250
+    assert result["exact_match"] >= 0.97, result["exact_match"]
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_committed_model_predicts_png_files(
+    folder: Path, tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = shard_test_images(tiny_shards, count=40)
+    first = load_manifest(tiny_shards).shards("test")[0].path
+    labels = np.concatenate([chunk[2] for chunk in iter_shard_chunks(first)])[:40]
+    paths = write_pngs(tmp_path, images)
+    out, err, code = run_predict(capsys, folder, *map(str, paths))
+    assert (code, err) == (0, [])
+    predicted = [line.split("\t")[1] for line in out]
+    truth = [sequence_text(row) for row in labels]
+    assert sum(p == t for p, t in zip(predicted, truth, strict=True)) >= 38
