@@ -56,6 +56,12 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
         "slotnet_deep_skipblank",
         shlex.split("--sched onecycle --lr 2e-3 --batch-size 32 --epochs 2 --steps-per-epoch 1340"),
     ),
+    # The same budget with slotnet_deep at half width (0.088 GFLOP per training sample): 7 x 760
+    # steps of 64 = 340,480 samples = 0.0300 PFLOP; needs 7 rendered epochs.
+    "narrow_0.03pflop": (
+        "slotnet_narrow_skipblank",
+        shlex.split("--sched onecycle --lr 3e-3 --batch-size 64 --epochs 7 --steps-per-epoch 760"),
+    ),
     # bf16 autocast against fp32 (`auto` picks bf16 on a CPU with native bf16), two seeds each
     # to see the seed-to-seed noise; `tiny` where bf16 is emulated and too slow for the reference
     **{

@@ -102,3 +102,12 @@ def test_skipblank_costs_in_proportion_to_the_digits_drawn():
         for weights in ((1, 1, 1), (0, 0, 1), (1, 0, 0))
     ]
     assert skipping == pytest.approx([full * 2 / 3, full, full / 3], rel=1e-3)
+
+
+def test_narrow_is_a_quarter_of_deep_at_half_the_width():
+    from seqtrain.flops import forward_flops
+
+    narrow = forward_flops(lambda: build_model("slotnet_narrow_skipblank"))
+    deep = forward_flops(lambda: build_model("slotnet_deep_skipblank"))
+    assert narrow == pytest.approx(deep / 4, rel=0.02)
+    assert num_params(build_model("slotnet_narrow_skipblank")) == 72_731
