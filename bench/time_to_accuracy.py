@@ -34,6 +34,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import yaml
 from emit import cpu_name, emit_result
 
 from seqtrain.flops import flops_per_sample
@@ -245,9 +246,7 @@ def _samples_trained(run: Path, epochs: list[dict]) -> int:
     """Optimizer steps x global batch: the samples the finished epochs trained on."""
     if not epochs:
         return 0
-    config = (run / "config.yaml").read_text()
-    batch = int(next(line.split(":")[1] for line in config.splitlines()
-                     if line.strip().startswith("batch_size:")))  # fmt: skip
+    batch = yaml.safe_load((run / "config.yaml").read_text())["data"]["batch_size"]
     return epochs[-1]["step"] * batch * epochs[-1].get("num_processes", 1)
 
 
