@@ -53,6 +53,7 @@ def test_quick_device_check_writes_every_figure(tmp_path: Path, mnist_dir: Path)
         "install": "ok",
         "gpu_tests": "ok",
         "data": "ok",
+        "ensemble": "ok",
         "train_throughput": "skipped",
         "stream_vs_staged": "ok",
         "loader": "ok",
@@ -66,6 +67,9 @@ def test_quick_device_check_writes_every_figure(tmp_path: Path, mnist_dir: Path)
     assert 0 <= reference["test_exact_match"] <= 1 and reference["training_seconds"] > 0
     staged = json.loads((out / "stream_vs_staged.json").read_text())
     assert "--stage-on-device" in staged["staged"]["flags"]
+    ensemble = json.loads((out / "ensemble.json").read_text())
+    assert ensemble["epochs"] == 2 and len(ensemble["members"]) == 2
+    assert ensemble["ensemble"]["train_pflop"] == sum(m["train_pflop"] for m in ensemble["members"])
     overheads = json.loads((out / "step_overheads.json").read_text())
     assert overheads["loss_window_add_s"] < overheads["naive_loss_sum_s"]
 
