@@ -57,7 +57,7 @@ ENSEMBLE_PFLOP = 0.87  # issue 13: the seed recipe's training compute, every mem
 ENSEMBLE_PROBE_STEPS = 300
 MEMBER_FIGURES = ("seed", "epochs_run", "train_pflop", "wall_seconds", "exact_match_per_epoch",
                   "test_exact_match")  # fmt: skip
-AFTER_ENSEMBLE_S = 90  # kept for the reference step after the ensemble
+AFTER_ENSEMBLE_S = 90  # kept for the reference step after the ensemble, unless it is skipped
 DEFAULT_BASELINE = REPO.parent / "shared" / "bench" / "seed_baseline.py"
 
 
@@ -90,6 +90,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a CPU smoke run of all")
     p.add_argument("--budget-s", type=float, default=BUDGET_S, help="time for the whole check")
     p.add_argument("--skip", nargs="*", default=[], help="steps to leave out")
+    p.add_argument(
+        "--ensemble-recipe",
+        default="narrow_long",
+        help="the ensemble step's bench/time_to_accuracy.py recipe (epochs set by the step)",
+    )
+    p.add_argument("--ensemble-members", type=int, default=ENSEMBLE_MEMBERS)
+    p.add_argument(
+        "--ensemble-pflop",
+        type=float,
+        default=ENSEMBLE_PFLOP,
+        help="training compute of all members together, at most",
+    )
     args = p.parse_args(argv)
     if args.out is None:
         p.error("pass --out FOLDER (or set $OUT)")
@@ -352,8 +364,9 @@ def step_overheads(check: Check) -> dict:
 def ensemble(check: Check) -> dict:
     data = check.figures["data"]
     train_size = data["config"]["train_size"]
-    members = 2 if check.quick else ENSEMBLE_MEMBERS
-    common = ["--shards", data["shards"], "--recipes", "narrow_long", "--parallel", str(members),
+    members = 2 if check.quick else check.args.ensemble_members
+    common = ["--shards", data["shards"], "--recipes", check.args.ensemble_recipe,
+              "--parallel", str(members),
               "--seeds", *map(str, range(members))]  # fmt: skip
     probe_steps = 5 if check.quick else ENSEMBLE_PROBE_STEPS
     probe = check.bench("time_to_accuracy.py", "ensemble_probe", *common, "--epochs", "1",
@@ -388,10 +401,11 @@ def ensemble_epochs(
     steps_per_s = probe_steps / max(r["epoch_seconds"][0] for r in probe)
     # what a member spends outside its epochs (start-up, test, export), and the ensemble's test
     overhead_s = max(r["wall_seconds"] - r["epoch_seconds"][0] for r in probe) + 30
-    training_s = check.remaining() - AFTER_ENSEMBLE_S - overhead_s
+    after = 0 if "reference" in check.args.skip else AFTER_ENSEMBLE_S
+    training_s = check.remaining() - after - overhead_s
     fit = int(training_s * steps_per_s * batch / train_size)
     gflop = probe[0]["gflop_per_train_sample"]
-    budget = int(ENSEMBLE_PFLOP * 1e6 / (members * train_size * gflop))
+    budget = int(check.args.ensemble_pflop * 1e6 / (members * train_size * gflop))
     epochs = max(1, min(fit, budget, 2 if check.quick else budget))
     return {"probe_steps_per_s": round(steps_per_s, 2), "probe_overhead_s": round(overhead_s, 1),
             "epochs_that_fit": fit, "epochs_in_budget": budget, "epochs": epochs,

@@ -10,6 +10,7 @@ media files: `read_offline_run` decodes those records, since there is no summary
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import secrets
 import struct
@@ -25,6 +26,7 @@ from seqtrain.atomic import atomic_write_json
 from seqtrain.cliparse import config_to_dict
 from seqtrain.components.run_files import read_metrics
 from seqtrain.config import RunConfig
+from seqtrain.errors import UserError
 
 WANDB = "wandb"
 # The run folder's W&B run: its id, and the last step each key was logged at (JSON).
@@ -86,6 +88,16 @@ def _steps_in_records(wandb_dir: Path) -> dict[str, int]:
 
 # The main process's W&B step keeper (like Accelerate's trackers, one run per process).
 _steps: LoggedSteps | None = None
+
+
+def check_tracker_installed(cfg: RunConfig) -> None:
+    """W&B asked for (--wandb-mode online/offline) but not installed is an error: Accelerate
+    would drop the tracker with a warning, and the run would log nowhere."""
+    if cfg.log.wandb_mode != "disabled" and importlib.util.find_spec("wandb") is None:
+        raise UserError(
+            f"--wandb-mode {cfg.log.wandb_mode} needs the wandb package (pip install wandb); "
+            "or pass --wandb-mode disabled"
+        )
 
 
 def start_tracking(accelerator: Accelerator, cfg: RunConfig, run_dir: Path) -> None:

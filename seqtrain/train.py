@@ -165,6 +165,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _build(cfg: RunConfig) -> Session:
+    tracking.check_tracker_installed(cfg)
     join_processes(cfg)
     cfg.train.mixed_precision = resolved_precision(cfg)  # on this rank's GPU; saved as decided
     run_name = cfg.train.run_name or from_main_process(datetime.now().strftime("%Y%m%d-%H%M%S"))

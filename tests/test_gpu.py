@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.utils.constants import SCALER_NAME
+from test_stream import fresh_plan
 from test_train import read_jsonl, run_in_process, train_argv
 
 from seqtrain import load_model
@@ -62,7 +63,7 @@ def test_fp16_run_saves_and_resumes_its_scaler(tiny_shards: Path, tmp_path: Path
                   "disabled")  # fmt: skip
     assert (run / "checkpoints" / "last" / SCALER_NAME).is_file()
     gpu_run(tiny_shards, tmp_path, "fp16", "--mixed-precision", "fp16", "--wandb-mode",
-            "disabled", "--epochs", "3", "--resume", "auto")  # fmt: skip
+            "disabled", "--epochs", "3", "--resume", "auto", "--accept-changes")  # fmt: skip
     assert [e["epoch"] for e in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
 
 
@@ -73,7 +74,7 @@ def test_fp16_resume_of_bf16_checkpoint_is_one_line_error(
         run_in_process(
             [*train_argv(_shards_of(bf16_run), tmp_path, "fp16", "--epochs", "3", *QUICK),
              "--model", "reference", "--mixed-precision", "fp16", "--wandb-mode", "disabled",
-             "--resume", str(bf16_run / "checkpoints" / "last")]
+             "--resume", str(bf16_run / "checkpoints" / "last"), "--accept-changes"]
         )  # fmt: skip
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
@@ -103,8 +104,10 @@ def test_compiled_run_trains(tiny_shards: Path, tmp_path: Path) -> None:
 
 def test_staged_batches_on_gpu_equal_the_cpu_ones(tiny_shards: Path) -> None:
     manifest = load_manifest(tiny_shards)
-    on_gpu = staged_train_loader(manifest, 16, 0, 10, 0, 3, CUDA)
-    on_cpu = staged_train_loader(manifest, 16, 0, 10, 0, 3, torch.device("cpu"))
+    cfg = DataConfig(shards=tiny_shards, batch_size=16, stage_on_device=True)
+    plan = fresh_plan(cfg, epoch=0, steps=3, world_size=1, seed=10)
+    on_gpu = staged_train_loader(manifest, plan, 0, CUDA)
+    on_cpu = staged_train_loader(manifest, plan, 0, torch.device("cpu"))
     for (gi, gl), (ci, cl) in zip(on_gpu, on_cpu, strict=True):
         assert gi.device.type == "cuda"
         assert torch.equal(gi.cpu(), ci) and torch.equal(gl.cpu(), cl)
@@ -118,7 +121,8 @@ def test_staged_run_trains(tiny_shards: Path, tmp_path: Path) -> None:
 def test_batches_for_the_gpu_are_pinned(tiny_shards: Path) -> None:
     manifest = load_manifest(tiny_shards)
     cfg = DataConfig(shards=tiny_shards, batch_size=16, num_workers=1)
-    images, labels = next(iter(train_loader(manifest, cfg, 0, 3, 0, 1, seed=0, device=CUDA)))
+    plan = fresh_plan(cfg, epoch=0, steps=3, world_size=1, seed=0)
+    images, labels = next(iter(train_loader(manifest, cfg, plan, 0, device=CUDA)))
     assert images.is_pinned() and labels.is_pinned()
 
 

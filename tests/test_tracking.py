@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 from test_faults_train import kill_when
-from test_train import train_argv
+from test_train import run_in_process, train_argv
 from trainutil import cpu_env
 
 from seqtrain.components.preemption import EXIT_PREEMPTED
@@ -136,3 +137,25 @@ def test_preempted_and_resumed_run_is_one_wandb_run_with_each_step_once(
     assert [row["epoch"] for row in rows if "epoch" in row] == [1, 2, 3]
     train_steps = [row["_step"] for row in rows if "train/loss" in row]
     assert train_steps == list(range(1, 3 * steps + 1))
+
+
+def test_wandb_asked_for_but_not_installed_is_a_one_line_error(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # Accelerate drops a tracker whose package is missing with a warning: the run would train
+    # and log nowhere. It must stop before any work instead.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "wandb" else real_find_spec(name, *a),
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process([*train_argv(tiny_shards, tmp_path, "run"), "--wandb-mode", "offline"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "seqtrain: error: --wandb-mode offline needs the wandb package (pip install wandb); "
+        "or pass --wandb-mode disabled"
+    )
+    assert not (tmp_path / "run").exists()
