@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the tiny-shard writer the tests use
 
 from shardutil import write_tiny_dataset  # noqa: E402
 
-from seqtrain.components.loss_window import LossWindow  # noqa: E402
+from seqtrain.components.loss_window import CAPACITY, LossWindow  # noqa: E402
 from seqtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from seqtrain.data.format import load_manifest  # noqa: E402
 from seqtrain.data.position import Position, plan_epoch  # noqa: E402
@@ -53,9 +53,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def per_call_seconds(call: Callable[[int], object], calls: int, device: torch.device) -> float:
-    """Mean seconds of `call(i)` over `calls` calls, device work included."""
-    call(0)
+def per_call_seconds(
+    call: Callable[[int], object], calls: int, device: torch.device, warmup: int = 1
+) -> float:
+    """Mean seconds of `call(i)` over `calls` calls, device work included, after `warmup` calls
+    (CUDA loads each kernel on its first launch: every code path must run once before timing)."""
+    for i in range(warmup):
+        call(i)
     synchronize(device)
     start = time.perf_counter()
     for i in range(calls):
@@ -97,7 +101,10 @@ def bookkeeping(args: argparse.Namespace, run_dir: Path) -> dict:
     )
     loss = torch.tensor(0.5, device=device)
     window, naive = LossWindow(device), NaiveLossSum(device)
-    window_s = per_call_seconds(lambda i: window.add(loss, i + 1), args.steps * 20, device)
+    # warm-up through one fold: its kernels' first launch is not per-step cost
+    window_s = per_call_seconds(
+        lambda i: window.add(loss, i + 1), args.steps * 20, device, warmup=CAPACITY + 1
+    )
     naive_s = per_call_seconds(lambda i: naive.add(loss, i + 1), args.steps * 20, device)
     return {
         "device": str(device),

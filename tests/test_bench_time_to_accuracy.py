@@ -39,8 +39,9 @@ def test_seeds_are_summarised_and_evaluated_as_one_ensemble(mnist_dir, tmp_path)
     record = run_bench_record(
         mnist_dir, tmp_path / "work", tmp_path / "out.json",
         "--recipes", "slotnet_onecycle", "--seeds", "0", "1", "--ensemble-tta", "1",
+        "--parallel", "2",
     )  # fmt: skip
-    runs = record["results"]
+    runs = record["results"]  # trained at once, reported in seed order
     assert [r["seed"] for r in runs] == [0, 1]
     for seed, run in enumerate(runs):
         assert run["run"].endswith(f"slotnet_onecycle_seed{seed}")
@@ -59,6 +60,15 @@ def test_seeds_are_summarised_and_evaluated_as_one_ensemble(mnist_dir, tmp_path)
     forward_gflop = runs[0]["gflop_per_train_sample"] / 3
     assert ensemble["inference_gflop_per_sample"] == pytest.approx(2 * 5 * forward_gflop)
     assert 0.0 <= ensemble["test_exact_match"] <= 1.0
+
+
+def test_parallel_below_one_is_a_usage_error(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "time_to_accuracy.py"), "--parallel", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("--parallel must be >= 1, got 0")
 
 
 def test_time_to_accuracy_runs_baseline_and_recipe_and_reads_finished_runs_back(

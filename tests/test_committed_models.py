@@ -16,17 +16,39 @@ from test_train import run_in_process
 from seqtrain.data.format import iter_shard_chunks, load_manifest, sequence_text
 
 REPO = Path(__file__).resolve().parents[1]
-COMMITTED = sorted(p.parent for p in (REPO / "bench" / "models").glob("*/model.json"))
+MODELS = REPO / "bench" / "models"
+# bench/models/<recipe>/ holds one model, or an ensemble's members in <recipe>/<member>/
+COMMITTED = sorted(p.parent for p in MODELS.glob("**/model.json"))
+ENSEMBLES = sorted({p.parent for p in COMMITTED if p.parent != MODELS})
+
+
+def card_of(folder: Path) -> Path:
+    return folder / "README.md" if folder.parent == MODELS else folder.parent / "README.md"
 
 
 def test_there_are_committed_models() -> None:
     assert COMMITTED, "bench/models/<recipe>/model.json"
     for folder in COMMITTED:
         assert (folder / "model.safetensors").stat().st_size < 5_000_000
-        assert (folder / "README.md").is_file(), f"{folder.name} has no card"
+        assert card_of(folder).is_file(), f"{folder.relative_to(MODELS)} has no card"
 
 
-@pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])
+@pytest.mark.parametrize("ensemble", ENSEMBLES, ids=[p.name for p in ENSEMBLES])
+def test_committed_ensemble_evaluates_as_one_model(
+    ensemble: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    first, *rest = sorted(p for p in COMMITTED if p.parent == ensemble)
+    out = tmp_path / "eval.json"
+    run_in_process(["evaluate", "--checkpoint", str(first), "--ensemble", *map(str, rest),
+                    "--tta-shift", "1", "--shards", str(tiny_shards), "--json", str(out),
+                    "--num-workers", "0"])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert (result["count"], result["tta_views"]) == (250, 5)
+    assert len(result["ensemble"]) == len(rest) >= 1
+    assert result["exact_match"] >= 0.97, result["exact_match"]
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=[str(p.relative_to(MODELS)) for p in COMMITTED])
 def test_committed_model_evaluates_on_unseen_test_digits(
     folder: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
@@ -39,7 +61,7 @@ def test_committed_model_evaluates_on_unseen_test_digits(
     assert result["exact_match"] >= 0.97, result["exact_match"]
 
 
-@pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])
+@pytest.mark.parametrize("folder", COMMITTED, ids=[str(p.relative_to(MODELS)) for p in COMMITTED])
 def test_committed_model_predicts_png_files(
     folder: Path, tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
