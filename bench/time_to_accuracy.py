@@ -4,6 +4,7 @@
         [--train-size 6000] [--val-size 1000] [--test-size 2000] [--epochs 5]
         [--target 0.95] [--budget-s 420] [--recipes reference slotnet_onecycle]
         [--shards DIR] [--work-dir DIR] [--json-out bench/results/time_to_accuracy.json]
+        [--seeds 0 1 2 [--parallel 3] [--ensemble-tta N]] [--steps-per-epoch N]
 
 Generates one small shard set (`seqtrain-data generate`; or reuses --shards), then trains each
 recipe on it with `seqtrain train` in its own subprocess (the real CLI, fresh process state),
@@ -13,6 +14,11 @@ match reaches --target, and the training+validation seconds up to it (the sum of
 whole process beside it. Prints a table, then one JSON line (also written to --json-out).
 On a GPU machine the same command runs unchanged (the trainer's defaults, bf16 autocast and
 channels-last, apply there).
+
+--seeds trains each recipe once per seed (mean and spread of test exact match; with
+--ensemble-tta, the seeds as one ensemble on test); --parallel N trains N of them at once, for a
+GPU that small models leave mostly idle (measured on an H200 in BENCHMARKS.md: processes
+time-share the GPU, so N at once is not N times one).
 
 Long runs: with --work-dir the shards and run folders persist there and each recipe trains with
 `--resume auto`, so rerunning the same command after its budget (or a crash) continues every
