@@ -18,7 +18,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import math
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,33 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# numpy parses a .npy header with ast.literal_eval, whose recursion bookkeeping CPython 3.11
+# shares between threads: parses at the same moment can fail ("AST constructor recursion depth
+# mismatch", seen in CI with --stage-on-device's reading threads). Headers are parsed one at a
+# time; the arrays are read outside the lock.
+_NPY_HEADER_LOCK = threading.Lock()
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """The array in .npy bytes, as `np.load(..., allow_pickle=False)` gives it, safe to call from
+    several threads at once; ValueError on damage."""
+    stream = io.BytesIO(data)
+    with _NPY_HEADER_LOCK:
+        version = np.lib.format.read_magic(stream)
+        if version not in _NPY_HEADER_READERS:
+            raise ValueError(f".npy format version {version} is not supported")
+        shape, fortran_order, dtype = _NPY_HEADER_READERS[version](stream)
+    if dtype.hasobject:
+        raise ValueError(".npy holds Python objects (pickles are not loaded)")
+    body = bytearray(memoryview(data)[stream.tell() :])  # writable, as np.load's arrays are
+    array = np.frombuffer(body, dtype=dtype, count=math.prod(shape))
+    return array.reshape(shape, order="F" if fortran_order else "C")
+
+
 def iter_shard_chunks(
     source: str | Path | IO[bytes],
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -122,7 +151,7 @@ def iter_shard_chunks(
                 if ext not in (IMAGE_EXT, LABEL_EXT) or not member.isfile():
                     raise ValueError(f"unexpected member {member.name!r}")
                 data = tar.extractfile(member).read()
-                array = np.load(io.BytesIO(data), allow_pickle=False)
+                array = load_npy(data)
                 parts = pending.setdefault(key, {})
                 parts[ext] = array
                 if len(parts) == 2:

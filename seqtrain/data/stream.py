@@ -21,7 +21,6 @@ the same order: that is what makes mid-epoch resume exact.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,14 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from seqtrain.config import DataConfig
-from seqtrain.data.format import IMAGE_EXT, LABEL_EXT, Manifest, ShardInfo, check_chunk
+from seqtrain.data.format import (
+    IMAGE_EXT,
+    LABEL_EXT,
+    Manifest,
+    ShardInfo,
+    check_chunk,
+    load_npy,
+)
 from seqtrain.data.position import SHARD_ORDER, EpochPlan, Layout, Stream
 from seqtrain.data.remote import StorageError, open_shard
 from seqtrain.errors import UserError
@@ -346,8 +352,7 @@ def _decode(sample: dict) -> Chunk:
     key = sample["__key__"]
     if IMAGE_EXT not in sample or LABEL_EXT not in sample:
         raise ValueError(f"{key}: needs members .{IMAGE_EXT} and .{LABEL_EXT}")
-    images = np.load(io.BytesIO(sample[IMAGE_EXT]), allow_pickle=False)
-    labels = np.load(io.BytesIO(sample[LABEL_EXT]), allow_pickle=False)
+    images, labels = load_npy(sample[IMAGE_EXT]), load_npy(sample[LABEL_EXT])
     return check_chunk(key, images, labels)
 
 
