@@ -159,8 +159,10 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             val = evaluate(run, "val")
             improved, lr_reduced = _end_of_epoch_decisions(run, val["loss"])
             run.position = run.position.next_epoch()
-            _save(run, improved)
+            # Reported before `last` moves: a death in between resumes the epoch and reports it
+            # again (the resume cuts its metrics line); the other order could lose the line.
             _report_epoch(run, epoch, train_loss, val, improved, lr_reduced, start)
+            _save(run, improved)
         return _finish(run)
 
 
