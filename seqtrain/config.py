@@ -89,6 +89,10 @@ class OptimConfig:
     trained, so it stays continuous when a resumed run changes the global batch)."""
     label_smoothing: float = 0.0
     """Label smoothing of each head's cross-entropy."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the weights, updated after every step with this
+    decay (e.g. 0.999; 0: none). Validation, early stopping, the best checkpoint's test and the
+    export then use the average (saved in checkpoints as weight_average.safetensors)."""
     plateau_factor: float = 0.1
     """ReduceLROnPlateau: multiply the LR by this when validation loss stops improving."""
     plateau_patience: int = 2
@@ -98,6 +102,7 @@ class OptimConfig:
         _require(self.lr > 0, "--lr", "must be > 0")
         _require(self.weight_decay >= 0, "--weight-decay", "must be >= 0")
         _require(0 <= self.label_smoothing < 1, "--label-smoothing", "must be in [0, 1)")
+        _require(0 <= self.ema_decay < 1, "--ema-decay", "must be in [0, 1)")
         _require(0 < self.plateau_factor < 1, "--plateau-factor", "must be in (0, 1)")
         _require(self.plateau_patience >= 0, "--plateau-patience", "must be >= 0")
 

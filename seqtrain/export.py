@@ -20,6 +20,7 @@ from torch import nn
 from seqtrain import __version__
 from seqtrain.atomic import atomic_write_bytes, atomic_write_json, read_json_object
 from seqtrain.components.checkpoint import META_NAME, find_checkpoint, prefix_free
+from seqtrain.components.weight_average import AVERAGE_NAME
 from seqtrain.data.format import BLANK, IMAGE_SHAPE, NUM_CLASSES, NUM_SLOTS
 from seqtrain.errors import UserError
 from seqtrain.models import build_model
@@ -79,11 +80,18 @@ def resolve_source(path: str | Path) -> ModelSource:
         checkpoint = find_checkpoint(folder)
         if checkpoint is not None:
             meta = read_json_object(checkpoint / META_NAME)
-            return ModelSource(checkpoint / WEIGHTS_NAME, str(meta.get("model")), checkpoint)
+            return ModelSource(_scored_weights(checkpoint), str(meta.get("model")), checkpoint)
     raise UserError(
         f"{path} is not a seqtrain run, checkpoint or export folder "
         f"(no {CONFIG_NAME}, no {META_NAME}, no complete checkpoints/best)"
     )
+
+
+def _scored_weights(checkpoint: Path) -> Path:
+    """The weights the trainer scores: the weight average of an --ema-decay run, else the
+    model's own."""
+    average = checkpoint / AVERAGE_NAME
+    return average if average.is_file() else checkpoint / WEIGHTS_NAME
 
 
 def load_model(path: str | Path) -> nn.Module:

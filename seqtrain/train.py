@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -48,6 +49,7 @@ from seqtrain.components.run_files import (
 )
 from seqtrain.components.run_folder import claim_run_folder, release_run_folder
 from seqtrain.components.schedules import LRSchedule
+from seqtrain.components.weight_average import WeightAverage
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, checked_manifest, load_manifest, shard_problems
 from seqtrain.data.position import EpochPlan, Layout, plan_epoch, record_batches, resize_note
@@ -130,6 +132,7 @@ class Session:
     peak_flops: float | None = None
     lr_history: list[float] = field(default_factory=list)
     val_batches: Batches | None = None  # built once: its workers persist between epochs
+    average: WeightAverage | None = None  # --ema-decay
 
     @property
     def checkpoints(self) -> Path:
@@ -185,6 +188,8 @@ def _build(cfg: RunConfig) -> Session:
         cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position(),
         layout, preemption,
     )  # fmt: skip
+    if cfg.optim.ema_decay:
+        run.average = WeightAverage(model, cfg.optim.ema_decay)
     run.flops_per_sample = flops_per_sample(
         partial(build_model, cfg.model.model), length_weights=manifest.length_weights
     )
@@ -194,9 +199,7 @@ def _build(cfg: RunConfig) -> Session:
     run.identity = run_identity(cfg, manifest)
     run.resumed_from = decide_resume(cfg, run_dir, run.identity)
     if run.resumed_from is not None:
-        run.position = load_checkpoint(
-            accelerator, run.resumed_from, cfg.model.model, cfg.train.seed
-        )
+        run.position = _load(run, run.resumed_from)
         _log_resume(run)
     scheduler.plan(_samples_left(run), layout.global_batch)
     _start_outputs(run)
@@ -204,6 +207,15 @@ def _build(cfg: RunConfig) -> Session:
         run.log(f"skipped {len(skipped)} corrupt shard(s): " + "; ".join(skipped))
         tracking.log_summary(accelerator, {"data/skipped_shards": len(skipped)})
     return run
+
+
+def _load(run: Session, checkpoint: Path) -> Position:
+    """Collective: restore `checkpoint` (and its weight average under --ema-decay)."""
+    cfg = run.cfg
+    position = load_checkpoint(run.accelerator, checkpoint, cfg.model.model, cfg.train.seed)
+    if run.average is not None:
+        run.average.load(checkpoint, run.model)
+    return position
 
 
 def _log_resume(run: Session) -> None:
@@ -270,6 +282,8 @@ def train_epoch(run: Session, epoch: int) -> float:
     with progress as bar:  # closed on errors too, so an error line starts on a clean line
         for batch_index, (images, labels) in enumerate(loader, start=plan.skip + 1):
             loss = train_step(accelerator, run.model, run.optimizer, (images, labels), cfg)
+            if run.average is not None:
+                run.average.update(run.model)
             run.scheduler.after_step()
             run.position = run.position.after_step()
             window.add(loss, run.position.step)
@@ -288,6 +302,7 @@ def train_epoch(run: Session, epoch: int) -> float:
                     cfg.model.model,
                     run.position,
                     identity=run.identity,
+                    average=run.average,
                 )
             if agreed.stop:
                 run.log(f"preempted: saved {run.checkpoints / 'last'} at epoch {epoch + 1}, "
@@ -385,17 +400,24 @@ def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) ->
 
 def evaluate(run: Session, split: str) -> dict[str, Any]:
     """Metrics over the whole split, identical on every rank (see `evaluate_model`)."""
-    model = run.accelerator.unwrap_model(run.model)
-    metrics = evaluate_model(
-        model,
-        run.accelerator,
-        run.manifest,
-        run.cfg.data,
-        split,
-        run.cfg.model.channels_last,
-        _val_batches(run) if split == "val" else None,
-    )
+    with _scored_model(run) as model:
+        metrics = evaluate_model(
+            model,
+            run.accelerator,
+            run.manifest,
+            run.cfg.data,
+            split,
+            run.cfg.model.channels_last,
+            _val_batches(run) if split == "val" else None,
+        )
     return metrics.summary()
+
+
+def _scored_model(run: Session) -> AbstractContextManager[nn.Module]:
+    """The bare model as it is scored and exported: holding the weight average under
+    --ema-decay, its own weights again after the block."""
+    model = run.accelerator.unwrap_model(run.model)
+    return run.average.swapped_in(model) if run.average is not None else nullcontext(model)
 
 
 def _val_batches(run: Session) -> Batches:
@@ -426,12 +448,19 @@ def _save(run: Session, improved: bool) -> None:
     """A new best is written before `last` moves past its epoch: a crash in between resumes
     from the old `last` and redoes the epoch, so no best is ever lost."""
     last, best = run.checkpoints / "last", run.checkpoints / "best"
-    model_name, identity = run.cfg.model.model, run.identity
+    save = partial(
+        save_checkpoint,
+        run.accelerator,
+        model_name=run.cfg.model.model,
+        position=run.position,
+        identity=run.identity,
+        average=run.average,
+    )
     if improved:
-        save_checkpoint(run.accelerator, best, model_name, run.position, identity=identity)
+        save(best)
         copy_checkpoint(run.accelerator, best, last)
     else:
-        save_checkpoint(run.accelerator, last, model_name, run.position, identity=identity)
+        save(last)
 
 
 def _report_epoch(
@@ -467,15 +496,15 @@ def _finish(run: Session) -> dict[str, Any]:
     run.preemption.close()  # no step left to save at: a signal now ends the process as usual
     accelerator = run.accelerator
     best = decided_on_main_process(partial(best_to_test, run.checkpoints))
-    load_checkpoint(accelerator, best, run.cfg.model.model, run.cfg.train.seed)
+    _load(run, best)
     test = evaluate(run, "test")
     sources = {"resumed_from": run.resumed_from, "tested": best}
     write_rank_record(run.run_dir, accelerator, run.lr_history, run.position.epoch, sources)
     if accelerator.is_main_process:
         atomic_write_json(run.run_dir / "test_metrics.json", test)
         picture = run.run_dir / "predictions.png"
-        model = accelerator.unwrap_model(run.model)
-        write_predictions_picture(picture, model, accelerator, run.manifest, run.cfg)
+        with _scored_model(run) as model:
+            write_predictions_picture(picture, model, accelerator, run.manifest, run.cfg)
         tracking.log_summary(accelerator, {f"test/{k}": v for k, v in test.items()})
         tracking.log_image(accelerator, "predictions", picture, step=run.position.step)
         export_model(best, run.run_dir / "export")

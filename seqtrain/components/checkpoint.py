@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # keeps Accelerate out of `seqtrain.load_model`, which reads 
     from accelerate import Accelerator
     from torch import nn
 
+    from seqtrain.components.weight_average import WeightAverage
+
 __all__ = ["Position"]  # the position lives with the data it counts; checkpoints carry it
 
 META_NAME = "seqtrain_checkpoint.json"
@@ -62,9 +64,11 @@ def save_checkpoint(
     model_name: str,
     position: Position,
     identity: dict[str, Any] | None = None,
+    average: WeightAverage | None = None,
 ) -> None:
     """Collective: every rank must call it (`save_state` writes per-rank RNG files).
-    `identity` (data and settings, see `resume_guard`) is recorded for resume's check."""
+    `identity` (data and settings, see `resume_guard`) is recorded for resume's check;
+    `average` (--ema-decay) is saved beside the weights."""
     tmp = _sibling(folder, "tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -74,6 +78,8 @@ def save_checkpoint(
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            if average is not None:
+                average.save(tmp)
             meta = {"model": model_name, **position.to_json(), IDENTITY_KEY: identity}
             atomic_write_json(tmp / META_NAME, meta)
     except WRITE_ERRORS as e:  # a full disk, a quota, a file size limit
@@ -137,9 +143,9 @@ def checkpoint_meta(folder: Path, model_name: str) -> dict[str, Any]:
 def load_checkpoint(
     accelerator: Accelerator, folder: Path, model_name: str, seed: int = 0
 ) -> Position:
-    """Collective: restore everything `save_checkpoint` saved, on any number of processes;
-    returns where to continue. A rank the checkpoint has no RNG state for is seeded from
-    (`seed`, its index, the checkpoint's step)."""
+    """Collective: restore everything `save_checkpoint` saved (but a weight average: see
+    `WeightAverage.load`), on any number of processes; returns where to continue. A rank the
+    checkpoint has no RNG state for is seeded from (`seed`, its index, the checkpoint's step)."""
     meta = checkpoint_meta(folder, model_name)
     position = _position(folder, meta)
     _check_scaler_state(accelerator, folder)
