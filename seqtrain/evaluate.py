@@ -8,7 +8,7 @@ main process and optionally write JSON.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -23,29 +23,21 @@ from seqtrain.data.format import NUM_SLOTS, Manifest, load_manifest
 from seqtrain.data.stream import Batches, eval_loader
 from seqtrain.distributed import all_reduce_sum, join_processes, make_accelerator, to_device
 from seqtrain.errors import UserError
-from seqtrain.export import class_names, load_model, resolve_source
+from seqtrain.export import ModelChoice, class_names, load_predictor
 from seqtrain.flops import forward_flops
 from seqtrain.metrics import SequenceMetrics, sequence_loss
 from seqtrain.models import build_model
-from seqtrain.models.averaged import AveragedPredictor, cross_shifts
+from seqtrain.models.averaged import cross_shifts
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(ModelChoice):
     """Evaluate a trained model on a split of seqtrain-data shards (any number of processes
     under `accelerate launch` gives the numbers of one)."""
 
-    checkpoint: Path
-    """Run folder (its best checkpoint), checkpoint folder or export folder."""
     shards: str
     """Folder or URL (s3://, gs://, http(s)://, file://) written by `seqtrain-data generate`
     (holds manifest.json)."""
-    ensemble: list[Path] = field(default_factory=list)
-    """More trained models (run, checkpoint or export folders): the prediction is the mean of
-    every model's softmax (an ensemble)."""
-    tta_shift: int = 0
-    """Test-time augmentation: also average over each slot's content shifted 1..N pixels up,
-    down, left and right within its slot (1 + 4N views per model)."""
     split: Literal["train", "val", "test"] = "test"
     """Split to evaluate (generator epoch 0 for train)."""
     json: Path | None = None
@@ -58,12 +50,11 @@ class EvaluateConfig:
     """Run on CPU even when GPUs are visible."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.batch_size <= 0:
             raise UserError("--batch-size must be > 0")
         if self.num_workers < 0:
             raise UserError("--num-workers must be >= 0")
-        if self.tta_shift < 0:
-            raise UserError("--tta-shift must be >= 0")
 
 
 @torch.no_grad()
@@ -106,7 +97,7 @@ def evaluate_model(
 
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     """Load the model, evaluate `cfg.split` on all ranks; the summary plus what was evaluated."""
-    sources = [resolve_source(path) for path in (cfg.checkpoint, *cfg.ensemble)]
+    sources = cfg.sources
     run_cfg = RunConfig(
         data=DataConfig(
             shards=cfg.shards, eval_batch_size=cfg.batch_size, num_workers=cfg.num_workers
@@ -118,8 +109,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     manifest = load_manifest(cfg.shards)
     accelerator = make_accelerator(run_cfg, sources[0].origin)
     views = cross_shifts(cfg.tta_shift)
-    members = [load_model(source.origin) for source in sources]
-    model = members[0] if len(members) == len(views) == 1 else AveragedPredictor(members, views)
+    model = load_predictor(cfg)
     metrics = evaluate_model(model.to(accelerator.device), accelerator, manifest, run_cfg.data,
                              cfg.split)  # fmt: skip
     # Tear the process group down on every rank together: a rank exiting with gloo's threads

@@ -8,7 +8,7 @@ so a deployment needs nothing of the training stack.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from seqtrain.components.weight_average import AVERAGE_NAME
 from seqtrain.data.format import BLANK, IMAGE_SHAPE, NUM_CLASSES, NUM_SLOTS
 from seqtrain.errors import UserError
 from seqtrain.models import build_model
+from seqtrain.models.averaged import AveragedPredictor, cross_shifts
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
@@ -92,6 +93,39 @@ def _scored_weights(checkpoint: Path) -> Path:
     model's own."""
     average = checkpoint / AVERAGE_NAME
     return average if average.is_file() else checkpoint / WEIGHTS_NAME
+
+
+@dataclass(kw_only=True)
+class ModelChoice:
+    """The model a command runs: one trained model, or several averaged, over shifted views."""
+
+    checkpoint: Path
+    """Run folder (its best checkpoint), checkpoint folder or export folder."""
+    ensemble: list[Path] = field(default_factory=list)
+    """More trained models (run, checkpoint or export folders): the prediction is the mean of
+    every model's softmax (an ensemble)."""
+    tta_shift: int = 0
+    """Test-time augmentation: also average over each slot's content shifted 1..N pixels up,
+    down, left and right within its slot (1 + 4N views per model)."""
+
+    def __post_init__(self) -> None:
+        if self.tta_shift < 0:
+            raise UserError("--tta-shift must be >= 0")
+
+    @property
+    def sources(self) -> list[ModelSource]:
+        """Where each member's weights are (a UserError for a path that holds none)."""
+        return [resolve_source(path) for path in (self.checkpoint, *self.ensemble)]
+
+
+def load_predictor(choice: ModelChoice) -> nn.Module:
+    """The chosen model in eval mode on CPU: `load_model` of the one checkpoint, or the mean
+    softmax of the members over the views (log-probabilities, read like logits)."""
+    members = [load_model(source.origin) for source in choice.sources]
+    views = cross_shifts(choice.tta_shift)
+    if len(members) == len(views) == 1:
+        return members[0]
+    return AveragedPredictor(members, views).eval()
 
 
 def load_model(path: str | Path) -> nn.Module:

@@ -32,7 +32,7 @@ from torch import nn
 from seqtrain.data.format import DIGIT_SIZE, IMAGE_SHAPE, sequence_text
 from seqtrain.data.stream import images_to_float
 from seqtrain.errors import UserError
-from seqtrain.export import load_model
+from seqtrain.export import ModelChoice, load_predictor
 
 Invert = Literal["auto", "yes", "no"]
 IMAGE_SUFFIXES = frozenset(
@@ -42,13 +42,11 @@ EXIT_SOME_FAILED = 1
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(ModelChoice):
     """Print the digit sequence read in each image: `path<TAB>digits` per line."""
 
     images: Annotated[tyro.conf.Positional[tuple[str, ...]], tyro.conf.arg(metavar="IMAGE...")]
     """Image files, folders (their images, sorted) or quoted glob patterns."""
-    checkpoint: Path
-    """Run folder (its best checkpoint), checkpoint folder or export folder."""
     invert: Invert = "auto"
     """Invert dark-on-light images: `auto` does when the image border is bright."""
     json: bool = False
@@ -57,6 +55,7 @@ class PredictConfig:
     """Images per forward pass."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.images:
             raise UserError("no IMAGE given (files, folders or quoted glob patterns)")
         if self.batch_size <= 0:
@@ -180,7 +179,7 @@ def command(argv: list[str]) -> None:
     from seqtrain.cliparse import parse_config
 
     cfg = parse_config(PredictConfig, argv, "seqtrain predict", PredictConfig.__doc__ or "")
-    model = load_model(cfg.checkpoint)
+    model = load_predictor(cfg)
     failed = 0
     for result in predict_files(model, list(expand_inputs(cfg.images)), cfg.invert, cfg.batch_size):
         if isinstance(result, Prediction):

@@ -61,16 +61,35 @@ def test_committed_model_evaluates_on_unseen_test_digits(
     assert result["exact_match"] >= 0.97, result["exact_match"]
 
 
+@pytest.mark.parametrize("ensemble", ENSEMBLES, ids=[p.name for p in ENSEMBLES])
+def test_committed_ensemble_predicts_png_files(
+    ensemble: Path, tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, *rest = sorted(p for p in COMMITTED if p.parent == ensemble)
+    paths, truth = png_files_of_test_split(tiny_shards, tmp_path)
+    args = ["--ensemble", *map(str, rest), "--tta-shift", "1", *map(str, paths)]
+    out, err, code = run_predict(capsys, first, *args)
+    assert (code, err) == (0, [])
+    predicted = [line.split("\t")[1] for line in out]
+    assert sum(p == t for p, t in zip(predicted, truth, strict=True)) >= 38
+
+
+def png_files_of_test_split(
+    shards: Path, folder: Path, count: int = 40
+) -> tuple[list[Path], list[str]]:
+    """The first `count` test sequences of `shards` as PNG files, and their true digits."""
+    images = shard_test_images(shards, count=count)
+    first = load_manifest(shards).shards("test")[0].path
+    labels = np.concatenate([chunk[2] for chunk in iter_shard_chunks(first)])[:count]
+    return write_pngs(folder, images), [sequence_text(row) for row in labels]
+
+
 @pytest.mark.parametrize("folder", COMMITTED, ids=[str(p.relative_to(MODELS)) for p in COMMITTED])
 def test_committed_model_predicts_png_files(
     folder: Path, tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    images = shard_test_images(tiny_shards, count=40)
-    first = load_manifest(tiny_shards).shards("test")[0].path
-    labels = np.concatenate([chunk[2] for chunk in iter_shard_chunks(first)])[:40]
-    paths = write_pngs(tmp_path, images)
+    paths, truth = png_files_of_test_split(tiny_shards, tmp_path)
     out, err, code = run_predict(capsys, folder, *map(str, paths))
     assert (code, err) == (0, [])
     predicted = [line.split("\t")[1] for line in out]
-    truth = [sequence_text(row) for row in labels]
     assert sum(p == t for p, t in zip(predicted, truth, strict=True)) >= 38

@@ -14,6 +14,7 @@ from test_export import logits_of, shard_test_images, trained_run_dir
 from seqtrain.cli import main
 from seqtrain.data.format import IMAGE_SHAPE, sequence_text
 from seqtrain.export import load_model
+from seqtrain.models.averaged import AveragedPredictor, cross_shifts
 from seqtrain.predict import to_model_layout
 
 
@@ -130,3 +131,29 @@ def test_bad_files_fail_alone(
     assert len(err) == 3
     assert f"{wide}: 120x28 image is 120 px wide" in err[0] and "three digits" in err[0]
     assert str(broken) in err[1] and str(missing) in err[2] and "no such file" in err[2]
+
+
+def test_ensemble_with_views_predicts_as_the_averaged_model(
+    trained_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = write_pngs(tmp_path, images[:8])
+    args = ["--ensemble", str(trained_run), "--tta-shift", "1", "--json", *map(str, paths)]
+    out, err, code = run_predict(capsys, trained_run, *args)
+    assert (code, err) == (0, [])
+    model = load_model(trained_run)
+    averaged = AveragedPredictor([model, model], cross_shifts(1))
+    top, labels = logits_of(averaged, images[:8]).exp().max(-1)
+    records = [json.loads(line) for line in out]
+    assert [r["digits"] for r in records] == [sequence_text(row) for row in labels.numpy()]
+    assert [r["confidence"] for r in records] == pytest.approx(top.prod(-1).tolist(), rel=1e-5)
+    plain, _, _ = run_predict(capsys, trained_run, "--json", *map(str, paths))
+    assert [json.loads(line)["confidence"] for line in plain] != [r["confidence"] for r in records]
+
+
+def test_negative_shift_is_a_one_line_error(
+    trained_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = write_pngs(tmp_path, images[:1])
+    out, err, code = run_predict(capsys, trained_run, "--tta-shift", "-1", str(paths[0]))
+    assert (out, code) == ([], 2)
+    assert len(err) == 1 and "--tta-shift must be >= 0" in err[0], err
