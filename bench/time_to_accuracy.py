@@ -91,6 +91,12 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
         "slotnet_narrow_skipblank",
         shlex.split("--sched onecycle --lr 2e-3 --batch-size 32 --epochs 7 --steps-per-epoch 1520"),
     ),
+    # The 0.03 PFLOP budget with the net at 3/8 of slotnet_deep's width (0.0498 GFLOP per training
+    # sample): 12 x 784 steps of 64 = 602,112 samples = 0.0300 PFLOP; needs 12 rendered epochs.
+    "slim_0.03pflop": (
+        "slotnet_slim_skipblank",
+        shlex.split("--sched onecycle --lr 3e-3 --batch-size 64 --epochs 12 --steps-per-epoch 784"),
+    ),
     # Issue 13's quality target: members of an ensemble (`--seeds`), slotnet_narrow_skipblank
     # trained for --epochs at batch 128 (0.088 GFLOP per training sample, so 30 epochs of 54,000 =
     # 0.143 PFLOP; six such members = 0.856 PFLOP). The schedule is narrow_0.03pflop's.

@@ -111,3 +111,5 @@ def test_narrow_is_a_quarter_of_deep_at_half_the_width():
     deep = forward_flops(lambda: build_model("slotnet_deep_skipblank"))
     assert narrow == pytest.approx(deep / 4, rel=0.02)
     assert num_params(build_model("slotnet_narrow_skipblank")) == 72_731
+    slim = forward_flops(lambda: build_model("slotnet_slim_skipblank"))
+    assert slim == pytest.approx(narrow * (12 / 16) ** 2, rel=0.03)  # 3/4 of narrow's width

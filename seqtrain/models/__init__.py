@@ -13,7 +13,12 @@ from torch import nn
 
 from seqtrain.errors import UserError
 from seqtrain.models.reference import ReferenceNet
-from seqtrain.models.slotnet import SLOTNET_DEEP_STAGES, SLOTNET_NARROW_STAGES, SlotNet
+from seqtrain.models.slotnet import (
+    SLOTNET_DEEP_STAGES,
+    SLOTNET_NARROW_STAGES,
+    SLOTNET_SLIM_STAGES,
+    SlotNet,
+)
 from seqtrain.models.tiny import TinyNet
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
@@ -22,6 +27,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "slotnet_deep": partial(SlotNet, SLOTNET_DEEP_STAGES),
     "slotnet_deep_skipblank": partial(SlotNet, SLOTNET_DEEP_STAGES, skip_blank=True),
     "slotnet_narrow_skipblank": partial(SlotNet, SLOTNET_NARROW_STAGES, skip_blank=True),
+    "slotnet_slim_skipblank": partial(SlotNet, SLOTNET_SLIM_STAGES, skip_blank=True),
     "tiny": TinyNet,
 }
 
