@@ -67,7 +67,8 @@ class ModelConfig:
     model: str = "reference"
     """Architecture: reference (the seed's network), slotnet, slotnet_deep,
     slotnet_deep_skipblank (empty slots skipped), slotnet_narrow_skipblank (the same at half
-    width), slotnet_slim_skipblank (at 3/8 width), tiny (for tests)."""
+    width), slotnet_slim_skipblank (at 3/8 width), slotnet_lean_skipblank (narrow with one conv at
+    28x28), tiny (for tests)."""
     channels_last: bool = True
     """Channels-last memory format: faster convolutions on GPUs and, for the reference, on CPU
     (bench/train_throughput.py); --no-channels-last keeps NCHW."""

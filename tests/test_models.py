@@ -113,3 +113,7 @@ def test_narrow_is_a_quarter_of_deep_at_half_the_width():
     assert num_params(build_model("slotnet_narrow_skipblank")) == 72_731
     slim = forward_flops(lambda: build_model("slotnet_slim_skipblank"))
     assert slim == pytest.approx(narrow * (12 / 16) ** 2, rel=0.03)  # 3/4 of narrow's width
+    # lean drops narrow's second 28x28 conv (16 -> 16 channels, 3x3): 28 * 28 * 9 * 16 * 16 MACs
+    lean = forward_flops(lambda: build_model("slotnet_lean_skipblank"))
+    per_slot_conv = 2 * 28 * 28 * 9 * 16 * 16
+    assert narrow - lean == pytest.approx(per_slot_conv * 2, rel=0.03)  # 2 inked slots on average

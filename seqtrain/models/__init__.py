@@ -15,6 +15,7 @@ from seqtrain.errors import UserError
 from seqtrain.models.reference import ReferenceNet
 from seqtrain.models.slotnet import (
     SLOTNET_DEEP_STAGES,
+    SLOTNET_LEAN_STAGES,
     SLOTNET_NARROW_STAGES,
     SLOTNET_SLIM_STAGES,
     SlotNet,
@@ -28,6 +29,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "slotnet_deep_skipblank": partial(SlotNet, SLOTNET_DEEP_STAGES, skip_blank=True),
     "slotnet_narrow_skipblank": partial(SlotNet, SLOTNET_NARROW_STAGES, skip_blank=True),
     "slotnet_slim_skipblank": partial(SlotNet, SLOTNET_SLIM_STAGES, skip_blank=True),
+    "slotnet_lean_skipblank": partial(SlotNet, SLOTNET_LEAN_STAGES, skip_blank=True),
     "tiny": TinyNet,
 }
 
