@@ -14,6 +14,7 @@ import importlib.util
 import json
 import secrets
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -243,14 +244,22 @@ def _history_value(item: Any) -> Any:
     return getattr(item, kind)
 
 
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
+def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
     """Read a W&B offline run folder (`.../wandb/offline-run-*`) or a folder holding one.
 
     Returns {"id": run id, "config": nested dict, "history": [row dicts], "summary": dict,
-    "artifacts": [(name, type)], "media": [absolute paths of media files]}; the last run is
-    used if several exist.
+    "artifacts": [(name, type)], "media": [absolute paths of media files], "finished": whether
+    the log holds the run's exit record}; the last run is used if several exist. W&B's service
+    process may still be writing the log after `run.finish()` has returned (or the training
+    process has ended), so an unfinished log is read again until it is finished or `wait_s`
+    seconds have passed; a run killed before its end is then returned as far as it got.
     """
-    return _read_log(_offline_logs(run_dir)[-1])
+    deadline = time.monotonic() + wait_s
+    while True:
+        run = _read_log(_offline_logs(run_dir)[-1])
+        if run["finished"] or time.monotonic() >= deadline:
+            return run
+        time.sleep(0.1)
 
 
 def read_offline_segments(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -278,6 +287,7 @@ def _read_log(log: Path) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     artifacts: list[tuple[str, str]] = []
+    finished = False
     for raw in _records(log.read_bytes()):
         record = pb.Record()
         record.ParseFromString(raw)
@@ -293,6 +303,8 @@ def _read_log(log: Path) -> dict[str, Any]:
             summary.update({_item_key(i): json.loads(i.value_json) for i in record.summary.update})
         elif kind == "artifact":
             artifacts.append((record.artifact.name, record.artifact.type))
+        elif kind == "exit":
+            finished = True
     media = sorted(p for p in (log.parent / "files" / "media").rglob("*") if p.is_file())
     return {
         "id": run_id,
@@ -301,6 +313,7 @@ def _read_log(log: Path) -> dict[str, Any]:
         "summary": summary,
         "artifacts": artifacts,
         "media": media,
+        "finished": finished,
     }
 
 

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,35 @@ def test_offline_run_reads_back_config_history_summary_media(tmp_path: Path) -> 
     run.finish()
 
     back = read_offline_run(tmp_path)
+    assert back["finished"]
     assert back["config"] == {"optim": {"lr": 0.5}, "n": 3}
     assert [row["val/loss"] for row in back["history"] if "val/loss" in row] == pytest.approx(
         [1.0, 0.5, 1 / 3]
     )
     assert back["summary"]["test/exact_match"] == 0.75
     assert len(back["media"]) == 1 and back["media"][0].suffix == ".png"
+
+
+def test_reader_waits_for_a_log_still_being_written(tmp_path: Path) -> None:
+    """W&B's service may still write the log after `run.finish()` returns (CI once read 2 of 3
+    history rows): an unfinished log is read again until its exit record is there."""
+    import wandb
+
+    run = wandb.init(project="p", mode="offline", dir=str(tmp_path / "done"))
+    for step in range(3):
+        run.log({"val/loss": float(step)}, step=step)
+    run.finish()
+    log = next((tmp_path / "done").glob("**/run-*.wandb"))
+    whole = log.read_bytes()
+    later = tmp_path / "later" / log.name
+    later.parent.mkdir()
+    later.write_bytes(whole[: len(whole) // 2])  # what a reader may find mid-write
+
+    cut = read_offline_run(later.parent, wait_s=0)
+    assert not cut["finished"] and len(cut["history"]) < 3
+    threading.Timer(0.5, lambda: later.write_bytes(whole)).start()
+    back = read_offline_run(later.parent, wait_s=30)
+    assert back["finished"] and [row["val/loss"] for row in back["history"]] == [0, 1, 2]
 
 
 def test_missing_run_is_reported(tmp_path: Path) -> None:
