@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/train_throughput.py [--rounds 5] [--steps 3] [--max-seconds 170]
         [--batch-size 128] [--baseline ../shared/bench/seed_baseline.py] [--no-compile]
-        [--json-out bench/results/train_throughput_cpu.json]
+        [--model reference] [--json-out bench/results/train_throughput_cpu.json]
 
 Same network (the `reference` model is the seed's SeedNet), batch and data in one process:
 the seed's loop (fp32, float batches from its `stitch`) and seqtrain's `train_step` through
@@ -10,6 +10,12 @@ Accelerate (uint8 batches converted on the device, as in training) in fp32, fp32
 channels_last, bf16 and channels_last + torch.compile (on a GPU also bf16 + channels_last +
 compile; compilation happens in the untimed warm-up). Data loading is excluded on both sides
 (bench/loader_throughput.py measures the loader).
+
+`--model` puts another registered network into seqtrain's contenders (the seed's loop keeps
+its own): then the ratios say how fast that model's training step runs against the seed's
+loop, and the fp32/bf16 contenders how much the precision gives it on this machine. The batch
+holds sequences of 1-3 digits as the seed draws them, so a skip-blank model skips what it
+would in training.
 
 On a shared machine the load changes from second to second, so contenders measured one after
 another compare different machines. Here all contenders are built up front and measured in
@@ -41,6 +47,7 @@ from torch import nn
 
 from seqtrain.config import ModelConfig, RunConfig, TrainConfig
 from seqtrain.distributed import cpu_has_native_bf16, make_accelerator, to_device
+from seqtrain.models import model_names
 from seqtrain.train import build_model_and_optimizer, train_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,10 +122,11 @@ def trainer_contender(
     channels_last: bool,
     precision: str,
     compile_model: bool,
+    model_name: str = "reference",
 ) -> Contender:
     images = (batch[0] * 255).round().to(torch.uint8)  # what the shards hold
     cfg = RunConfig(
-        model=ModelConfig(model="reference", channels_last=channels_last, compile=compile_model),
+        model=ModelConfig(model=model_name, channels_last=channels_last, compile=compile_model),
         train=TrainConfig(mixed_precision=precision, cpu=cpu),
     )
     cfg.log.wandb_mode = "disabled"
@@ -220,6 +228,12 @@ def main() -> None:
         default=True,
         help="add torch.compile contenders (compiled during the untimed warm-up)",
     )
+    parser.add_argument(
+        "--model",
+        default="reference",
+        choices=model_names(),
+        help="the network seqtrain's contenders train (the seed's loop trains its own)",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the JSON line here")
     args = parser.parse_args()
 
@@ -229,7 +243,7 @@ def main() -> None:
     with ExitStack() as stack:
         run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         contenders = [seed_contender(seed, batch)] + [
-            trainer_contender(name, batch, run_dir, args.cpu, *options)
+            trainer_contender(name, batch, run_dir, args.cpu, *options, args.model)
             for name, options in trainer_options(args).items()
         ]
         rounds = run_rounds(contenders, args, started + args.max_seconds)
@@ -255,6 +269,7 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "cpu_threads": torch.get_num_threads(),
+        "model": args.model,
         "batch_size": args.batch_size,
         "rounds": rounds,
         "steps_per_round": args.steps,
