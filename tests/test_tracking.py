@@ -53,6 +53,7 @@ def test_reader_waits_for_a_log_still_being_written(tmp_path: Path) -> None:
     for step in range(3):
         run.log({"val/loss": float(step)}, step=step)
     run.finish()
+    read_offline_run(tmp_path / "done")  # the whole log, once W&B has written it
     log = next((tmp_path / "done").glob("**/run-*.wandb"))
     whole = log.read_bytes()
     later = tmp_path / "later" / log.name
