@@ -4,7 +4,7 @@
         [--train-size 6000] [--val-size 1000] [--test-size 2000] [--epochs 5]
         [--target 0.95] [--budget-s 420] [--recipes reference slotnet_onecycle]
         [--shards DIR] [--work-dir DIR] [--json-out bench/results/time_to_accuracy.json]
-        [--seeds 0 1 2 [--parallel 3] [--ensemble-tta N]] [--steps-per-epoch N]
+        [--seeds 0 1 2 [--parallel 3] [--ensemble-tta N] [--tta-shift N]] [--steps-per-epoch N]
 
 Generates one small shard set (`seqtrain-data generate`; or reuses --shards), then trains each
 recipe on it with `seqtrain train` in its own subprocess (the real CLI, fresh process state),
@@ -16,9 +16,10 @@ On a GPU machine the same command runs unchanged (the trainer's defaults, bf16 a
 channels-last, apply there).
 
 --seeds trains each recipe once per seed (mean and spread of test exact match; with
---ensemble-tta, the seeds as one ensemble on test); --parallel N trains N of them at once, for a
-GPU that small models leave mostly idle (measured on an H200 in BENCHMARKS.md: processes
-time-share the GPU, so N at once is not N times one).
+--ensemble-tta, the seeds as one ensemble on test; with --tta-shift, each seed's best model with
+test-time shifts, on val without and with them to choose on, and on test); --parallel N trains
+N of them at once, for a GPU that small models leave mostly idle (measured on an H200 in
+BENCHMARKS.md: processes time-share the GPU, so N at once is not N times one).
 
 Long runs: with --work-dir the shards and run folders persist there and each recipe trains with
 `--resume auto`, so rerunning the same command after its budget (or a crash) continues every
@@ -133,6 +134,13 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
         "slotnet_narrow_skipblank",
         shlex.split("--sched onecycle --lr 3e-3 --batch-size 128"),
     ),
+    # Members trained on a CPU to add to narrow_long's six H200 members within the 0.87 PFLOP:
+    # slotnet_lean_skipblank (0.066 GFLOP per training sample), 20 epochs of 54,000 = 0.0717
+    # PFLOP each, so eight of them (0.574) + the six (0.228) = 0.80 PFLOP. fp32 on any CPU.
+    "lean_long": (
+        "slotnet_lean_skipblank",
+        shlex.split("--sched onecycle --lr 3e-3 --batch-size 128 --mixed-precision no"),
+    ),
     # Wider members for the same ensembles: slotnet_deep_skipblank (0.35 GFLOP per training
     # sample) with slotnet_deep_onecycle's schedule (99.39 % test after 5 epochs).
     "deep_long": (
@@ -192,6 +200,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(`seqtrain evaluate --ensemble ... --tta-shift N`)",
     )
     p.add_argument(
+        "--tta-shift",
+        type=int,
+        metavar="N",
+        help="with --seeds: also evaluate each seed's best model with test-time shifts "
+        "(`seqtrain evaluate --tta-shift N`): val without and with them, test with them",
+    )
+    p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         help="pass --channels-last / --no-channels-last (default: the trainer's default, on)",
@@ -208,6 +223,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.parallel < 1:
         p.error(f"--parallel must be >= 1, got {args.parallel}")
+    if args.tta_shift is not None and args.tta_shift < 1:
+        p.error(f"--tta-shift must be >= 1, got {args.tta_shift}")
     if SEED_BASELINE in args.recipes and not args.baseline.is_file():
         p.error(f"--baseline {args.baseline} is not a file")
     return args
@@ -341,34 +358,65 @@ def _samples_trained(run: Path, epochs: list[dict]) -> int:
     return epochs[-1]["step"] * batch * epochs[-1].get("num_processes", 1)
 
 
-def seed_summary(results: list[dict]) -> dict:
-    """Mean and spread of test exact match over one recipe's seeds."""
-    tests = [r["test_exact_match"] for r in results if r["test_exact_match"] is not None]
-    mean = sum(tests) / len(tests) if tests else None
+def mean_and_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None where undefined)."""
+    mean = sum(values) / len(values) if values else None
     spread = (
-        (sum((t - mean) ** 2 for t in tests) / (len(tests) - 1)) ** 0.5 if len(tests) > 1 else None
+        (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        if len(values) > 1
+        else None
     )
-    return {
+    return mean, spread
+
+
+def seed_summary(results: list[dict]) -> dict:
+    """Mean and spread of test exact match over one recipe's seeds (and of the best val, the
+    figure to choose recipes on); with test-time views, theirs too."""
+    tests = [r["test_exact_match"] for r in results if r["test_exact_match"] is not None]
+    mean, spread = mean_and_std(tests)
+    best_vals = [max(r["exact_match_per_epoch"]) for r in results if r["exact_match_per_epoch"]]
+    summary = {
         "recipe": results[0]["recipe"],
         "seeds": [r["seed"] for r in results],
+        "val_exact_match_best_mean": mean_and_std(best_vals)[0],
         "test_exact_match": tests,
         "test_exact_match_mean": mean,
         "test_exact_match_std": spread,
         "test_exact_match_min": min(tests, default=None),
         "train_pflop_max": max(r["train_pflop"] for r in results),
     }
+    views = [r["views"] for r in results if r.get("views")]
+    if views:
+        views_mean, views_spread = mean_and_std([v["test_exact_match"] for v in views])
+        summary["views"] = {
+            "tta_views": views[0]["tta_views"],
+            "val_exact_match_plain_mean": mean_and_std([v["val_exact_match_plain"] for v in views])[
+                0
+            ],
+            "val_exact_match_mean": mean_and_std([v["val_exact_match"] for v in views])[0],
+            "test_exact_match": [v["test_exact_match"] for v in views],
+            "test_exact_match_mean": views_mean,
+            "test_exact_match_std": views_spread,
+        }
+    return summary
+
+
+def run_evaluate(shards: Path, runs: list[str], tta: int, split: str, out: Path) -> dict:
+    """`seqtrain evaluate` of runs' best models (more than one: their mean softmax) with
+    --tta-shift on one split; its JSON, plus the command as run."""
+    argv = [
+        sys.executable, "-m", "seqtrain", "evaluate", "--checkpoint", runs[0],
+        *(["--ensemble", *runs[1:]] if runs[1:] else []), "--tta-shift", str(tta),
+        "--shards", str(shards), "--split", split, "--json", str(out), "--num-workers", "1",
+    ]  # fmt: skip
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return {**json.loads(out.read_text()), "argv": ["seqtrain", *argv[3:]]}
 
 
 def evaluate_ensemble(shards: Path, results: list[dict], tta: int, out: Path) -> dict:
     """The seeds' best models as one ensemble (mean softmax), with --tta-shift, on test."""
     runs = [r["run"] for r in results]
-    argv = [
-        sys.executable, "-m", "seqtrain", "evaluate", "--checkpoint", runs[0],
-        "--ensemble", *runs[1:], "--tta-shift", str(tta), "--shards", str(shards),
-        "--json", str(out), "--num-workers", "1",
-    ]  # fmt: skip
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-    result = json.loads(out.read_text())
+    result = run_evaluate(shards, runs, tta, "test", out)
     return {
         "recipe": results[0]["recipe"],
         "members": runs,
@@ -377,7 +425,28 @@ def evaluate_ensemble(shards: Path, results: list[dict], tta: int, out: Path) ->
         "inference_gflop_per_sample": result["inference_gflop_per_sample"],
         "test_exact_match": result["exact_match"],
         "test_length_accuracy": result["length_accuracy"],
-        "argv": ["seqtrain", *argv[3:]],
+        "argv": result["argv"],
+    }
+
+
+def evaluate_with_views(shards: Path, result: dict, tta: int) -> dict:
+    """One run's best model with test-time shifts, beside itself without them: val with and
+    without the views (to choose on), test with them (without: the trainer's test_exact_match)."""
+    run = Path(result["run"])
+    figures = {
+        (views, split): run_evaluate(
+            shards, [str(run)], views, split, run / f"eval_{split}_{views}.json"
+        )
+        for views, split in ((0, "val"), (tta, "val"), (tta, "test"))
+    }
+    return {
+        "tta_shift": tta,
+        "tta_views": figures[tta, "test"]["tta_views"],
+        "inference_gflop_per_sample": figures[tta, "test"]["inference_gflop_per_sample"],
+        "val_exact_match_plain": figures[0, "val"]["exact_match"],
+        "val_exact_match": figures[tta, "val"]["exact_match"],
+        "test_exact_match": figures[tta, "test"]["exact_match"],
+        "test_length_accuracy": figures[tta, "test"]["length_accuracy"],
     }
 
 
@@ -402,6 +471,9 @@ def main(argv: list[str] | None = None) -> None:
                         partial(train, args, shards, work / "runs", name), args.seeds or [None]
                     )
                 )
+            if args.seeds and args.tta_shift is not None:
+                for run in runs:
+                    run["views"] = evaluate_with_views(shards, run, args.tta_shift)
             results += runs
             if args.seeds:
                 summaries.append(seed_summary(runs))
@@ -435,6 +507,16 @@ def main(argv: list[str] | None = None) -> None:
             f"{fmt(summary['test_exact_match_std'], '.4f')}, min "
             f"{fmt(summary['test_exact_match_min'], '.4f')}"
         )
+    for summary in summaries:
+        if "views" in summary:
+            views = summary["views"]
+            print(
+                f"{summary['recipe']}: with {views['tta_views']} views per model: val mean "
+                f"{views['val_exact_match_mean']:.4f} (without: "
+                f"{views['val_exact_match_plain_mean']:.4f}), test mean "
+                f"{views['test_exact_match_mean']:.4f}, std "
+                f"{fmt(views['test_exact_match_std'], '.4f')}"
+            )
     for ensemble in ensembles:
         print(
             f"{ensemble['recipe']}: ensemble of {len(ensemble['members'])} x "

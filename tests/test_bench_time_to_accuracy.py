@@ -39,7 +39,7 @@ def test_seeds_are_summarised_and_evaluated_as_one_ensemble(mnist_dir, tmp_path)
     record = run_bench_record(
         mnist_dir, tmp_path / "work", tmp_path / "out.json",
         "--recipes", "slotnet_onecycle", "--seeds", "0", "1", "--ensemble-tta", "1",
-        "--parallel", "2",
+        "--parallel", "2", "--tta-shift", "1",
     )  # fmt: skip
     runs = record["results"]  # trained at once, reported in seed order
     assert [r["seed"] for r in runs] == [0, 1]
@@ -61,14 +61,38 @@ def test_seeds_are_summarised_and_evaluated_as_one_ensemble(mnist_dir, tmp_path)
     assert ensemble["inference_gflop_per_sample"] == pytest.approx(2 * 5 * forward_gflop)
     assert 0.0 <= ensemble["test_exact_match"] <= 1.0
 
+    for run in runs:  # each seed's best model, also with shifted views
+        views = run["views"]
+        assert views["tta_views"] == 5
+        assert views["inference_gflop_per_sample"] == pytest.approx(5 * forward_gflop)
+        # without views, the evaluated val figure is the trainer's best epoch's (the same
+        # checkpoint; one sequence of 128 may differ where training validated in bf16)
+        assert abs(views["val_exact_match_plain"] - max(run["exact_match_per_epoch"])) <= 1 / 128
+        assert 0.0 <= views["val_exact_match"] <= 1.0 and 0.0 <= views["test_exact_match"] <= 1.0
+    summary_views = summary["views"]
+    assert summary_views["test_exact_match"] == [r["views"]["test_exact_match"] for r in runs]
+    assert summary_views["val_exact_match_mean"] == pytest.approx(
+        sum(r["views"]["val_exact_match"] for r in runs) / 2
+    )
+    assert summary["val_exact_match_best_mean"] == pytest.approx(
+        sum(max(r["exact_match_per_epoch"]) for r in runs) / 2
+    )
 
-def test_parallel_below_one_is_a_usage_error(tmp_path):
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--parallel", "--parallel must be >= 1, got 0"),
+        ("--tta-shift", "--tta-shift must be >= 1, got 0"),
+    ],
+)
+def test_counts_below_one_are_usage_errors(flag, message):
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "time_to_accuracy.py"), "--parallel", "0"],
+        [sys.executable, str(REPO / "bench" / "time_to_accuracy.py"), flag, "0"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].endswith("--parallel must be >= 1, got 0")
+    assert done.stderr.strip().splitlines()[-1].endswith(message)
 
 
 def test_time_to_accuracy_runs_baseline_and_recipe_and_reads_finished_runs_back(
