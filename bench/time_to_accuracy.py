@@ -322,8 +322,10 @@ def train(
         finished, wall, _ = run_budgeted(argv, args.budget_s)
     epochs = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
     reached = next((e for e in epochs if e["val_exact_match"] >= args.target), None)
-    gflop = flops_per_sample(partial(build_model, model), length_weights=_length_weights(shards))
-    samples = _samples_trained(run, epochs)
+    gflop = flops_per_sample(
+        partial(build_model, model), length_weights=shard_length_weights(shards)
+    )
+    samples = samples_trained(run, epochs)
     return {
         "recipe": name,
         "seed": seed,
@@ -346,11 +348,11 @@ def train(
     }
 
 
-def _length_weights(shards: Path) -> tuple[float, ...]:
+def shard_length_weights(shards: Path) -> tuple[float, ...]:
     return tuple(json.loads((shards / "manifest.json").read_text())["config"]["length_weights"])
 
 
-def _samples_trained(run: Path, epochs: list[dict]) -> int:
+def samples_trained(run: Path, epochs: list[dict]) -> int:
     """Optimizer steps x global batch: the samples the finished epochs trained on."""
     if not epochs:
         return 0
