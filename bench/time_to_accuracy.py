@@ -322,6 +322,7 @@ def train(
         finished, wall, _ = run_budgeted(argv, args.budget_s)
     epochs = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
     reached = next((e for e in epochs if e["val_exact_match"] >= args.target), None)
+    best = next((e for e in reversed(epochs) if e.get("best")), None)
     gflop = flops_per_sample(
         partial(build_model, model), length_weights=shard_length_weights(shards)
     )
@@ -343,6 +344,9 @@ def train(
         ),
         "target_split": "val",
         "exact_match_per_epoch": [e["val_exact_match"] for e in epochs],
+        # the tested checkpoint: the lowest val loss (the reference recipe's best model)
+        "best_epoch": best["epoch"] if best else None,
+        "val_exact_match_at_best": best["val_exact_match"] if best else None,
         "epoch_seconds": [e["epoch_seconds"] for e in epochs],
         "test_exact_match": json.loads(test.read_text())["exact_match"] if test.exists() else None,
     }
@@ -372,15 +376,18 @@ def mean_and_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def seed_summary(results: list[dict]) -> dict:
-    """Mean and spread of test exact match over one recipe's seeds (and of the best val, the
-    figure to choose recipes on); with test-time views, theirs too."""
+    """Mean and spread of test exact match over one recipe's seeds (and the mean val exact match
+    of the tested checkpoints, the figure to choose recipes on); with test-time views, theirs
+    too."""
     tests = [r["test_exact_match"] for r in results if r["test_exact_match"] is not None]
     mean, spread = mean_and_std(tests)
-    best_vals = [max(r["exact_match_per_epoch"]) for r in results if r["exact_match_per_epoch"]]
+    best_vals = [
+        r["val_exact_match_at_best"] for r in results if r["val_exact_match_at_best"] is not None
+    ]
     summary = {
         "recipe": results[0]["recipe"],
         "seeds": [r["seed"] for r in results],
-        "val_exact_match_best_mean": mean_and_std(best_vals)[0],
+        "val_exact_match_at_best_mean": mean_and_std(best_vals)[0],
         "test_exact_match": tests,
         "test_exact_match_mean": mean,
         "test_exact_match_std": spread,
@@ -433,14 +440,17 @@ def evaluate_ensemble(shards: Path, results: list[dict], tta: int, out: Path) ->
 
 def evaluate_with_views(shards: Path, result: dict, tta: int) -> dict:
     """One run's best model with test-time shifts, beside itself without them: val with and
-    without the views (to choose on), test with them (without: the trainer's test_exact_match)."""
+    without the views (to choose on), test with them (without: the trainer's test_exact_match).
+    Each figure is kept in the run folder, and a rerun over a --work-dir reads it back."""
     run = Path(result["run"])
-    figures = {
-        (views, split): run_evaluate(
-            shards, [str(run)], views, split, run / f"eval_{split}_{views}.json"
+    figures = {}
+    for views, split in ((0, "val"), (tta, "val"), (tta, "test")):
+        out = run / f"eval_{split}_shift{views}.json"
+        figures[views, split] = (
+            json.loads(out.read_text())
+            if out.is_file()
+            else run_evaluate(shards, [str(run)], views, split, out)
         )
-        for views, split in ((0, "val"), (tta, "val"), (tta, "test"))
-    }
     return {
         "tta_shift": tta,
         "tta_views": figures[tta, "test"]["tta_views"],
