@@ -4,7 +4,8 @@
         --candidate h200=bench/models/narrow_long_x6/seed0,...,bench/models/narrow_long_x6/seed5 \\
         --candidate cpu=RUNS/lean_long_seed0,...,RUNS/lean_long_seed5 \\
         --candidate both=h200+cpu \\
-        [--tta-shift 0 1] [--member-pflop bench/models/narrow_long_x6/seed0=0.038 ...] \\
+        [--tta-shift 0 1] [--parallel 2] \\
+        [--member-pflop bench/models/narrow_long_x6/seed0=0.038 ...] \\
         [--json-out bench/results/OUT.json]
 
 Every candidate (a comma-separated list of run, checkpoint or export folders; `A+B` joins
@@ -22,6 +23,7 @@ import argparse
 import json
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -104,10 +106,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--candidate", action="append", required=True, metavar="NAME=PATHS")
     p.add_argument("--tta-shift", type=int, nargs="+", default=[0, 1], metavar="N")
     p.add_argument("--member-pflop", action="append", default=[], metavar="PATH=PFLOP")
+    p.add_argument(
+        "--parallel", type=int, default=1, help="evaluate up to N candidates on val at once"
+    )
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
     if not (args.shards / "manifest.json").is_file():
         p.error(f"--shards {args.shards}: no manifest.json there")
+    if args.parallel < 1:
+        p.error(f"--parallel must be >= 1, got {args.parallel}")
     if min(args.tta_shift) < 0:
         p.error(f"--tta-shift must be >= 0, got {min(args.tta_shift)}")
     try:
@@ -116,30 +123,34 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         p.error(str(error))
 
-    figures = []
+    known_pflop = {
+        name: [member_train_pflop(m, known) for m in ms] for name, ms in candidates.items()
+    }
     with tempfile.TemporaryDirectory(prefix="ensemble-select-") as tmp:
-        for name, members in candidates.items():
-            pflops = [member_train_pflop(m, known) for m in members]
-            for shift in args.tta_shift:
-                out = Path(tmp) / f"{name}_{shift}_val.json"
-                result = run_evaluate(args.shards, members, shift, "val", out)
-                figures.append(
-                    {
-                        "candidate": name,
-                        "members": members,
-                        "tta_shift": shift,
-                        "tta_views": result["tta_views"],
-                        "train_pflop": None if None in pflops else sum(pflops),
-                        "inference_gflop_per_sample": result["inference_gflop_per_sample"],
-                        "val_exact_match": result["exact_match"],
-                        "val_loss": result["loss"],
-                    }
-                )
-                print(
-                    f"{name:<24} {len(members):>2} members x {result['tta_views']} views: val "
-                    f"{result['exact_match']:.4f} (loss {result['loss']:.4f})",
-                    file=sys.stderr,
-                )
+
+        def on_val(name: str, shift: int) -> dict:
+            members, pflops = candidates[name], known_pflop[name]
+            out = Path(tmp) / f"{name}_{shift}_val.json"
+            result = run_evaluate(args.shards, members, shift, "val", out)
+            print(
+                f"{name:<24} {len(members):>2} members x {result['tta_views']} views: val "
+                f"{result['exact_match']:.4f} (loss {result['loss']:.4f})",
+                file=sys.stderr,
+            )
+            return {
+                "candidate": name,
+                "members": members,
+                "tta_shift": shift,
+                "tta_views": result["tta_views"],
+                "train_pflop": None if None in pflops else sum(pflops),
+                "inference_gflop_per_sample": result["inference_gflop_per_sample"],
+                "val_exact_match": result["exact_match"],
+                "val_loss": result["loss"],
+            }
+
+        pairs = [(name, shift) for name in candidates for shift in args.tta_shift]
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            figures = list(pool.map(lambda pair: on_val(*pair), pairs))
         chosen = choose(figures)
         test = run_evaluate(
             args.shards, chosen["members"], chosen["tta_shift"], "test", Path(tmp) / "test.json"

@@ -36,7 +36,8 @@ def test_chooses_on_val_and_reads_test_for_the_chosen_only(
     out = tmp_path / "select.json"
     done = run_select(
         "--shards", str(tiny_shards), "--candidate", f"one={run}",
-        "--candidate", f"twice={run},{run}", "--tta-shift", "0", "1", "--json-out", str(out),
+        "--candidate", f"twice={run},{run}", "--tta-shift", "0", "1", "--parallel", "2",
+        "--json-out", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(out.read_text())
