@@ -4,15 +4,19 @@
         --candidate h200=bench/models/narrow_long_x6/seed0,...,bench/models/narrow_long_x6/seed5 \\
         --candidate cpu=RUNS/lean_long_seed0,...,RUNS/lean_long_seed5 \\
         --candidate both=h200+cpu \\
-        [--tta-shift 0 1] [--parallel 2] \\
+        [--tta-shift 0 1] [--select-by exact_match|loss] [--max-train-pflop 0.87] \\
+        [--parallel 2] \\
         [--member-pflop bench/models/narrow_long_x6/seed0=0.038 ...] \\
         [--json-out bench/results/OUT.json]
 
 Every candidate (a comma-separated list of run, checkpoint or export folders; `A+B` joins
 earlier candidates) is evaluated on val by `seqtrain evaluate --split val` once per --tta-shift
 (0: the slots as they are; N: 1 + 4N shifted views per member). The highest val exact match wins
-(ties: the lower val loss, then the fewer inference FLOPs), and that one alone is evaluated on
-test, so test is read once, after the choice. Training compute: a run folder's is counted from
+(ties: the lower val loss, then the fewer inference FLOPs), or with --select-by loss the lowest
+val loss (a proper score, far less grainy than exact match on 6,000 sequences; the trainer keeps
+its best checkpoint by it too), and that one alone is evaluated on test, so test is read once,
+after the choice. Candidates whose training compute is unknown or above --max-train-pflop are
+not evaluated. Training compute: a run folder's is counted from
 its metrics (optimizer steps x batch x counted FLOPs per sample); an export folder records none,
 so give it with --member-pflop PATH=PFLOP (its model card's figure), else the total is unknown.
 """
@@ -92,12 +96,34 @@ def member_train_pflop(member: str, known: dict[str, float]) -> float | None:
     )
 
 
-def choose(figures: list[dict]) -> dict:
-    """The highest val exact match; ties: lower val loss, then fewer inference FLOPs."""
+def choose(figures: list[dict], select_by: str = "exact_match") -> dict:
+    """The highest val exact match (ties: lower val loss), or the lowest val loss (ties: higher
+    val exact match); then fewer inference FLOPs."""
+    if select_by == "loss":
+        return min(
+            figures,
+            key=lambda f: (f["val_loss"], -f["val_exact_match"], f["inference_gflop_per_sample"]),
+        )
     return max(
         figures,
         key=lambda f: (f["val_exact_match"], -f["val_loss"], -f["inference_gflop_per_sample"]),
     )
+
+
+def within_budget(
+    candidates: dict[str, list[str]], pflops: dict[str, list[float | None]], limit: float
+) -> dict[str, list[str]]:
+    """The candidates whose members' training compute is known and sums to at most limit."""
+    kept = {}
+    for name, members in candidates.items():
+        if None in pflops[name] or sum(pflops[name]) > limit:
+            print(
+                f"{name}: training compute unknown or above {limit} PFLOP, left out",
+                file=sys.stderr,
+            )
+        else:
+            kept[name] = members
+    return kept
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,6 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--candidate", action="append", required=True, metavar="NAME=PATHS")
     p.add_argument("--tta-shift", type=int, nargs="+", default=[0, 1], metavar="N")
     p.add_argument("--member-pflop", action="append", default=[], metavar="PATH=PFLOP")
+    p.add_argument("--select-by", choices=("exact_match", "loss"), default="exact_match")
+    p.add_argument(
+        "--max-train-pflop",
+        type=float,
+        help="leave out candidates trained with more compute (or with unknown compute)",
+    )
     p.add_argument(
         "--parallel", type=int, default=1, help="evaluate up to N candidates on val at once"
     )
@@ -126,6 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     known_pflop = {
         name: [member_train_pflop(m, known) for m in ms] for name, ms in candidates.items()
     }
+    if args.max_train_pflop is not None:
+        candidates = within_budget(candidates, known_pflop, args.max_train_pflop)
+        if not candidates:
+            p.error(f"no candidate within --max-train-pflop {args.max_train_pflop}")
     with tempfile.TemporaryDirectory(prefix="ensemble-select-") as tmp:
 
         def on_val(name: str, shift: int) -> dict:
@@ -151,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         pairs = [(name, shift) for name in candidates for shift in args.tta_shift]
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             figures = list(pool.map(lambda pair: on_val(*pair), pairs))
-        chosen = choose(figures)
+        chosen = choose(figures, args.select_by)
         test = run_evaluate(
             args.shards, chosen["members"], chosen["tta_shift"], "test", Path(tmp) / "test.json"
         )
@@ -164,14 +200,16 @@ def main(argv: list[str] | None = None) -> None:
         "test_argv": test["argv"],
     }
     print(
-        f"chosen on val: {chosen['candidate']} x {chosen['tta_views']} views: test exact match "
-        f"{test['exact_match']:.4f}",
+        f"chosen on val {args.select_by}: {chosen['candidate']} x {chosen['tta_views']} views: "
+        f"test exact match {test['exact_match']:.4f}",
         file=sys.stderr,
     )
     record = {
         "bench": "ensemble_select",
         "cpu_model": cpu_name(),
         "shards": str(args.shards),
+        "select_by": args.select_by,
+        "max_train_pflop": args.max_train_pflop,
         "candidates": figures,
         "chosen": chosen_record,
     }

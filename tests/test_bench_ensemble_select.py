@@ -14,7 +14,7 @@ from test_export import trained_run_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from ensemble_select import parse_candidates, parse_member_pflop  # noqa: E402
+from ensemble_select import choose, parse_candidates, parse_member_pflop, within_budget  # noqa: E402
 from time_to_accuracy import samples_trained  # noqa: E402
 
 from seqtrain.flops import flops_per_sample  # noqa: E402
@@ -105,3 +105,24 @@ def test_bad_input_is_one_line_usage_error(tmp_path: Path) -> None:
         .endswith(f"--shards {tmp_path}: no manifest.json there")
     )
     assert "Traceback" not in done.stderr
+
+
+def test_select_by_loss_and_the_compute_budget() -> None:
+    def figure(name: str, em: float, loss: float, gflop: float) -> dict:
+        return {
+            "candidate": name,
+            "val_exact_match": em,
+            "val_loss": loss,
+            "inference_gflop_per_sample": gflop,
+        }
+
+    sharp = figure("sharp", 0.990, 0.030, 1.0)
+    lucky = figure("lucky", 0.991, 0.034, 1.0)
+    cheap_twin = figure("cheap", 0.990, 0.030, 0.5)
+    assert choose([sharp, lucky])["candidate"] == "lucky"
+    assert choose([sharp, lucky], "loss")["candidate"] == "sharp"
+    assert choose([sharp, cheap_twin, lucky], "loss")["candidate"] == "cheap"
+
+    candidates = {"small": ["a"], "big": ["a", "b"], "unknown": ["c"]}
+    pflops = {"small": [0.4], "big": [0.4, 0.5], "unknown": [None]}
+    assert within_budget(candidates, pflops, 0.87) == {"small": ["a"]}
