@@ -1,8 +1,13 @@
-"""Atomic file writes (a file under its final name is always complete), and checked JSON reads."""
+"""Atomic file writes (a file under its final name is always complete), and checked JSON reads.
+
+A write is durable once it returns: the file's data is synced before the rename, and the folder
+it is renamed into after it, so a power loss leaves the old file or the new one, complete.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -15,7 +20,8 @@ from seqtrain.errors import UserError
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside `path`; on success fsync and rename it into place.
+    """Open a temporary file beside `path`; on success fsync and rename it into place, then
+    fsync the folder (the rename itself).
 
     On any error the temporary file is removed and whatever was at `path` stays untouched.
     """
@@ -28,10 +34,38 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Sync `folder`'s entries to disk: until then a power loss can undo a rename into it (or
+    out of it) that has already returned."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        # Some FUSE and network file systems cannot sync a folder; they have nothing to flush.
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Sync every file and folder below `folder` (written by code that does not sync, such as
+    torch.save), so that renaming `folder` into place publishes complete files."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -4,7 +4,8 @@ A checkpoint folder holds Accelerate's files (model, optimizer, registered objec
 per rank) plus `seqtrain_checkpoint.json` (model name and the global `Position`), written last:
 a folder without it is incomplete. Replacing a checkpoint renames the old one to
 `.<name>.old` first, so a crash at any moment leaves either the old or the new checkpoint
-findable by `find_checkpoint`.
+findable by `find_checkpoint`; the new one's files and the renames are synced to disk, so a
+power loss does too.
 
 Checkpoints load on any number of processes: model weights are saved with prefix-free keys
 (no DDP `module.`, no torch.compile `_orig_mod.`; older checkpoints holding them are stripped
@@ -25,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from seqtrain.atomic import atomic_write_json
+from seqtrain.atomic import atomic_write_json, fsync_dir, fsync_tree
 from seqtrain.data.position import Position
 from seqtrain.errors import UserError
 
@@ -82,13 +83,12 @@ def save_checkpoint(
                 average.save(tmp)
             meta = {"model": model_name, **position.to_json(), IDENTITY_KEY: identity}
             atomic_write_json(tmp / META_NAME, meta)
+            _replace(tmp, folder)  # a full disk may show only when the files are synced
     except WRITE_ERRORS as e:  # a full disk, a quota, a file size limit
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write checkpoint {folder}: {_write_error(e)}") from None
     finally:
         hook.remove()
-    if accelerator.is_main_process:
-        _replace(tmp, folder)
     accelerator.wait_for_everyone()
 
 
@@ -219,6 +219,9 @@ def _sibling(folder: Path, kind: str) -> Path:
 
 
 def _replace(complete: Path, folder: Path) -> None:
+    """Swap `complete` in as `folder`, durably: its files are on disk before it is renamed
+    into place, and the rename is on disk before the old copy is removed."""
+    fsync_tree(complete)
     old = _sibling(folder, "old")
     if folder.exists():  # complete (only ever renamed into place), so `old` is redundant
         shutil.rmtree(old, ignore_errors=True)
@@ -226,4 +229,5 @@ def _replace(complete: Path, folder: Path) -> None:
     # Else a crash mid-replacement may have left `old` as the only complete copy: keep it
     # until `complete` is in place.
     os.replace(complete, folder)
+    fsync_dir(folder.parent)
     shutil.rmtree(old, ignore_errors=True)
