@@ -12,16 +12,26 @@ PROG = "seqtrain"
 
 
 def _train(argv: list[str]) -> None:
-    # Imported here so `seqtrain --help` and flag errors stay fast (no torch import).
-    from seqtrain.cliparse import parse_config
-    from seqtrain.config import RunConfig
+    # A stop signal during the seconds of start-up is recorded, never fatal (a cluster sends
+    # it at any moment); imports are here so `seqtrain --help` and flag errors stay fast.
+    from seqtrain.components.stop_signals import STOP_FLAG, record_from_start, stop_signals
 
-    cfg = parse_config(RunConfig, argv, prog=f"{PROG} train", description=RunConfig.__doc__ or "")
-    from seqtrain.distributed import peer_failures_reported
-    from seqtrain.train import train
+    record_from_start()
+    try:
+        from seqtrain.cliparse import parse_config
+        from seqtrain.config import RunConfig
 
-    with peer_failures_reported():
-        train(cfg)
+        cfg = parse_config(
+            RunConfig, argv, prog=f"{PROG} train", description=RunConfig.__doc__ or ""
+        )
+        STOP_FLAG.keep_only(stop_signals(cfg.preempt.preempt_signal))
+        from seqtrain.distributed import peer_failures_reported
+        from seqtrain.train import train
+
+        with peer_failures_reported():
+            train(cfg)
+    finally:
+        STOP_FLAG.restore()
 
 
 def _module_command(name: str) -> Callable[[list[str]], None]:

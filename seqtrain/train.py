@@ -493,8 +493,9 @@ def _report_epoch(
 
 def _finish(run: Session) -> dict[str, Any]:
     """Load the best checkpoint, evaluate test, write results, close tracking."""
-    run.preemption.close()  # no step left to save at: a signal now ends the process as usual
     accelerator = run.accelerator
+    # A stop signal from here on is only recorded: the test takes seconds and redoing it after a
+    # requeue would cost a start-up; the run ends complete (exit 0) instead of preempted.
     best = decided_on_main_process(partial(best_to_test, run.checkpoints))
     _load(run, best)
     test = evaluate(run, "test")
@@ -514,6 +515,8 @@ def _finish(run: Session) -> dict[str, Any]:
             f"test exact match {test['exact_match']:.4f} on {test['count']} samples; "
             f"outputs in {run.run_dir}"
         )
+    if run.preemption.signal_name:
+        run.log(f"{run.preemption.signal_name} arrived after the last step: finished the run first")
     accelerator.wait_for_everyone()
     tracking.finish_tracking(accelerator)
     release_run_folder()

@@ -21,12 +21,8 @@ from test_train_resume import ENV, resume_argv, run_to_end
 from trainutil import cpu_env, free_port
 
 from seqtrain.components.checkpoint import META_NAME
-from seqtrain.components.preemption import (
-    EXIT_PREEMPTED,
-    Decision,
-    PreemptionWatch,
-    handled_signals,
-)
+from seqtrain.components.preemption import EXIT_PREEMPTED, Decision, PreemptionWatch
+from seqtrain.components.stop_signals import STOP_FLAG, stop_signals
 from seqtrain.config import PreemptConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +38,8 @@ def restored_handlers() -> Iterator[None]:
 
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+    STOP_FLAG.restore()  # the flag too: a test that left its watch open must not leak it
+    assert {sig: signal.getsignal(sig) for sig in saved} == saved
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
@@ -83,12 +79,9 @@ def test_close_gives_the_signals_back(restored_handlers) -> None:
 
 
 def test_extra_signal_is_a_setting() -> None:
-    assert handled_signals(PreemptConfig()) == [signal.SIGTERM, signal.SIGUSR1]
-    assert handled_signals(PreemptConfig(preempt_signal="USR2")) == [
-        signal.SIGTERM,
-        signal.SIGUSR2,
-    ]
-    assert handled_signals(PreemptConfig(preempt_signal="none")) == [signal.SIGTERM]
+    assert stop_signals(PreemptConfig().preempt_signal) == [signal.SIGTERM, signal.SIGUSR1]
+    assert stop_signals("USR2") == [signal.SIGTERM, signal.SIGUSR2]
+    assert stop_signals("none") == [signal.SIGTERM]
 
 
 # Checks every 2 steps and no --checkpoint-every: only the preemption itself saves mid-epoch.
@@ -153,6 +146,50 @@ def test_sigterm_mid_epoch_saves_exits_75_and_resumes_exactly(
 
     assert "resumed from" in run_to_end([*argv, "--resume", "auto"])
     assert_same_result(unbroken, tmp_path / "job")
+
+
+# The loader as users run it: worker processes (the default --num-workers 2), not in-process.
+WITH_WORKERS = ["--num-workers", "2"]
+
+
+@pytest.fixture(scope="module")
+def unbroken_with_workers(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("unbroken_workers")
+    run_to_end([*preempt_argv(tiny_shards, out), *WITH_WORKERS])
+    return out / "job"
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_sigterm_to_the_process_group_with_loader_workers_saves_and_resumes_exactly(
+    unbroken_with_workers: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """What a terminal, `timeout` or a batch system does: the signal reaches the rank and its
+    loader workers at once. The workers ignore it; the rank saves and exits 75."""
+    argv = [*preempt_argv(tiny_shards, tmp_path), *WITH_WORKERS]
+    proc = subprocess.Popen(argv, env=ENV, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    rank = psutil.Process(proc.pid)
+    sent = signal_after_epoch_one(proc, tmp_path / "job", ProcessGroup(proc.pid, rank))
+    status, out = wait_exit(proc, sent)
+    assert status == EXIT_PREEMPTED, out[-3000:]
+    assert "preempted: saved" in out and "Traceback" not in out, out[-3000:]
+    assert_saved_mid_epoch(tmp_path / "job")
+
+    assert "resumed from" in run_to_end([*argv, "--resume", "auto"])
+    assert_same_result(unbroken_with_workers, tmp_path / "job")
+
+
+class ProcessGroup:
+    """`send_signal` to a whole process group, as a shell or SLURM's step daemon signals."""
+
+    def __init__(self, pgid: int, leader: psutil.Process) -> None:
+        self.pgid, self.leader = pgid, leader
+
+    def send_signal(self, sig: int) -> None:
+        workers = self.leader.children()
+        assert workers, "the signal is meant to reach loader workers too; none running"
+        os.killpg(self.pgid, sig)
 
 
 def script_env(launcher: str) -> dict[str, str]:

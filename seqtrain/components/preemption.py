@@ -1,6 +1,7 @@
 """Preemption and the wall-clock checkpoint cadence: stop at a step boundary, saved, resumable.
 
-A signal handler only records that SIGTERM (or --preempt-signal) arrived. Every
+A signal handler only records that SIGTERM (or --preempt-signal) arrived, from the process's
+first moment (`seqtrain.components.stop_signals`: loader workers never act on them). Every
 --preempt-check-every steps all ranks take one small all-reduce (MAX) of two flags, "some rank
 was signalled" and "--checkpoint-minutes have passed on some rank's clock", so every rank reaches
 the same decision at the same step without a per-step host sync. A signalled run saves
@@ -13,16 +14,14 @@ launch/ scripts read to exit 75 themselves.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
 import torch
 
 from seqtrain.atomic import atomic_write_text
+from seqtrain.components.stop_signals import STOP_FLAG, stop_signals
 from seqtrain.config import PreemptConfig
 from seqtrain.distributed import all_reduce_max
 
@@ -53,32 +52,25 @@ class PreemptionWatch:
     def __init__(self, cfg: PreemptConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
-        self.signal_name: str | None = None
         self.clock_started = time.monotonic()
-        self.previous: dict[signal.Signals, Any] = {}
 
     def __enter__(self) -> PreemptionWatch:
-        """Handle the signals while training; `close` (or leaving the block, however it is
-        left) gives them back, so a failed run leaves no handler behind in the process, nor in
-        processes it forks later (a forked worker that only sets a flag on SIGTERM would never
-        end when its pool is terminated)."""
-        self.previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in handled_signals(self.cfg)
-        }
+        """Record the signals while training (those that arrived since the process started
+        count: `STOP_FLAG`); `close` (or leaving the block, however it is left) gives them
+        back, so a failed run leaves no handler behind in the process."""
+        STOP_FLAG.install(stop_signals(self.cfg.preempt_signal))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
-        """Give the signals back to their previous handlers (training is over)."""
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
+        """Give the signals back to their previous handlers (the run is over)."""
+        STOP_FLAG.restore()
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Only a flag: the step in flight, collectives and file writes are left undisturbed.
-        self.signal_name = signal.Signals(signum).name
+    @property
+    def signal_name(self) -> str | None:
+        return STOP_FLAG.received
 
     def poll(self, step: int) -> Decision:
         """Collective every --preempt-check-every steps (all ranks call it at the same steps)."""
@@ -101,8 +93,3 @@ class PreemptionWatch:
         if marker and is_local_main_process:
             atomic_write_text(Path(marker), f"{self.signal_name or 'another rank'}\n")
         return Preempted()
-
-
-def handled_signals(cfg: PreemptConfig) -> list[signal.Signals]:
-    extra = [] if cfg.preempt_signal == "none" else [signal.Signals[f"SIG{cfg.preempt_signal}"]]
-    return [signal.SIGTERM, *extra]

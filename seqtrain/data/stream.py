@@ -34,6 +34,7 @@ import webdataset as wds
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from seqtrain.components.stop_signals import shield_worker, shielded_worker_start
 from seqtrain.config import DataConfig
 from seqtrain.data.format import (
     IMAGE_EXT,
@@ -217,7 +218,8 @@ class Batches:
         # A DataLoader draws its workers' base seed from torch's global RNG when the first batch
         # is fetched. Keep that draw off the global stream, which dropout also uses: otherwise a
         # mid-epoch resume, or an evaluation between epochs, shifts the training's randomness.
-        with torch.random.fork_rng(devices=[]):
+        # Workers start here (or once, when persistent): see `shielded_worker_start`.
+        with torch.random.fork_rng(devices=[]), shielded_worker_start():
             items = islice(self._loader, self._drop, None)
             first = next(items, None)
         if first is None:
@@ -444,4 +446,5 @@ def _web_loader(
         num_workers=num_workers,
         collate_fn=_as_is,
         persistent_workers=persistent and num_workers > 0,
+        worker_init_fn=shield_worker,
     )
