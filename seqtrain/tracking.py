@@ -14,6 +14,7 @@ import importlib.util
 import json
 import secrets
 import struct
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -45,8 +46,10 @@ class LoggedSteps:
 
     What was logged comes, offline, from W&B's own records of the earlier segments: a killed
     process's W&B service loses the records it had not yet written, and those must be logged
-    again. Online, it comes from the run folder's record of each log call (written after the
-    call), so the points the killed service had not yet sent stay missing.
+    again. A segment whose records cannot be decoded (a damaged file) counts as one that wrote
+    none, with a warning: its epochs are logged again from metrics.jsonl. Online, it comes from
+    the run folder's record of each log call (written after the call), so the points the
+    killed service had not yet sent stay missing.
     """
 
     def __init__(self, run_dir: Path, offline: bool) -> None:
@@ -76,15 +79,30 @@ class LoggedSteps:
 
 
 def _steps_in_records(wandb_dir: Path) -> dict[str, int]:
-    """The last step each history key has in the offline runs under `wandb_dir`."""
+    """The last step each history key has in the offline runs under `wandb_dir` that can be
+    decoded (see `LoggedSteps`)."""
     last: dict[str, int] = {}
     if not wandb_dir.is_dir():
         return last
     with contextlib.suppress(FileNotFoundError):
-        for segment in read_offline_segments(wandb_dir):
+        for segment in _readable_segments(_offline_logs(wandb_dir)):
             for row in segment["history"]:
                 last.update({key: row["_step"] for key in row if not key.startswith("_")})
     return last
+
+
+def _readable_segments(logs: list[Path]) -> Iterator[dict[str, Any]]:
+    """The segments of `logs` as `_read_log` reads them, leaving out (with a warning line) those
+    that cannot be decoded: a resume must not fail on a damaged record of an earlier segment."""
+    for log in logs:
+        try:
+            yield _read_log(log)
+        except UnreadableLogError as e:
+            print(
+                f"seqtrain: warning: left out unreadable W&B offline records {e}; "
+                "the epochs they held are logged again from metrics.jsonl",
+                file=sys.stderr,
+            )
 
 
 # The main process's W&B step keeper (like Accelerate's trackers, one run per process).
@@ -207,10 +225,13 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 _IDENT, _MAGIC = b":W&B", 0xBEE1
 
 
+class UnreadableLogError(ValueError):
+    """An offline run log whose records cannot be decoded: `path: reason`."""
+
+
 def _records(data: bytes) -> Iterator[bytes]:
-    ident, magic, _version = _FILE_HEADER.unpack_from(data, 0)
-    if ident != _IDENT or magic != _MAGIC:
-        raise ValueError("not a W&B transaction log")
+    if len(data) < _FILE_HEADER.size or _FILE_HEADER.unpack_from(data)[:2] != (_IDENT, _MAGIC):
+        raise ValueError("not a W&B transaction log (no W&B file header)")
     pos, parts = _FILE_HEADER.size, []
     while pos + _CHUNK_HEADER.size <= len(data):
         space_left = _BLOCK - pos % _BLOCK
@@ -252,7 +273,8 @@ def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any
     the log holds the run's exit record}; the last run is used if several exist. W&B's service
     process may still be writing the log after `run.finish()` has returned (or the training
     process has ended), so an unfinished log is read again until it is finished or `wait_s`
-    seconds have passed; a run killed before its end is then returned as far as it got.
+    seconds have passed; a run killed before its end is then returned as far as it got. A log
+    that cannot be decoded (a damaged file) raises UnreadableLogError.
     """
     deadline = time.monotonic() + wait_s
     while True:
@@ -280,6 +302,16 @@ def _offline_logs(run_dir: str | Path) -> list[Path]:
 
 
 def _read_log(log: Path) -> dict[str, Any]:
+    """One segment's log decoded (see `read_offline_run`); UnreadableLogError if it cannot be."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        return _decode_log(log)
+    except (OSError, ValueError, DecodeError) as e:
+        raise UnreadableLogError(f"{log}: {e}") from None
+
+
+def _decode_log(log: Path) -> dict[str, Any]:
     from wandb.proto import wandb_internal_pb2 as pb  # heavy import, only for reading back
 
     run_id = ""

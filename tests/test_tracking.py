@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 from test_faults_train import kill_when
-from test_train import run_in_process, train_argv
+from test_train import read_jsonl, run_in_process, train_argv
 from trainutil import cpu_env
 
 from seqtrain.components.preemption import EXIT_PREEMPTED
-from seqtrain.tracking import _BLOCK, RUN_STATE_NAME, read_offline_run, read_offline_segments
+from seqtrain.tracking import (
+    _BLOCK,
+    RUN_STATE_NAME,
+    LoggedSteps,
+    UnreadableLogError,
+    read_offline_run,
+    read_offline_segments,
+)
 
 
 def test_offline_run_reads_back_config_history_summary_media(tmp_path: Path) -> None:
@@ -70,6 +80,78 @@ def test_reader_waits_for_a_log_still_being_written(tmp_path: Path) -> None:
 def test_missing_run_is_reported(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_offline_run(tmp_path)
+
+
+def record_chunk(payload: bytes) -> bytes:
+    """One whole record as the log stores it: crc32 (of type and payload), length, type 1."""
+    return struct.pack("<IHB", zlib.crc32(payload, zlib.crc32(b"\x01")), len(payload), 1) + payload
+
+
+# A log's first 7 bytes are its file header (":W&B", magic, version).
+DAMAGE = {
+    "empty": lambda log: b"",
+    "cut inside its header": lambda log: log[:3],
+    "another file's bytes": lambda log: b"PK\x03\x04" + bytes(64),
+    "a record that is not protobuf": lambda log: log[:7] + record_chunk(b"\xff" * 20),
+}
+
+
+@pytest.fixture(scope="module")
+def offline_segment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder's `wandb` folder holding one finished offline segment (steps 0..2)."""
+    import wandb
+
+    wandb_dir = tmp_path_factory.mktemp("segment") / "wandb"
+    run = wandb.init(project="p", mode="offline", dir=str(wandb_dir.parent), id="abcd1234")
+    for step in range(3):
+        run.log({"val/loss": float(step)}, step=step)
+    run.finish()
+    read_offline_run(wandb_dir)  # once W&B's service has written all of it
+    return wandb_dir
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_segment_is_left_out_of_the_logged_steps_with_one_warning(
+    damage: str, offline_segment: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resume reads what earlier segments logged; a later segment's log that cannot be
+    decoded counts as one that logged nothing (its epochs come again from metrics.jsonl)."""
+    shutil.copytree(offline_segment, tmp_path / "wandb")
+    (good,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    bad = tmp_path / "wandb" / "offline-run-29991231_000000-abcd1234" / good.name
+    bad.parent.mkdir()
+    bad.write_bytes(DAMAGE[damage](good.read_bytes()))
+    with pytest.raises(UnreadableLogError, match=str(bad)):
+        read_offline_segments(tmp_path / "wandb")
+
+    assert LoggedSteps(tmp_path, offline=True).last_steps == {"val/loss": 2}
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith(f"seqtrain: warning: left out unreadable W&B offline records {bad}")
+    assert warning.endswith("the epochs they held are logged again from metrics.jsonl")
+
+
+def test_resume_with_a_truncated_offline_log_relogs_the_epochs_from_metrics(
+    tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--resume auto` of a run whose only W&B offline log was cut (a disk full, a copy
+    interrupted) still runs, and the resumed segment holds the epochs again."""
+    argv = train_argv(tiny_shards, tmp_path, "job", "--wandb-mode", "offline", "--epochs", "2")
+    run_in_process(argv)
+    (log,) = (tmp_path / "job" / "wandb").glob("offline-run-*/run-*.wandb")
+    log.write_bytes(log.read_bytes()[:5])
+    capsys.readouterr()
+
+    run_in_process([*argv, "--resume", "auto"])
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and str(log) in warnings[0], warnings
+    first, resumed = sorted((tmp_path / "job" / "wandb").glob("offline-run-*"))
+    assert log.parent == first
+    back = read_offline_run(resumed)
+    assert back["id"] == json.loads((tmp_path / "job" / RUN_STATE_NAME).read_text())["id"]
+    epochs = read_jsonl(tmp_path / "job" / "metrics.jsonl")
+    assert [(row["epoch"], row["_step"]) for row in back["history"] if "epoch" in row] == [
+        (e["epoch"], e["step"]) for e in epochs
+    ]
 
 
 def steps_logged(run: Path) -> dict[str, int]:
