@@ -1,5 +1,6 @@
-"""Fault injection, trainer: SIGKILL while a checkpoint is being written (one process and two),
-a rank dying, a full disk; afterwards `--resume auto` ends exactly like an unbroken run."""
+"""Fault injection, trainer: SIGKILL while a checkpoint is being written (one process and two)
+or after a timed one, a rank dying, a full disk; afterwards `--resume auto` ends exactly like an
+unbroken run."""
 
 from __future__ import annotations
 
@@ -164,6 +165,48 @@ def test_full_disk_during_checkpoint_is_one_line_and_keeps_last(
     assert json.loads((last / META_NAME).read_text()) == good
     seqtrain.load_model(last)
     assert not list(last.parent.glob(".*.tmp")), "the partial checkpoint is left behind"
+
+
+def position_of(checkpoint: Path) -> dict:
+    """The checkpoint's position (`{}` while there is none): epoch, steps done in it, ..."""
+    try:
+        return json.loads((checkpoint / META_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def timed_argv(shards: Path, out: Path) -> list[str]:
+    """`resume_argv`'s run with the default loader workers, saving `last` mid-epoch only by
+    the clock: --checkpoint-minutes 0.02 (1.2 s), checked at every step, no --checkpoint-every."""
+    argv = resume_argv(shards, out)
+    at = argv.index("--num-workers")
+    del argv[at : at + 2]
+    timed = ["--checkpoint-minutes", "0.02", "--preempt-check-every", "1", "--checkpoint-every"]
+    return [*argv, *timed, "0", "--steps-per-epoch", "30"]
+
+
+def test_kill_after_the_first_timed_checkpoint_then_resume(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    """SIGKILL (the whole tree: the trainer and its loader workers) as soon as the clock has
+    saved `last` inside an epoch; `--resume auto` continues from that step and ends like an
+    unbroken run."""
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    run_to_end(timed_argv(tiny_shards, unbroken))
+    argv = timed_argv(tiny_shards, broken)
+    last = broken / "job" / "checkpoints" / "last"
+
+    def saved_mid_epoch() -> bool:
+        return sum(s["steps"] for s in position_of(last).get("segments", [])) > 0
+
+    kill_when(argv, saved_mid_epoch).communicate()
+    saved = position_of(last)
+    assert not (broken / "job" / "test_metrics.json").exists()
+    out = run_to_end([*argv, "--resume", "auto"])
+    steps_done = sum(s["steps"] for s in saved["segments"])
+    resumed = f"at epoch {saved['epoch'] + 1}, batch {steps_done} ("
+    assert "resumed from" in out and resumed in out, out[-3000:]
+    assert_same_result(unbroken / "job", broken / "job")
 
 
 def two_rank_argv(shards: Path, out: Path, dist_timeout: int = 60) -> list[str]:
