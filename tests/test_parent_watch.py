@@ -63,32 +63,40 @@ def test_watched_process_ends_when_its_launcher_is_killed(tmp_path: Path) -> Non
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_ranks_of_a_killed_launcher_end_and_resume_runs(tiny_shards: Path, tmp_path: Path) -> None:
-    """SIGKILL `accelerate launch` alone once epoch 1 is saved in a 1000-epoch 2-rank run: both
-    ranks end within the bound, long before the run could have, and a `--resume auto` on two
+    """SIGKILL `accelerate launch` alone once epoch 1 is saved in a 1000-epoch 2-rank run with
+    the default loader workers: both ranks and all their workers end within the bound, long
+    before the run could have (a worker blocked writing to its rank's pipe once stayed for
+    minutes), and a `--resume auto` on two
     ranks (cut to one more epoch) then runs to the end (no lock error), both ranks resuming
     from and testing the one checkpoint the main process chose."""
     long_run = ("--epochs", "1000", "--early-stop-patience", "1000")  # minutes, not seconds
+    long_run = (*long_run, "--num-workers", "2")
     argv = [*launch_argv(), *cli_argv(tiny_shards, tmp_path, *long_run)[3:]]
     last = tmp_path / "job" / "checkpoints" / "last"
     launcher = subprocess.Popen(argv, env=cpu_env(), start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     ranks: list[psutil.Process] = []
+    workers: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 240
         while epoch_of(last) is None and launcher.poll() is None:
             assert time.monotonic() < deadline, "no checkpoint in time"
             time.sleep(0.01)
         assert launcher.poll() is None, "the run ended before the launcher could be killed"
-        ranks = [p for p in process_tree(launcher.pid)[1:] if "RANK" in p.environ()]
+        ranks = [p for p in process_tree(launcher.pid)[1:]
+                 if "RANK" in p.environ() and "RANK" not in p.parent().environ()]  # fmt: skip
         assert len(ranks) == 2
+        workers = [w for rank in ranks for w in rank.children(recursive=True)]
+        assert workers, "no loader worker running"
         launcher.kill()
         launcher.communicate()
         started = time.monotonic()
         assert not ended_within(ranks, BOUND_SECONDS), "a rank outlived its launcher"
+        assert not ended_within(workers, BOUND_SECONDS), "a loader worker outlived its rank"
         assert time.monotonic() - started < BOUND_SECONDS
     finally:
         launcher.kill()
-        leftovers = survivors_of_sigkill(ranks)
+        leftovers = survivors_of_sigkill([*ranks, *workers])
     assert not leftovers
     assert not (tmp_path / "job" / "test_metrics.json").exists(), "the ranks finished instead"
 
