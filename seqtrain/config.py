@@ -50,6 +50,10 @@ class DataConfig:
     """Keep each remote shard here once downloaded (checked by sha256 on every use, fetched
     again if damaged), so a node downloads it at most once over all epochs; default: stream
     remote shards anew each epoch. Ignored for local folders."""
+    cache_max_gb: float = 0.0
+    """Most gigabytes (10^9 bytes) of shards --cache-dir holds: a download that takes it past
+    this deletes the least recently used shards (used: downloaded or read from the cache), never
+    the one being read; processes sharing the folder share the cap (0: no cap)."""
     skip_corrupt: bool = False
     """At start, decode every shard (and hash it with --verify-shards) and leave out the missing
     or damaged ones, counted and logged, instead of stopping with an error (remote shards: the
@@ -60,6 +64,14 @@ class DataConfig:
         _require(self.eval_batch_size > 0, "--eval-batch-size", "must be > 0")
         _require(self.num_workers >= 0, "--num-workers", "must be >= 0")
         _require(self.shuffle_buffer >= 0, "--shuffle-buffer", "must be >= 0")
+        _require(self.cache_max_gb >= 0, "--cache-max-gb", "must be >= 0")
+        capped_without_cache = self.cache_max_gb > 0 and self.cache_dir is None
+        _require(not capped_without_cache, "--cache-max-gb", "needs --cache-dir")
+
+    @property
+    def cache_max_bytes(self) -> int:
+        """--cache-max-gb in bytes (0: no cap)."""
+        return int(self.cache_max_gb * 1e9)
 
 
 @dataclass

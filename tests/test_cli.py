@@ -41,6 +41,7 @@ CASES = {
     "corrupt shard": (corrupt_shard, "train-e000-s00000.tar: sha256 differs"),
     "unknown model": (lambda s, t: ["--model", "nope"], "--model 'nope' is unknown"),
     "invalid value": (lambda s, t: ["--batch-size", "0"], "--batch-size must be > 0"),
+    "cap, no cache": (lambda s, t: ["--cache-max-gb", "2"], "--cache-max-gb needs --cache-dir"),
     "unknown flag": (lambda s, t: ["--bogus", "1"], "bogus"),
     "missing resume": (lambda s, t: ["--resume", str(t / "nope")], "not a complete seqtrain"),
     "fp16 on cpu": (lambda s, t: ["--mixed-precision", "fp16", "--cpu"], "needs a GPU"),

@@ -4,11 +4,15 @@ one-line errors, retries and resume when the server goes away, the local shard c
 
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing
+import random
 import subprocess
 import sys
 import tarfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +26,14 @@ from trainutil import cpu_env, free_port, launch_argv
 from data_gen.cli import main as data_main
 from data_gen.verify import verify
 from seqtrain.config import DataConfig
-from seqtrain.data.format import MANIFEST_NAME, load_manifest, sha256_file, shard_problems
+from seqtrain.data.format import (
+    MANIFEST_NAME,
+    ShardInfo,
+    load_manifest,
+    sha256_file,
+    shard_problems,
+)
+from seqtrain.data.remote import open_shard
 from seqtrain.data.stream import eval_loader
 from seqtrain.errors import UserError
 
@@ -240,6 +251,94 @@ def test_cache_downloads_once_and_refetches_a_damaged_copy(
             assert sha256_file(damaged) == shards[1].sha256
     finally:
         server.stop()
+
+
+@pytest.fixture
+def served(tiny_shards: Path):
+    """The tiny set behind Python's HTTP server, with fast retries; yields its URL."""
+    server = http_server(tiny_shards.parent).start()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in FAST_RETRIES.items():
+                patch.setenv(name, value)
+            yield f"{server.url}/{tiny_shards.name}"
+    finally:
+        server.stop()
+
+
+def capped_shards(url: str, cache: Path, max_bytes: int) -> list[ShardInfo]:
+    """Epoch 0's training shards (six of one size) read through `cache` capped at `max_bytes`,
+    as `--cache-dir` and `--cache-max-gb` configure them."""
+    cfg = DataConfig(cache_dir=cache, cache_max_gb=max_bytes / 1e9)
+    return load_manifest(url, cfg.cache_dir, cfg.cache_max_bytes).shards("train", 0)
+
+
+def read_shard(shard: ShardInfo) -> bytes:
+    with open_shard(shard.path, shard.sha256, shard.cache_dir, shard.cache_max_bytes) as f:
+        return f.read()
+
+
+def cached(cache: Path) -> set[str]:
+    return {p.name for p in cache.iterdir()}
+
+
+def test_cache_cap_evicts_the_least_recently_used_shards(
+    served: str, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """Room for two shards and a half: a third download deletes the shard used least recently;
+    a shard read from the cache counts as used, so it stays."""
+    size = (tiny_shards / "train" / "train-e000-s00000.tar").stat().st_size
+    cache = tmp_path / "cache"
+    a, b, c = capped_shards(served, cache, max_bytes=size * 5 // 2)[:3]
+    for shard in (a, b, a):  # a downloaded, b downloaded, a read from the cache
+        read_shard(shard)
+        time.sleep(0.05)  # file times are as coarse as the kernel's clock tick
+    assert cached(cache) == {f"{a.sha256}.tar", f"{b.sha256}.tar"}
+    assert hashlib.sha256(read_shard(c)).hexdigest() == c.sha256
+    assert cached(cache) == {f"{a.sha256}.tar", f"{c.sha256}.tar"}
+
+
+def test_cache_cap_keeps_the_shard_being_read_and_refetches_an_evicted_one(
+    served: str, tmp_path: Path
+) -> None:
+    """A cap below one shard: each download deletes every other copy but its own. A reader
+    holding a deleted copy open reads it to the end; the next read of it downloads it again."""
+    cache = tmp_path / "cache"
+    a, b = capped_shards(served, cache, max_bytes=1)[:2]
+    with open_shard(a.path, a.sha256, a.cache_dir, a.cache_max_bytes) as reading:
+        start = reading.read(1000)
+        assert hashlib.sha256(read_shard(b)).hexdigest() == b.sha256
+        assert cached(cache) == {f"{b.sha256}.tar"}
+        assert hashlib.sha256(start + reading.read()).hexdigest() == a.sha256
+    assert hashlib.sha256(read_shard(a)).hexdigest() == a.sha256
+    assert cached(cache) == {f"{a.sha256}.tar"}
+
+
+def read_all_in_random_order(shards: list[ShardInfo], seed: int) -> list[str]:
+    """The sha256 of each shard's bytes, read three times over in a seeded random order."""
+    order = [shard for _ in range(3) for shard in shards]
+    random.Random(seed).shuffle(order)
+    return [f"{s.sha256} {hashlib.sha256(read_shard(s)).hexdigest()}" for s in order]
+
+
+def test_capped_cache_shared_by_several_processes_serves_every_shard_intact(
+    served: str, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """Three processes (as ranks and loader workers on one node) read the six shards in their
+    own orders through one cache with room for two: copies are deleted under readers and
+    fetched again, and every read still returns the shard's exact bytes."""
+    size = (tiny_shards / "train" / "train-e000-s00000.tar").stat().st_size
+    cache = tmp_path / "cache"
+    shards = capped_shards(served, cache, max_bytes=size * 2)
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(3, mp_context=fork) as pool:
+        reads = list(pool.map(read_all_in_random_order, [shards] * 3, range(3)))
+    for lines in reads:
+        assert len(lines) == 3 * len(shards)
+        assert all(want == got for want, got in (line.split() for line in lines))
+    # At most the cap, plus the downloads the other two processes finished after the last
+    # eviction.
+    assert sum(p.stat().st_size for p in cache.glob("*.tar")) <= size * 4
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import math
 import tarfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -182,6 +182,8 @@ class ShardInfo:
     sha256: str
     cache_dir: Path | None = None
     """Where remote shards are kept once downloaded (None: streamed each time)."""
+    cache_max_bytes: int = 0
+    """Size cap of `cache_dir`, least recently used shards deleted beyond it (0: none)."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ class Manifest:
     root: Location
     raw: dict
     cache_dir: Path | None = None
+    cache_max_bytes: int = 0
 
     @property
     def config(self) -> dict:
@@ -213,6 +216,7 @@ class Manifest:
                 s["count"],
                 s["sha256"],
                 self.cache_dir,
+                self.cache_max_bytes,
             )
             for s in self.raw["splits"][split]["shards"]
             if s["epoch"] == epoch
@@ -291,13 +295,15 @@ def checked_manifest(
     for split in SPLITS:
         shards = raw["splits"][split]["shards"]
         shards[:] = [s for s in shards if str(join(manifest.root, s["path"])) not in bad]
-    return Manifest(manifest.root, raw, manifest.cache_dir), list(bad.values())
+    return replace(manifest, raw=raw), list(bad.values())
 
 
-def load_manifest(location: str | Path, cache_dir: Path | None = None) -> Manifest:
+def load_manifest(
+    location: str | Path, cache_dir: Path | None = None, cache_max_bytes: int = 0
+) -> Manifest:
     """Read and validate `location/manifest.json` (a folder or URL, see
     `seqtrain.data.remote.locate`); every problem is a one-line UserError. `cache_dir` keeps
-    downloaded remote shards."""
+    downloaded remote shards, at most `cache_max_bytes` of them (0: no cap)."""
     root = locate(location)
     path = join(root, MANIFEST_NAME)
     if not is_remote(root) and not root.is_dir():
@@ -318,4 +324,4 @@ def load_manifest(location: str | Path, cache_dir: Path | None = None) -> Manife
                 (s["path"], int(s["epoch"]), int(s["count"]), str(s["sha256"]))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path} is malformed ({type(e).__name__}: {e})") from None
-    return Manifest(root, raw, cache_dir)
+    return Manifest(root, raw, cache_dir, cache_max_bytes)

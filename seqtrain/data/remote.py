@@ -11,7 +11,8 @@ manifest's sha256 when its last byte has passed, so a byte flipped in storage or
 an error naming the URL. A transient failure (connection lost, timeout, server error) reopens
 the object at the byte reached after a bounded, doubling wait; a permanent one (no such bucket
 or key, access denied, server still gone after the retries) is a `StorageError`: one line
-naming the URL. With a cache folder each shard is downloaded once, checked, and read from disk.
+naming the URL. With a cache folder each shard is downloaded once, checked, and read from disk;
+with a size cap, the least recently used shards are deleted to make room (see `open_cached`).
 
 Writes are atomic per object: an object store shows an upload only once it is complete (one
 PUT), and local files are renamed into place.
@@ -24,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +33,7 @@ from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from seqtrain.atomic import atomic_open, atomic_write_bytes, atomic_write_json, read_json_object
+from seqtrain.atomic import atomic_write_bytes, atomic_write_json, read_json_object
 from seqtrain.errors import UserError
 
 T = TypeVar("T")
@@ -256,17 +258,21 @@ def _skip(file: IO[bytes], count: int) -> None:
 
 @contextlib.contextmanager
 def open_shard(
-    location: Location, sha256: str | None, cache_dir: Path | None = None
+    location: Location,
+    sha256: str | None,
+    cache_dir: Path | None = None,
+    cache_max_bytes: int = 0,
 ) -> Iterator[IO[bytes]]:
     """A shard opened for reading. Local: the file as is (checked at start-up, see
-    `shard_problems`). Remote: streamed, or from the cache folder; its sha256 is checked once
-    the stream is left without an error (the rest is read first if the caller stopped early)."""
+    `shard_problems`). Remote: streamed, or from the cache folder (see `open_cached`); its
+    sha256 is checked once the stream is left without an error (the rest is read first if the
+    caller stopped early)."""
     if not is_remote(location):
         with open(location, "rb") as f:
             yield f
         return
     if cache_dir is not None:
-        with open(cached_copy(location, sha256, cache_dir), "rb") as f:
+        with open_cached(location, sha256, cache_dir, cache_max_bytes) as f:
             yield f
         return
     reader = _VerifiedReader(location, sha256)
@@ -275,22 +281,90 @@ def open_shard(
         reader.drain()
 
 
-def cached_copy(url: str, sha256: str, cache_dir: Path) -> Path:
-    """The local copy of `url` in `cache_dir`, named by its content hash: downloaded (and
-    checked) when absent or damaged, so a node fetches each shard at most once."""
-    from seqtrain.data.format import sha256_file  # format reads through this module
+def open_cached(url: str, sha256: str, cache_dir: Path, max_bytes: int = 0) -> IO[bytes]:
+    """The local copy of `url` in `cache_dir` (named by its content hash), open for reading:
+    downloaded (and checked) when absent or damaged, so a node fetches each shard at most once
+    while it stays cached.
 
+    With `max_bytes` (0: no cap), a download that takes the cached shards past it deletes the
+    least recently used others (a shard is used when downloaded or read from the cache). Safe
+    with several processes sharing the folder: a copy is open before it is checked, and a new
+    one before it is renamed into place, and is read through that handle, so another process
+    deleting it leaves the read intact; a copy deleted before it is opened is downloaded
+    again."""
     path = Path(cache_dir) / f"{sha256}.tar"
-    with contextlib.suppress(OSError):
-        if sha256_file(path) == sha256:
-            return path
+    cached = _open_intact(path, sha256)
+    if cached is not None:
+        return cached
+    copy = _download(url, sha256, path)
+    if max_bytes:
+        _evict_least_recently_used(path.parent, max_bytes, keep=path)
+    return copy
+
+
+def _open_intact(path: Path, sha256: str) -> IO[bytes] | None:
+    """`path` open at its start if it holds the bytes of `sha256` (marked used), else None."""
+    with contextlib.ExitStack() as on_failure:
+        try:
+            f = on_failure.enter_context(open(path, "rb"))
+            digest = hashlib.sha256()
+            while block := f.read(_READ_SIZE):
+                digest.update(block)
+        except OSError:  # missing (never cached, or deleted by another process), unreadable
+            return None
+        if digest.hexdigest() != sha256:
+            return None
+        f.seek(0)
+        # The modification time orders eviction; the access time is not kept on many mounts.
+        with contextlib.suppress(OSError):  # deleted meanwhile, or another user's file
+            os.utime(path)
+        on_failure.pop_all()
+        return f
+
+
+def _download(url: str, sha256: str, path: Path) -> IO[bytes]:
+    """`url` (checked against `sha256`) written to `path`, returned open at its start."""
     try:
-        with atomic_open(path, "wb") as out, _VerifiedReader(url, sha256) as reader:
-            while data := reader.read(_READ_SIZE):
-                out.write(data)
+        return _fetch_into(url, sha256, path)
     except OSError as e:
         raise UserError(f"cannot write the cache {path}: {e.strerror or e}") from None
-    return path
+
+
+def _fetch_into(url: str, sha256: str, path: Path) -> IO[bytes]:
+    # Written under a temporary name and renamed (readers never see a partial copy), through a
+    # handle that also reads: the copy is ours before any other process can delete it. Not
+    # synced: a copy a power loss damaged fails its hash at the next use and is fetched again.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with contextlib.ExitStack() as on_failure:
+        copy = on_failure.enter_context(os.fdopen(fd, "w+b"))
+        on_failure.callback(Path(tmp).unlink, missing_ok=True)
+        with _VerifiedReader(url, sha256) as reader:
+            while data := reader.read(_READ_SIZE):
+                copy.write(data)
+        copy.flush()
+        os.replace(tmp, path)
+        on_failure.pop_all()
+    copy.seek(0)
+    return copy
+
+
+def _evict_least_recently_used(cache_dir: Path, max_bytes: int, keep: Path) -> None:
+    """Delete cached shards, the least recently used (oldest modification time) first, until
+    the rest fit under `max_bytes`; never `keep` (the shard being read). Files another process
+    deleted first are skipped; downloads in progress (temporary names) are not counted."""
+    shards = []
+    for path in cache_dir.glob("*.tar"):
+        with contextlib.suppress(FileNotFoundError):
+            status = path.stat()
+            shards.append((status.st_mtime_ns, status.st_size, path))
+    total = sum(size for _, size, _ in shards)
+    for _, size, path in sorted(shards):
+        if total <= max_bytes:
+            return
+        if path != keep:
+            path.unlink(missing_ok=True)
+            total -= size
 
 
 def read_bytes(location: Location) -> bytes:
