@@ -175,7 +175,9 @@ def _build(cfg: RunConfig) -> Session:
     cfg.train.mixed_precision = resolved_precision(cfg)  # on this rank's GPU; saved as decided
     run_name = cfg.train.run_name or from_main_process(datetime.now().strftime("%Y%m%d-%H%M%S"))
     run_dir = cfg.train.output_dir / run_name
-    manifest, skipped = _usable_shards(load_manifest(cfg.data.shards, cfg.data.cache_dir), cfg)
+    data = cfg.data
+    manifest = load_manifest(data.shards, data.cache_dir, data.cache_max_bytes)
+    manifest, skipped = _usable_shards(manifest, cfg)
     accelerator = make_accelerator(cfg, run_dir)
     model, optimizer = build_model_and_optimizer(cfg, accelerator)
     seed_rank_streams(cfg.train.seed, accelerator.process_index)  # own dropout masks per rank
@@ -461,6 +463,7 @@ def _save(run: Session, improved: bool) -> None:
         copy_checkpoint(run.accelerator, best, last)
     else:
         save(last)
+    run.preemption.saved()
 
 
 def _report_epoch(

@@ -59,6 +59,7 @@ class PreemptionWatch:
         count: `STOP_FLAG`); `close` (or leaving the block, however it is left) gives them
         back, so a failed run leaves no handler behind in the process."""
         STOP_FLAG.install(stop_signals(self.cfg.preempt_signal))
+        self.clock_started = time.monotonic()  # start-up is not training time
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -67,6 +68,11 @@ class PreemptionWatch:
     def close(self) -> None:
         """Give the signals back to their previous handlers (the run is over)."""
         STOP_FLAG.restore()
+
+    def saved(self) -> None:
+        """`last` was just written (an epoch's end): the --checkpoint-minutes clock starts over,
+        so no timed save follows it a step later."""
+        self.clock_started = time.monotonic()
 
     @property
     def signal_name(self) -> str | None:

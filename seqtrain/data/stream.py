@@ -320,7 +320,7 @@ def _read_piece(piece: _Piece) -> Iterator[Chunk]:
     to_end = piece.stop == piece.count  # then read on, to catch samples beyond the count
     shard = piece.shard
     try:
-        with open_shard(shard.path, shard.sha256, shard.cache_dir) as stream:
+        with open_shard(shard.path, shard.sha256, shard.cache_dir, shard.cache_max_bytes) as stream:
             for sample in _tar_samples(stream, piece.path):
                 if offset >= piece.stop and not to_end:
                     break
