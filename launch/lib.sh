@@ -80,10 +80,12 @@ resolve_nodes() {
 EXIT_PREEMPTED=75
 
 # Run "$@" (after the signal name $1) in the background and return its exit status, passing a
-# SIGTERM, SIGUSR1 or SIGINT that reaches this shell on to it as signal $1. In the background
-# because bash runs a trap only after a foreground child has ended (and a background child
-# ignores SIGINT, hence INT forwarded too). To torch's launchers pass TERM: they forward it to
-# every rank. To srun pass USR1: srun forwards it to its tasks, but ends the step on TERM.
+# SIGTERM, SIGUSR1 or SIGINT that reaches this shell on to it as signal $1 (the first one
+# received is kept in STOP_SIGNAL). In the background because bash runs a trap only after a
+# foreground child has ended (and a background child ignores SIGINT, hence INT forwarded too).
+# To torch's launchers pass TERM: they forward it to every rank. To srun pass USR1: srun
+# forwards it to its tasks, but ends the step on TERM.
+STOP_SIGNAL=""
 run_forwarding_signals() {
   local sig=$1
   shift
@@ -100,9 +102,11 @@ run_forwarding_signals() {
     exec "$@"
   ) &
   set +m
-  local child=$! status=0
-  # shellcheck disable=SC2064  # the child's pid is meant to be fixed now
-  trap "kill -$sig $child 2>/dev/null || true" TERM USR1 INT
+  local child=$! status=0 received
+  for received in TERM USR1 INT; do
+    # shellcheck disable=SC2064  # the child's pid and the signal's name are meant to be fixed now
+    trap "STOP_SIGNAL=\${STOP_SIGNAL:-$received}; kill -$sig $child 2>/dev/null || true" "$received"
+  done
   # `wait` returns early (status > 128) when a trapped signal arrives: wait again, then once
   # more for the child's own status (bash keeps it after reaping).
   while kill -0 "$child" 2>/dev/null; do
@@ -115,8 +119,12 @@ run_forwarding_signals() {
 
 # Run a launcher of `seqtrain train` (accelerate launch, torchrun) so that preemption works
 # through it: signals are forwarded as SIGTERM (run_forwarding_signals; torch's elastic agent
-# forwards SIGTERM to every rank but dies of SIGUSR1), and since the agent itself exits 1 when its ranks
-# exit 75, the ranks' mark ($SEQTRAIN_PREEMPTED_FILE) makes this return EXIT_PREEMPTED.
+# forwards SIGTERM to every rank but dies of SIGUSR1), and since the agent itself exits 1 when
+# its ranks exit 75, the ranks' mark ($SEQTRAIN_PREEMPTED_FILE) makes this return
+# EXIT_PREEMPTED. So does a launcher that failed after a stop signal reached this script: the
+# agent stops ranks still starting up (before they could save) with SIGKILL after 30 s and
+# exits 1, yet nothing is lost that a resume from the last checkpoint (written atomically)
+# does not redo.
 launch_trainer() {
   if [ "${DRY_RUN:-0}" = 1 ]; then
     run "$@"
@@ -125,7 +133,45 @@ launch_trainer() {
   local mark status=0
   mark=$(mktemp "${TMPDIR:-/tmp}/seqtrain-preempted.XXXXXX")
   SEQTRAIN_PREEMPTED_FILE=$mark run_forwarding_signals TERM "$@" || status=$?
-  [ -s "$mark" ] && status=$EXIT_PREEMPTED
+  if [ -s "$mark" ]; then
+    status=$EXIT_PREEMPTED
+  elif [ "$status" -ne 0 ] && [ -n "$STOP_SIGNAL" ]; then
+    echo "seqtrain: the launcher exited $status after SIG$STOP_SIGNAL; the run continues from its last checkpoint" >&2
+    status=$EXIT_PREEMPTED
+  fi
   rm -f "$mark"
   return "$status"
+}
+
+# The id `scontrol` knows this job by: an array task's own (ARRAYJOB_TASK), else the job's.
+slurm_job_id() {
+  if [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+    echo "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+  else
+    echo "${SLURM_JOB_ID:-}"
+  fi
+}
+
+# After a step that saved and stopped (exit 75), inside a batch job: requeue the job, unless
+# SLURM is already ending it for good or requeueing it itself. What SLURM shows meanwhile
+# (seen on Slurm 22.05):
+#   time-limit warning (--signal=B:USR1@T), partition preemption with GraceTime: RUNNING; the
+#     job would end FAILED (or COMPLETED) if not requeued here;
+#   the time limit itself: COMPLETING with Reason=TimeLimit; it would end TIMEOUT;
+#   `scontrol requeue` by an administrator: Restarts already counts it; SLURM starts it again;
+#   `scancel`: COMPLETING, then CANCELLED; a requeue here would bring back a cancelled job.
+requeue_unless_ending() {
+  local job=$1 fields state reason restarts
+  fields=$(scontrol -o show job "$job" 2>/dev/null || true)
+  state=$(sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' <<<"$fields")
+  reason=$(sed -n 's/.* Reason=\([A-Za-z_]*\).*/\1/p' <<<"$fields")
+  restarts=$(sed -n 's/.* Restarts=\([0-9]*\).*/\1/p' <<<"$fields")
+  if [ "${restarts:-0}" -gt "${SLURM_RESTART_COUNT:-0}" ]; then
+    echo "seqtrain: saved; SLURM requeues job $job itself" >&2
+  elif [ -z "$state" ] || [ "$state" = RUNNING ] || [ "$reason" = TimeLimit ]; then
+    echo "seqtrain: preempted and saved; requeueing job $job" >&2
+    run scontrol requeue "$job"
+  else
+    echo "seqtrain: saved; job $job was cancelled (JobState=$state), not requeued; submit again with the same run name (default ${SLURM_JOB_NAME:-seqtrain}-$job) to continue" >&2
+  fi
 }

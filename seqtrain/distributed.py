@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,10 +91,34 @@ def join_processes(cfg: RunConfig) -> PartialState:
     if cfg.train.mixed_precision == "fp16" and use_cpu(cfg):
         raise UserError("--mixed-precision fp16 needs a GPU (use bf16 on CPU)")
     apply_determinism(cfg)
+    adopt_srun_rank(os.environ)
     state = PartialState(cpu=use_cpu(cfg), timeout=timedelta(seconds=cfg.train.dist_timeout))
     if os.environ.get("TORCHELASTIC_RUN_ID"):  # a rank started by torch's elastic agent
         end_with_parent(f"the launcher of rank {state.process_index} died; the rank ends too")
     return state
+
+
+def adopt_srun_rank(environ: MutableMapping[str, str]) -> None:
+    """A task of an `srun` step of several tasks is one rank (launch/slurm/train.sbatch starts
+    one per GPU, with no launcher in between, so each rank gets SLURM's signals itself): the
+    variables torch's launchers set are filled in from SLURM's. A launcher's own (RANK set),
+    a single task and the batch shell (no SLURM_STEP_NUM_TASKS) are left alone.
+    The rendezvous: MASTER_ADDR, else the step's first node; MASTER_PORT, else one derived from
+    the job id (jobs sharing a node do not collide; a requeued job gets the same)."""
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    if "RANK" in environ or tasks < 2:
+        return
+    environ["RANK"] = environ["SLURM_PROCID"]
+    environ["WORLD_SIZE"] = str(tasks)
+    environ["LOCAL_RANK"] = environ["SLURM_LOCALID"]
+    environ.setdefault("MASTER_ADDR", first_host(environ["SLURM_STEP_NODELIST"]))
+    environ.setdefault("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000))
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[007-010,12],cpu1" -> "gpu007"."""
+    host = re.split(r",(?![^\[]*\])", nodelist, maxsplit=1)[0]  # commas inside [] are ranges
+    return re.sub(r"\[([^\]\-,]+)[^\]]*\]", r"\1", host)
 
 
 # How a dead or frozen peer surfaces as a Python error in the surviving ranks' collectives.

@@ -147,40 +147,93 @@ def test_scripts_are_shellcheck_clean():
     assert result.returncode == 0, result.stdout
 
 
-def test_train_sbatch_passes_cpus_per_task_to_srun(fake_slurm):
-    """Slurm >= 22.05: srun no longer inherits --cpus-per-task from sbatch."""
-    env = {**fake_slurm, "SLURM_CPUS_PER_TASK": "32", "SLURM_SUBMIT_DIR": str(REPO),
-           "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "seqtrain"}  # fmt: skip
+def test_train_sbatch_starts_one_rank_per_task_with_srun(fake_slurm):
+    """The default: srun starts the ranks themselves (each gets SLURM's signals); Slurm >= 22.05
+    no longer passes sbatch's --cpus-per-task on to srun; no --kill-on-bad-exit (it would kill
+    ranks still saving when the first exits 75)."""
+    env = {**fake_slurm, "SLURM_CPUS_PER_TASK": "4", "SLURM_SUBMIT_DIR": str(REPO),
+           "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "seqtrain", "PYTHON": "py"}  # fmt: skip
     (cmd,) = dry_run("slurm/train.sbatch", ["--shards", "/d", "--run-name", "mine"], env)
-    assert cmd[0] == "srun"
-    assert "--cpus-per-task=32" in cmd
+    assert cmd[0] == "srun" and "--cpus-per-task=4" in cmd
+    assert not any(part.startswith("--kill-on-bad-exit") for part in cmd)
     # A requeued start finds its run folder again; the user's flags come last and win.
-    script = cmd.index("launch/train_multinode.sh")
-    assert cmd[script + 1 :] == [
+    train = cmd.index("train")
+    assert cmd[train - 3 : train] == ["py", "-m", "seqtrain"]
+    assert cmd[-8:] == [
         "--run-name", "seqtrain-77", "--resume", "auto", "--shards", "/d", "--run-name", "mine",
     ]  # fmt: skip
 
 
-def sbatch_with_stand_ins(tmp_path: Path, srun_status: int) -> tuple[int, list[str]]:
+def test_train_sbatch_with_accelerate_starts_one_launcher_per_node(fake_slurm):
+    env = {**fake_slurm, "SLURM_CPUS_PER_TASK": "4", "SLURM_NTASKS_PER_NODE": "8",
+           "SLURM_SUBMIT_DIR": str(REPO), "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "seqtrain",
+           "LAUNCHER": "accelerate"}  # fmt: skip
+    (cmd,) = dry_run("slurm/train.sbatch", ["--shards", "/d"], env)
+    assert cmd[0] == "srun"
+    assert "--ntasks-per-node=1" in cmd and "--cpus-per-task=32" in cmd  # the node's CPUs
+    script = cmd.index("launch/train_multinode.sh")
+    assert cmd[script + 1 :] == ["--run-name", "seqtrain-77", "--resume", "auto", "--shards", "/d"]
+
+
+def test_train_sbatch_names_an_array_task_by_its_own_id(fake_slurm):
+    env = {**fake_slurm, "SLURM_SUBMIT_DIR": str(REPO), "SLURM_JOB_ID": "90",
+           "SLURM_ARRAY_JOB_ID": "88", "SLURM_ARRAY_TASK_ID": "2",
+           "SLURM_JOB_NAME": "s"}  # fmt: skip
+    (cmd,) = dry_run("slurm/train.sbatch", [], env)
+    assert cmd[cmd.index("--run-name") + 1] == "s-88_2"
+
+
+def sbatch_with_stand_ins(
+    tmp_path: Path, srun_status: int, job_fields: str = "JobState=RUNNING Restarts=0", **env: str
+) -> tuple[int, list[str]]:
     """Run train.sbatch for real with a stand-in `srun` that exits `srun_status` and a stand-in
-    `scontrol` that records its arguments; returns the script's status and scontrol's calls."""
+    `scontrol` that records its arguments and shows the job as `job_fields`; returns the
+    script's status and the `scontrol requeue` calls."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "scontrol.calls"
     (bin_dir / "srun").write_text(f"#!/bin/sh\nexit {srun_status}\n")
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (bin_dir / "scontrol").write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n[ "$1" = -o ] && echo "JobId=1 {job_fields}"\nexit 0\n'
+    )
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env = {**clean, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
-           "SLURM_SUBMIT_DIR": str(REPO), "SLURM_CPUS_PER_TASK": "4"}  # fmt: skip
+           "SLURM_SUBMIT_DIR": str(REPO), "SLURM_CPUS_PER_TASK": "4", **env}  # fmt: skip
     done = subprocess.run(["bash", str(LAUNCH / "slurm" / "train.sbatch")], env=env,
                           capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
-    return done.returncode, calls.read_text().splitlines() if calls.exists() else []
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return done.returncode, [line for line in lines if line.startswith("requeue")]
 
 
-def test_train_sbatch_requeues_on_preemption_exit(tmp_path):
-    assert sbatch_with_stand_ins(tmp_path, srun_status=75) == (75, ["requeue 4242"])
+@pytest.mark.parametrize(
+    "job_fields",
+    [
+        "JobState=RUNNING Reason=None Restarts=0",  # time-limit warning, partition preemption
+        "JobState=COMPLETING Reason=TimeLimit Restarts=0",  # the time limit itself
+    ],
+)
+def test_train_sbatch_requeues_a_saved_stop(tmp_path, job_fields):
+    assert sbatch_with_stand_ins(tmp_path, 75, job_fields) == (75, ["requeue 4242"])
+
+
+@pytest.mark.parametrize(
+    "job_fields",
+    [
+        "JobState=COMPLETING Reason=None Restarts=0",  # scancel: the user's decision stands
+        "JobState=COMPLETING Reason=None Restarts=1",  # an administrator's requeue: SLURM's own
+    ],
+)
+def test_train_sbatch_leaves_a_job_slurm_is_ending_alone(tmp_path, job_fields):
+    assert sbatch_with_stand_ins(tmp_path, 75, job_fields) == (75, [])
+
+
+def test_train_sbatch_requeues_the_array_task_not_the_array(tmp_path):
+    status, calls = sbatch_with_stand_ins(
+        tmp_path, 75, SLURM_ARRAY_JOB_ID="4240", SLURM_ARRAY_TASK_ID="3"
+    )
+    assert (status, calls) == (75, ["requeue 4240_3"])
 
 
 @pytest.mark.parametrize("status", [0, 1, 2])
