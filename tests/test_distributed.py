@@ -16,7 +16,9 @@ import seqtrain.distributed
 import seqtrain.train
 from seqtrain.config import RunConfig, TrainConfig
 from seqtrain.distributed import (
+    adopt_srun_rank,
     cpu_has_native_bf16,
+    first_host,
     peer_failures_reported,
     resolved_precision,
     seed_rank_streams,
@@ -197,3 +199,44 @@ def test_global_average_pool_is_adaptive_average_pool_to_one():
 
     x = torch.randn(4, 8, 7, 7)
     torch.testing.assert_close(GlobalAvgPool()(x), torch.nn.AdaptiveAvgPool2d(1)(x))
+
+
+SRUN_TASK = {"SLURM_STEP_NUM_TASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1",
+             "SLURM_STEP_NODELIST": "gpu[007-010]", "SLURM_JOB_ID": "123456"}  # fmt: skip
+
+
+def test_an_srun_task_of_a_multi_task_step_is_a_rank() -> None:
+    environ = dict(SRUN_TASK)
+    adopt_srun_rank(environ)
+    assert (environ["RANK"], environ["WORLD_SIZE"], environ["LOCAL_RANK"]) == ("9", "16", "1")
+    assert environ["MASTER_ADDR"] == "gpu007"
+    assert environ["MASTER_PORT"] == str(20000 + 123456 % 20000)  # the same after a requeue
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {**SRUN_TASK, "RANK": "3"},  # a launcher's rank inside an srun step: its own variables
+        {**SRUN_TASK, "SLURM_STEP_NUM_TASKS": "1"},  # `srun -n 1` or `salloc`'s one task
+        {"SLURM_JOB_ID": "5", "SLURM_PROCID": "0", "SLURM_NTASKS": "8"},  # the batch shell
+    ],
+)
+def test_other_processes_under_slurm_are_left_alone(environ: dict[str, str]) -> None:
+    before = dict(environ)
+    adopt_srun_rank(environ)
+    assert environ == before
+
+
+def test_the_rendezvous_given_by_the_user_wins() -> None:
+    environ = {**SRUN_TASK, "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"}
+    adopt_srun_rank(environ)
+    assert (environ["MASTER_ADDR"], environ["MASTER_PORT"]) == ("10.0.0.1", "29400")
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "first"),
+    [("vm", "vm"), ("gpu[007-010,12],cpu1", "gpu007"), ("n1,n2", "n1"),
+     ("rack[1-2]-node[01-02]", "rack1-node01"), ("a[3,5]", "a3")],
+)  # fmt: skip
+def test_first_host_of_a_node_list(nodelist: str, first: str) -> None:
+    assert first_host(nodelist) == first
