@@ -194,6 +194,27 @@ def finish_tracking(accelerator: Accelerator) -> None:
     accelerator.end_training()
 
 
+def close_after_stop(accelerator: Accelerator, exit_code: int) -> None:
+    """Close the W&B run of a run stopped by a signal (saved, to be resumed), marked preempted.
+
+    SLURM signals every process of a step, W&B's service (wandb-core, a Go program whose runtime
+    acts on SIGTERM whatever its parent blocks or ignores) included: it may already be gone.
+    Then closing fails here with one warning line instead of in wandb's exit hook with a
+    traceback, and the resume logs the epochs it missed from metrics.jsonl."""
+    global _steps
+    if _steps is None:  # W&B off, or not the main process
+        return
+    _steps = None
+    import wandb
+
+    try:
+        accelerator.get_tracker(WANDB, unwrap=True).mark_preempting()
+        wandb.teardown(exit_code)
+    except OSError as e:  # ConnectionResetError: the service died with the job
+        print(f"seqtrain: warning: W&B's service was stopped with the job ({e}); "
+              "the resume logs what it missed from metrics.jsonl", file=sys.stderr)  # fmt: skip
+
+
 def _log(
     accelerator: Accelerator,
     values: dict[str, Any],

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -37,7 +37,7 @@ from seqtrain.components.checkpoint import (
     save_checkpoint,
 )
 from seqtrain.components.loss_window import LossWindow
-from seqtrain.components.preemption import Decision, PreemptionWatch
+from seqtrain.components.preemption import Decision, Preempted, PreemptionWatch
 from seqtrain.components.resume_guard import decide_resume, run_identity
 from seqtrain.components.run_files import (
     append_metrics,
@@ -150,7 +150,7 @@ class Session:
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Train, evaluate the best model on test, and return the test metrics and run folder."""
     run = _build(cfg)
-    with run.preemption:  # SIGTERM/--preempt-signal save and stop; given back however it ends
+    with run.preemption, _closing_tracking_when_stopped(run.accelerator):
         for epoch in range(run.position.epoch, cfg.train.epochs):
             if run.stopper.should_stop:
                 run.log(
@@ -167,6 +167,15 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             _report_epoch(run, epoch, train_loss, val, improved, lr_reduced, start)
             _save(run, improved)
         return _finish(run)
+
+
+@contextmanager
+def _closing_tracking_when_stopped(accelerator: Accelerator) -> Iterator[None]:
+    try:
+        yield
+    except Preempted as stop:
+        tracking.close_after_stop(accelerator, stop.code)
+        raise
 
 
 def _build(cfg: RunConfig) -> Session:
