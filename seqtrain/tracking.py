@@ -207,9 +207,10 @@ def close_after_stop(accelerator: Accelerator, exit_code: int) -> None:
     _steps = None
     import wandb
 
-    try:
+    with contextlib.suppress(OSError):  # the teardown below says why
         accelerator.get_tracker(WANDB, unwrap=True).mark_preempting()
-        wandb.teardown(exit_code)
+    try:
+        wandb.teardown(exit_code)  # also takes wandb's exit hook off, whatever it raises
     except OSError as e:  # ConnectionResetError: the service died with the job
         print(f"seqtrain: warning: W&B's service was stopped with the job ({e}); "
               "the resume logs what it missed from metrics.jsonl", file=sys.stderr)  # fmt: skip

@@ -12,10 +12,15 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
+GRACE_TIME_S = 60
+SLURMD_TIMEOUT_S = 10  # a node silent this long is DOWN and its jobs requeued (default 300)
 MUNGE_KEY = Path("/etc/munge/munge.key")
 
 
@@ -37,7 +42,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _slurm_conf(root: Path, host: str, cpus: int) -> str:
+def _slurm_conf(root: Path, host: str, cpus: int, extra: str) -> str:
+    # Two partitions on the one node: jobs in `urgent` preempt (requeue) those in `cpu`, which
+    # get GraceTime seconds of SIGTERM first, as on clusters with a preemptible partition.
     return f"""\
 ClusterName=seqtrain-test
 SlurmctldHost={host}
@@ -64,47 +71,89 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
+SlurmdTimeout={SLURMD_TIMEOUT_S}
 KillWait=30
 MinJobAge=600
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+{extra}
 NodeName={host} CPUs={cpus} State=UNKNOWN
-PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 \
+PreemptMode=REQUEUE GraceTime={GRACE_TIME_S}
+PartitionName=urgent Nodes={host} MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 """
 
 
-@contextlib.contextmanager
-def slurm_cluster(root: Path) -> Iterator[dict[str, str]]:
-    """Start the daemons; yields the environment for sbatch/scontrol (SLURM_CONF set)."""
-    host = socket.gethostname().split(".")[0]
-    for sub in ("state", "spool"):
-        (root / sub).mkdir(parents=True)
-    (root / "plugstack.conf").write_text("")
-    conf = root / "slurm.conf"
-    conf.write_text(_slurm_conf(root, host, os.cpu_count() or 1))
-    env = {**os.environ, "SLURM_CONF": str(conf)}
-    daemons: list[subprocess.Popen] = []
-    try:
-        log = (root / "daemons.log").open("w")
-        daemons.append(subprocess.Popen(
-            ["munged", "-F", "--force", f"--socket={root}/munge.socket", f"--key-file={MUNGE_KEY}",
-             f"--pid-file={root}/munged.pid", f"--log-file={root}/munged.log",
-             f"--seed-file={root}/munged.seed"],
-            stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
-        _wait_for(lambda: (root / "munge.socket").exists(), "munged", root)
-        daemons.append(subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(conf)], env=env,
-                                        stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
-        _wait_for(lambda: _scontrol_ok(env), "slurmctld", root)
-        daemons.append(subprocess.Popen(["slurmd", "-D", "-f", str(conf)], env=env,
-                                        stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
-        _wait_for(lambda: _node_idle(env), "slurmd", root)
-        yield env
-    finally:
-        for daemon in reversed(daemons):
+@dataclass
+class SlurmCluster:
+    """The running cluster: `env` for sbatch/scontrol (SLURM_CONF set); its node can fail."""
+
+    root: Path
+    env: dict[str, str]
+    daemons: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, argv: list[str], ready: Callable[[], bool], what: str) -> None:
+        log = (self.root / "daemons.log").open("a")
+        self.daemons.append(subprocess.Popen(argv, env=self.env, stdout=log,
+                                             stderr=subprocess.STDOUT))  # fmt: skip
+        _wait_for(ready, what, self.root)
+
+    def start_slurmd(self) -> None:
+        self.start(["slurmd", "-D", "-f", self.env["SLURM_CONF"]], lambda: _node_idle(self.env),
+                   "slurmd")  # fmt: skip
+
+    def fail_node(self) -> None:
+        """What a node's power loss does: slurmd, every job step daemon and every process they
+        started die at once (SIGKILL), nothing is told."""
+        doomed = [p for p in psutil.process_iter(["name"])
+                  if p.info["name"] in ("slurmd", "slurmstepd")]  # fmt: skip
+        doomed += [child for p in doomed for child in _children(p)]
+        for p in doomed:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(doomed, timeout=10)
+
+    def stop(self) -> None:
+        for daemon in reversed(self.daemons):
             daemon.terminate()
             try:
                 daemon.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait()
+
+
+def _children(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return process.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@contextlib.contextmanager
+def slurm_cluster(root: Path, extra_conf: str = "") -> Iterator[SlurmCluster]:
+    """Start the daemons, stopped afterwards. `extra_conf`: more slurm.conf lines (e.g.
+    SlurmctldParameters=preempt_send_user_signal)."""
+    host = socket.gethostname().split(".")[0]
+    for sub in ("state", "spool"):
+        (root / sub).mkdir(parents=True)
+    (root / "plugstack.conf").write_text("")
+    conf = root / "slurm.conf"
+    conf.write_text(_slurm_conf(root, host, os.cpu_count() or 1, extra_conf))
+    cluster = SlurmCluster(root, {**os.environ, "SLURM_CONF": str(conf)})
+    try:
+        cluster.start(
+            ["munged", "-F", "--force", f"--socket={root}/munge.socket",
+             f"--key-file={MUNGE_KEY}", f"--pid-file={root}/munged.pid",
+             f"--log-file={root}/munged.log", f"--seed-file={root}/munged.seed"],
+            lambda: (root / "munge.socket").exists(), "munged",
+        )  # fmt: skip
+        cluster.start(["slurmctld", "-D", "-i", "-f", str(conf)],
+                      lambda: _scontrol_ok(cluster.env), "slurmctld")  # fmt: skip
+        cluster.start_slurmd()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def _scontrol_ok(env: dict[str, str]) -> bool:

@@ -204,7 +204,8 @@ SCRIPTS = {"accelerate": "train_multinode.sh", "torchrun": "torchrun_train.sh"}
 
 
 def script_argv(launcher: str, shards: Path, out: Path) -> list[str]:
-    flags = preempt_argv(shards, out)[4:]  # `python -m seqtrain train` is the script's part
+    # `python -m seqtrain train` is the script's part; the loader as users run it (workers).
+    flags = [*preempt_argv(shards, out)[4:], *WITH_WORKERS]
     return ["bash", str(REPO / "launch" / SCRIPTS[launcher]), *flags]
 
 
@@ -238,8 +239,9 @@ def launcher_process(script: subprocess.Popen, launcher: str) -> psutil.Process:
 def test_sigterm_to_launcher_of_two_ranks_saves_exits_75_and_resumes_exactly(
     launcher: str, unbroken_two_ranks: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
-    """The launcher forwards SIGTERM to both ranks (torch's elastic agent does, then exits 1);
-    the launch script turns the ranks' mark into 75."""
+    """The launcher forwards SIGTERM to both ranks (torch's elastic agent does, then exits 1,
+    and signals each rank's process group: its loader workers too); the launch script turns
+    the ranks' mark into 75."""
     argv, env = script_argv(launcher, tiny_shards, tmp_path), script_env(launcher)
     proc = subprocess.Popen(argv, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)  # fmt: skip

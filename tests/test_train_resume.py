@@ -61,11 +61,15 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_after_kill_matches_uninterrupted_run(tiny_shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["0", "2"])  # in-process loading; the default loader workers
+def test_resume_after_kill_matches_uninterrupted_run(
+    workers: str, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of the trainer alone mid-epoch 2 (its loader workers end by themselves)."""
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
-    run_to_end(resume_argv(tiny_shards, unbroken))
+    run_to_end([*resume_argv(tiny_shards, unbroken), "--num-workers", workers])
 
-    argv = resume_argv(tiny_shards, broken)
+    argv = [*resume_argv(tiny_shards, broken), "--num-workers", workers]
     kill_mid_second_epoch(argv, broken / "job")
     assert not (broken / "job" / "test_metrics.json").exists()
     stdout = run_to_end([*argv, "--resume", "auto"])
