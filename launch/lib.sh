@@ -102,10 +102,15 @@ run_forwarding_signals() {
     exec "$@"
   ) &
   set +m
-  local child=$! status=0 received
+  local child=$! status=0 received pass
   for received in TERM USR1 INT; do
+    pass="kill -$sig $child 2>/dev/null || true"
+    # Inside a SLURM job a SIGTERM comes from SLURM, which sends it to every process of the job
+    # (preemption, scancel, requeue, the time limit): the child has it already, and a second
+    # one made torch's agent fail mid-shutdown (a traceback from its logging, ranks orphaned).
+    [ "$received" = TERM ] && [ -n "${SLURM_JOB_ID:-}" ] && pass=":"
     # shellcheck disable=SC2064  # the child's pid and the signal's name are meant to be fixed now
-    trap "STOP_SIGNAL=\${STOP_SIGNAL:-$received}; kill -$sig $child 2>/dev/null || true" "$received"
+    trap "STOP_SIGNAL=\${STOP_SIGNAL:-$received}; $pass" "$received"
   done
   # `wait` returns early (status > 128) when a trapped signal arrives: wait again, then once
   # more for the child's own status (bash keeps it after reaping).

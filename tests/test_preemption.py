@@ -180,6 +180,27 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_and_resumes_exac
     assert_same_result(unbroken_with_workers, tmp_path / "job")
 
 
+@pytest.mark.slow
+@pytest.mark.faults
+def test_sigterm_during_start_up_is_saved_at_the_first_check(
+    unbroken_with_workers: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """A cluster's signal a second after a (re)start, while Python still imports torch: before
+    the flag it killed the process (exit -15; under SLURM the job ended FAILED)."""
+    argv = [*preempt_argv(tiny_shards, tmp_path), *WITH_WORKERS]
+    proc = subprocess.Popen(argv, env=ENV, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    time.sleep(1.0)
+    assert not (tmp_path / "job").exists(), "start-up was over before the signal"
+    os.killpg(proc.pid, signal.SIGTERM)
+    status, out = wait_exit(proc, time.monotonic())
+    assert status == EXIT_PREEMPTED, out[-3000:]
+    assert "preempted: saved" in out and "at epoch 1, batch 2;" in out, out[-3000:]  # 1st check
+
+    assert "resumed from" in run_to_end([*argv, "--resume", "auto"])
+    assert_same_result(unbroken_with_workers, tmp_path / "job")
+
+
 class ProcessGroup:
     """`send_signal` to a whole process group, as a shell or SLURM's step daemon signals."""
 
