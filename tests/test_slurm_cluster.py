@@ -135,13 +135,19 @@ def resumed_batch(output: str) -> int:
     return int(found[0])
 
 
+# torch's elastic agent (LAUNCHER=accelerate) ends on SIGTERM by raising this, uncaught: its
+# own traceback, which no script around it can prevent (SLURM signals every process).
+AGENT_STOPPED = "torch.distributed.elastic.multiprocessing.api.SignalException: Process"
+
+
 def assert_completed_as_unbroken(job: Job, unbroken: Path, mid_epoch: bool = True) -> str:
     """COMPLETED after exactly one requeue, the unbroken run's result, one W&B run, no
-    traceback; returns the job's output."""
+    traceback from seqtrain; returns the job's output."""
     fields = job.wait_end()
     output = job.output()
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", output[-3000:]
-    assert f"job {job.id} start 2" in output and "Traceback" not in output, output[-3000:]
+    assert f"job {job.id} start 2" in output, output[-3000:]
+    assert output.count("Traceback") == output.count(AGENT_STOPPED), output[-3000:]
     assert (resumed_batch(output) > 0) == mid_epoch, output[-3000:]
     segments = list((job.run / "wandb").glob("offline-run-*"))
     assert len(segments) == 2 and len({s.name.rsplit("-", 1)[1] for s in segments}) == 1
