@@ -123,61 +123,50 @@ def assert_saved_mid_epoch(run: Path) -> None:
     assert not (run / "test_metrics.json").exists()
 
 
-@pytest.fixture(scope="module")
-def unbroken(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("unbroken")
-    run_to_end(preempt_argv(tiny_shards, out))
-    return out / "job"
-
-
-@pytest.mark.slow
-@pytest.mark.faults
-def test_sigterm_mid_epoch_saves_exits_75_and_resumes_exactly(
-    unbroken: Path, tiny_shards: Path, tmp_path: Path
-) -> None:
-    argv = preempt_argv(tiny_shards, tmp_path)
-    proc = subprocess.Popen(argv, env=ENV, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)  # fmt: skip
-    sent = signal_after_epoch_one(proc, tmp_path / "job", psutil.Process(proc.pid))
-    status, out = wait_exit(proc, sent)
-    assert status == EXIT_PREEMPTED, out[-3000:]
-    assert "preempted: saved" in out and "Traceback" not in out
-    assert_saved_mid_epoch(tmp_path / "job")
-
-    assert "resumed from" in run_to_end([*argv, "--resume", "auto"])
-    assert_same_result(unbroken, tmp_path / "job")
-
-
-# The loader as users run it: worker processes (the default --num-workers 2), not in-process.
+# The loader as users run it: worker processes (the default --num-workers 2), and in-process.
 WITH_WORKERS = ["--num-workers", "2"]
 
 
 @pytest.fixture(scope="module")
-def unbroken_with_workers(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("unbroken_workers")
-    run_to_end([*preempt_argv(tiny_shards, out), *WITH_WORKERS])
-    return out / "job"
+def unbroken_runs(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The unbroken run for a --num-workers value, run once per module."""
+    runs: dict[str, Path] = {}
+
+    def unbroken(workers: str) -> Path:
+        if workers not in runs:
+            out = tmp_path_factory.mktemp(f"unbroken_workers{workers}")
+            run_to_end([*preempt_argv(tiny_shards, out), "--num-workers", workers])
+            runs[workers] = out / "job"
+        return runs[workers]
+
+    return unbroken
+
+
+@pytest.fixture(scope="module")
+def unbroken_with_workers(unbroken_runs) -> Path:
+    return unbroken_runs(WITH_WORKERS[1])
 
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_sigterm_to_the_process_group_with_loader_workers_saves_and_resumes_exactly(
-    unbroken_with_workers: Path, tiny_shards: Path, tmp_path: Path
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigterm_mid_epoch_saves_exits_75_and_resumes_exactly(
+    workers: str, unbroken_runs, tiny_shards: Path, tmp_path: Path
 ) -> None:
-    """What a terminal, `timeout` or a batch system does: the signal reaches the rank and its
-    loader workers at once. The workers ignore it; the rank saves and exits 75."""
-    argv = [*preempt_argv(tiny_shards, tmp_path), *WITH_WORKERS]
+    """SIGTERM to the process group, as a terminal, `timeout` or a batch system sends it: with
+    loader workers it reaches them too; they ignore it, the rank saves and exits 75."""
+    argv = [*preempt_argv(tiny_shards, tmp_path), "--num-workers", workers]
     proc = subprocess.Popen(argv, env=ENV, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    rank = psutil.Process(proc.pid)
-    sent = signal_after_epoch_one(proc, tmp_path / "job", ProcessGroup(proc.pid, rank))
+    group = ProcessGroup(proc.pid, psutil.Process(proc.pid), with_workers=workers != "0")
+    sent = signal_after_epoch_one(proc, tmp_path / "job", group)
     status, out = wait_exit(proc, sent)
     assert status == EXIT_PREEMPTED, out[-3000:]
     assert "preempted: saved" in out and "Traceback" not in out, out[-3000:]
     assert_saved_mid_epoch(tmp_path / "job")
 
     assert "resumed from" in run_to_end([*argv, "--resume", "auto"])
-    assert_same_result(unbroken_with_workers, tmp_path / "job")
+    assert_same_result(unbroken_runs(workers), tmp_path / "job")
 
 
 @pytest.mark.slow
@@ -204,12 +193,12 @@ def test_sigterm_during_start_up_is_saved_at_the_first_check(
 class ProcessGroup:
     """`send_signal` to a whole process group, as a shell or SLURM's step daemon signals."""
 
-    def __init__(self, pgid: int, leader: psutil.Process) -> None:
-        self.pgid, self.leader = pgid, leader
+    def __init__(self, pgid: int, leader: psutil.Process, with_workers: bool) -> None:
+        self.pgid, self.leader, self.with_workers = pgid, leader, with_workers
 
     def send_signal(self, sig: int) -> None:
-        workers = self.leader.children()
-        assert workers, "the signal is meant to reach loader workers too; none running"
+        if self.with_workers:
+            assert self.leader.children(), "the signal is meant to reach loader workers too"
         os.killpg(self.pgid, sig)
 
 

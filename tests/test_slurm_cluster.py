@@ -8,6 +8,7 @@ and dependent finalize write the shards a single machine writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -181,42 +182,46 @@ def preempt(cluster: SlurmCluster, tmp_path: Path) -> None:
             "--wrap", "sleep 1"], cluster.env, REPO)  # fmt: skip
 
 
+@contextlib.contextmanager
+def user_signal_at_preemption(cluster: SlurmCluster, on: bool) -> Iterator[None]:
+    """SlurmctldParameters=preempt_send_user_signal while inside the block, when `on`."""
+    conf = Path(cluster.env["SLURM_CONF"])
+    plain = conf.read_text()
+    if on:
+        conf.write_text(plain + "SlurmctldParameters=preempt_send_user_signal\n")
+        scontrol(cluster.env, "reconfigure")
+    try:
+        yield
+    finally:
+        if on:
+            conf.write_text(plain)
+            scontrol(cluster.env, "reconfigure")
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("launcher", ["srun", "accelerate"])
+@pytest.mark.parametrize(
+    ("launcher", "user_signal"), [("srun", False), ("accelerate", False), ("srun", True)]
+)
 def test_partition_preemption_saves_requeues_and_resumes(
-    launcher: str, cluster: SlurmCluster, unbroken: Path, tiny_shards: Path, tmp_path: Path
+    launcher: str,
+    user_signal: bool,
+    cluster: SlurmCluster,
+    unbroken: Path,
+    tiny_shards: Path,
+    tmp_path: Path,
 ) -> None:
     """PreemptMode=REQUEUE with GraceTime: SLURM sends SIGTERM to every process of the step
     (ranks, loader workers, the launcher) but not to the batch shell; a job that then exits by
-    itself would end FAILED (75) unless the script requeues it."""
-    job = submit(cluster, tiny_shards, tmp_path, launcher=launcher)
-    job.wait_for_epoch_one()
-    preempt(cluster, tmp_path)
-    job.wait_requeued()
-    assert "requeueing job" in job.output()
-    job.release()
-    assert_completed_as_unbroken(job, unbroken)
-
-
-@pytest.mark.timeout(900)
-def test_partition_preemption_with_the_user_signal_saves_requeues_and_resumes(
-    cluster: SlurmCluster, unbroken: Path, tiny_shards: Path, tmp_path: Path
-) -> None:
-    """SlurmctldParameters=preempt_send_user_signal: the job's own --signal (USR1 to the batch
-    shell) comes first, SIGTERM only when GraceTime is over."""
-    conf = Path(cluster.env["SLURM_CONF"])
-    plain = conf.read_text()
-    conf.write_text(plain + "SlurmctldParameters=preempt_send_user_signal\n")
-    scontrol(cluster.env, "reconfigure")
-    try:
-        job = submit(cluster, tiny_shards, tmp_path)
+    itself would end FAILED (75) unless the script requeues it. With preempt_send_user_signal
+    the job's own --signal (USR1 to the batch shell) comes first, SIGTERM only when GraceTime
+    is over."""
+    with user_signal_at_preemption(cluster, user_signal):
+        job = submit(cluster, tiny_shards, tmp_path, launcher=launcher)
         job.wait_for_epoch_one()
         preempt(cluster, tmp_path)
         job.wait_requeued()
-        assert "after SIGUSR1" in job.output() and "requeueing job" in job.output()
-    finally:
-        conf.write_text(plain)
-        scontrol(cluster.env, "reconfigure")
+    assert "requeueing job" in job.output()
+    assert ("after SIGUSR1" in job.output()) == user_signal
     job.release()
     assert_completed_as_unbroken(job, unbroken)
 
