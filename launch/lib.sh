@@ -46,6 +46,17 @@ visible_set_note() {
   [ -z "${CUDA_VISIBLE_DEVICES+set}" ] || printf " in CUDA_VISIBLE_DEVICES='%s'" "$CUDA_VISIBLE_DEVICES"
 }
 
+# The address of the job's first node, where all ranks meet: SLURM's NodeAddr for it (what its
+# daemons use; on most clusters the node's name), else its name.
+slurm_first_node_address() {
+  local first address
+  # sed reads the whole list: `head -n 1` would exit early, and the writer's SIGPIPE fails the
+  # pipeline under `set -o pipefail` (exit 141) when the list is long enough.
+  first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
+  address=$(scontrol -o show node "$first" 2>/dev/null | sed -n 's/.* NodeAddr=\([^ ]*\).*/\1/p')
+  echo "${address:-$first}"
+}
+
 # Fill the multi-node variables from SLURM's where the user did not set them:
 # NUM_MACHINES, MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT, GPUS_PER_NODE.
 resolve_nodes() {
@@ -53,9 +64,7 @@ resolve_nodes() {
   MACHINE_RANK=${MACHINE_RANK:-${SLURM_NODEID:-0}}
   if [ -z "${MAIN_PROCESS_IP:-}" ]; then
     if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
-      # sed reads the whole list: `head -n 1` would exit early, and the writer's SIGPIPE
-      # fails the pipeline under `set -o pipefail` (exit 141) when the list is long enough.
-      MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
+      MAIN_PROCESS_IP=$(slurm_first_node_address)
     else
       MAIN_PROCESS_IP=127.0.0.1
     fi

@@ -42,9 +42,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _slurm_conf(root: Path, host: str, cpus: int, extra: str) -> str:
-    # Two partitions on the one node: jobs in `urgent` preempt (requeue) those in `cpu`, which
+def _node_lines(host: str, cpus: int, names: list[str]) -> str:
+    """One node: this machine under its own name. Several: one slurmd each on this machine
+    (`slurmd -N NAME`), named n1, n2, ..., each with its own port and a share of the CPUs."""
+    if names == [host]:
+        return f"NodeName={host} CPUs={cpus} State=UNKNOWN"
+    share = max(1, cpus // len(names))
+    return "\n".join(
+        f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
+        f"CPUs={share} State=UNKNOWN"
+        for name in names
+    )
+
+
+def _slurm_conf(root: Path, host: str, cpus: int, extra: str, names: list[str]) -> str:
+    # Two partitions on the node(s): jobs in `urgent` preempt (requeue) those in `cpu`, which
     # get GraceTime seconds of SIGTERM first, as on clusters with a preemptible partition.
+    nodes = ",".join(names)
     return f"""\
 ClusterName=seqtrain-test
 SlurmctldHost={host}
@@ -56,11 +70,11 @@ AuthInfo=socket={root}/munge.socket
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd-%n.log
 PlugStackConfig={root}/plugstack.conf
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -77,10 +91,10 @@ MinJobAge=600
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 {extra}
-NodeName={host} CPUs={cpus} State=UNKNOWN
-PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 \
+{_node_lines(host, cpus, names)}
+PartitionName=cpu Nodes={nodes} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 \
 PreemptMode=REQUEUE GraceTime={GRACE_TIME_S}
-PartitionName=urgent Nodes={host} MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
+PartitionName=urgent Nodes={nodes} MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 """
 
 
@@ -90,6 +104,7 @@ class SlurmCluster:
 
     root: Path
     env: dict[str, str]
+    nodes: list[str]
     daemons: list[subprocess.Popen] = field(default_factory=list)
 
     def start(self, argv: list[str], ready: Callable[[], bool], what: str) -> None:
@@ -99,8 +114,13 @@ class SlurmCluster:
         _wait_for(ready, what, self.root)
 
     def start_slurmd(self) -> None:
-        self.start(["slurmd", "-D", "-f", self.env["SLURM_CONF"]], lambda: _node_idle(self.env),
-                   "slurmd")  # fmt: skip
+        """One slurmd per node (all on this machine), until every node is idle."""
+        for name in self.nodes:
+            (self.root / "spool" / name).mkdir(parents=True, exist_ok=True)
+            one_of_several = ["-N", name] if len(self.nodes) > 1 else []
+            self.start(["slurmd", "-D", *one_of_several, "-f", self.env["SLURM_CONF"]],
+                       lambda: True, "slurmd")  # fmt: skip
+        _wait_for(lambda: _nodes_idle(self.env, len(self.nodes)), "slurmd", self.root)
 
     def fail_node(self) -> None:
         """What a node's power loss does: slurmd, every job step daemon and every process they
@@ -131,16 +151,18 @@ def _children(process: psutil.Process) -> list[psutil.Process]:
 
 
 @contextlib.contextmanager
-def slurm_cluster(root: Path, extra_conf: str = "") -> Iterator[SlurmCluster]:
+def slurm_cluster(root: Path, extra_conf: str = "", nodes: int = 1) -> Iterator[SlurmCluster]:
     """Start the daemons, stopped afterwards. `extra_conf`: more slurm.conf lines (e.g.
-    SlurmctldParameters=preempt_send_user_signal)."""
+    SlurmctldParameters=preempt_send_user_signal); `nodes` > 1: that many slurmd "nodes" on
+    this machine (Debian's Slurm supports several slurmd per host)."""
     host = socket.gethostname().split(".")[0]
+    names = [host] if nodes == 1 else [f"n{i}" for i in range(1, nodes + 1)]
     for sub in ("state", "spool"):
         (root / sub).mkdir(parents=True)
     (root / "plugstack.conf").write_text("")
     conf = root / "slurm.conf"
-    conf.write_text(_slurm_conf(root, host, os.cpu_count() or 1, extra_conf))
-    cluster = SlurmCluster(root, {**os.environ, "SLURM_CONF": str(conf)})
+    conf.write_text(_slurm_conf(root, host, os.cpu_count() or 1, extra_conf, names))
+    cluster = SlurmCluster(root, {**os.environ, "SLURM_CONF": str(conf)}, names)
     try:
         cluster.start(
             ["munged", "-F", "--force", f"--socket={root}/munge.socket",
@@ -161,10 +183,10 @@ def _scontrol_ok(env: dict[str, str]) -> bool:
                           check=False).stdout.count("UP") > 0  # fmt: skip
 
 
-def _node_idle(env: dict[str, str]) -> bool:
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True,
-                         check=False).stdout  # fmt: skip
-    return "idle" in out
+def _nodes_idle(env: dict[str, str], count: int) -> bool:
+    out = subprocess.run(["sinfo", "-h", "-N", "-p", "cpu", "-o", "%T"], env=env,
+                         capture_output=True, text=True, check=False).stdout  # fmt: skip
+    return out.split().count("idle") == count
 
 
 def _wait_for(ready, what: str, root: Path, timeout: float = 60) -> None:

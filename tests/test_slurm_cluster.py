@@ -105,18 +105,26 @@ def scontrol(env: dict[str, str], *argv: str) -> None:
     subprocess.run(["scontrol", *argv], env=env, check=True, capture_output=True)
 
 
+ONE_NODE = ("--nodes", "1", "--ntasks-per-node", "2")
+
+
 def submit(
-    cluster: SlurmCluster, shards: Path, out: Path, *options: str, launcher: str = "srun"
+    cluster: SlurmCluster,
+    shards: Path,
+    out: Path,
+    *options: str,
+    launcher: str = "srun",
+    layout: tuple[str, ...] = ONE_NODE,
 ) -> Job:
-    """train.sbatch on the cpu partition: one node, two ranks (two tasks, or one `accelerate
-    launch` of two processes), one CPU each."""
+    """train.sbatch on the cpu partition: two ranks (by default two tasks on one node, or one
+    `accelerate launch` of two processes), one CPU each."""
     env = {**cluster.env, "PYTHON": sys.executable, "MIXED_PRECISION": "no",
            "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "LAUNCHER": launcher,
            "ACCELERATE": str(BIN / "accelerate"), "MAIN_PROCESS_PORT": str(free_port()),
            "WANDB_SILENT": "true"}  # fmt: skip
     log = out / "job.out"
-    argv = ["--partition", "cpu", "--nodes", "1", "--ntasks-per-node", "2", "--cpus-per-task",
-            "1", "--gpus-per-node", "0", "--output", str(log), *options,
+    argv = ["--partition", "cpu", *layout, "--cpus-per-task", "1", "--gpus-per-node", "0",
+            "--output", str(log), *options,
             "launch/slurm/train.sbatch", *train_flags(shards, out)]  # fmt: skip
     return Job(sbatch(argv, env, REPO), log, out / "job", env)
 
@@ -177,9 +185,10 @@ def test_time_limit_warning_saves_requeues_and_resumes(
 
 
 def preempt(cluster: SlurmCluster, tmp_path: Path) -> None:
-    """A job in the higher-priority partition that needs the node's CPUs."""
-    sbatch(["--partition", "urgent", "--ntasks", "2", "--output", str(tmp_path / "urgent.out"),
-            "--wrap", "sleep 1"], cluster.env, REPO)  # fmt: skip
+    """A job in the higher-priority partition that needs every node's CPUs."""
+    sbatch(["--partition", "urgent", "--nodes", str(len(cluster.nodes)), "--ntasks", "2",
+            "--output", str(tmp_path / "urgent.out"), "--wrap", "sleep 1"],
+           cluster.env, REPO)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -274,6 +283,23 @@ def test_scancel_is_a_clean_stop_that_is_not_requeued(
     assert "step exit status 75 (after SIGTERM)" in output and "Traceback" not in output
     assert 0 < saved_steps(job.run) < STEPS  # saved mid-epoch 2: a resubmission continues
     assert not (job.run / "test_metrics.json").exists()
+
+
+@pytest.mark.timeout(900)
+def test_two_nodes_preempted_resume_on_both(
+    unbroken: Path, tiny_shards: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two slurmd "nodes" on this machine (n1, n2: one rank each, rendezvous at n1's NodeAddr),
+    preempted mid-epoch: the same run as on one node with two ranks."""
+    with slurm_cluster(tmp_path_factory.mktemp("slurm2"), nodes=2) as two_nodes:
+        layout = ("--nodes", "2", "--ntasks-per-node", "1")
+        job = submit(two_nodes, tiny_shards, tmp_path, layout=layout)
+        job.wait_for_epoch_one()
+        preempt(two_nodes, tmp_path)
+        job.wait_requeued()
+        job.release()
+        output = assert_completed_as_unbroken(job, unbroken)
+    assert "n2: task 1: Exited with exit code 75" in output, output[-3000:]
 
 
 @pytest.mark.timeout(2 * JOB_TIMEOUT_S)
