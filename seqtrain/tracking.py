@@ -207,8 +207,12 @@ def close_after_stop(accelerator: Accelerator, exit_code: int) -> None:
     _steps = None
     import wandb
 
+    run = accelerator.get_tracker(WANDB, unwrap=True)
     with contextlib.suppress(OSError):  # the teardown below says why
-        accelerator.get_tracker(WANDB, unwrap=True).mark_preempting()
+        run.mark_preempting()
+        # Finished, not left open: a service shared through $WANDB_SERVICE (inherited from a
+        # parent that used W&B) would otherwise hold the run id, and the resume be refused.
+        run.finish(exit_code=exit_code)
     try:
         wandb.teardown(exit_code)  # also takes wandb's exit hook off, whatever it raises
     except OSError as e:  # ConnectionResetError: the service died with the job

@@ -267,3 +267,39 @@ def test_sigterm_to_launcher_of_two_ranks_saves_exits_75_and_resumes_exactly(
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout
     assert_same_result(unbroken_two_ranks, tmp_path / "job")
+
+
+@pytest.fixture
+def shared_wandb_service(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An environment holding $WANDB_SERVICE: a parent process that used W&B (a notebook, a
+    sweep agent, a test runner) shares its service with every child."""
+    import wandb
+
+    parent = wandb.init(mode="offline", dir=str(tmp_path), project="parent")
+    try:
+        assert "WANDB_SERVICE" in os.environ
+        yield {**ENV, "WANDB_SERVICE": os.environ["WANDB_SERVICE"], "WANDB_SILENT": "true"}
+    finally:
+        parent.finish()
+        wandb.teardown()
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_preempted_run_resumes_its_wandb_run_through_a_shared_service(
+    shared_wandb_service: dict[str, str], tiny_shards: Path, tmp_path: Path
+) -> None:
+    """The stopped run's W&B run is finished (marked preempted), not left open in the shared
+    service, which refused the resume with "run ID ... is in use"."""
+    argv = [*preempt_argv(tiny_shards, tmp_path), "--wandb-mode", "offline"]
+    proc = subprocess.Popen(argv, env=shared_wandb_service, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    status, out = wait_exit(
+        proc, signal_after_epoch_one(proc, tmp_path / "job", psutil.Process(proc.pid))
+    )
+    assert status == EXIT_PREEMPTED, out[-3000:]
+    done = subprocess.run([*argv, "--resume", "auto"], env=shared_wandb_service,
+                          capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_ids = {p.name.rsplit("-", 1)[1] for p in (tmp_path / "job" / "wandb").glob("offline-run-*")}
+    assert len(run_ids) == 1
