@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import secrets
 import struct
 import sys
@@ -31,6 +32,7 @@ from seqtrain.config import RunConfig
 from seqtrain.errors import UserError
 
 WANDB = "wandb"
+WANDB_SERVICE_ENV = "WANDB_SERVICE"
 # The run folder's W&B run: its id, and the last step each key was logged at (JSON).
 RUN_STATE_NAME = "wandb_run.json"
 
@@ -127,6 +129,10 @@ def start_tracking(accelerator: Accelerator, cfg: RunConfig, run_dir: Path) -> N
     if cfg.log.wandb_mode == "disabled" or not accelerator.is_main_process:
         return
     _steps = LoggedSteps(run_dir, offline=cfg.log.wandb_mode == "offline")
+    # W&B's service announced by a parent process (a notebook, a launcher, a test runner that
+    # used W&B) would hold this run's id beyond this process: after a SIGKILL the resume was
+    # refused ("run ID ... is in use"). The run gets a service of its own, which ends with it.
+    os.environ.pop(WANDB_SERVICE_ENV, None)
     wandb_kwargs: dict[str, Any] = {
         "mode": cfg.log.wandb_mode,
         "dir": str(run_dir),
@@ -210,8 +216,6 @@ def close_after_stop(accelerator: Accelerator, exit_code: int) -> None:
     run = accelerator.get_tracker(WANDB, unwrap=True)
     with contextlib.suppress(OSError):  # the teardown below says why
         run.mark_preempting()
-        # Finished, not left open: a service shared through $WANDB_SERVICE (inherited from a
-        # parent that used W&B) would otherwise hold the run id, and the resume be refused.
         run.finish(exit_code=exit_code)
     try:
         wandb.teardown(exit_code)  # also takes wandb's exit hook off, whatever it raises

@@ -93,14 +93,16 @@ def preempt_argv(shards: Path, out: Path) -> list[str]:
     return [*resume_argv(shards, out), *PREEMPT_FLAGS]
 
 
-def signal_after_epoch_one(proc: subprocess.Popen, run: Path, target: psutil.Process) -> float:
-    """SIGTERM to `target` once epoch 1's checkpoint exists; returns when it was sent."""
+def signal_after_epoch_one(
+    proc: subprocess.Popen, run: Path, target: psutil.Process, sig: int = signal.SIGTERM
+) -> float:
+    """`sig` to `target` once epoch 1's checkpoint exists; returns when it was sent."""
     deadline = time.monotonic() + 200
     while epoch_of(run / "checkpoints" / "last") != 1:
         assert proc.poll() is None, "the run ended before the signal"
         assert time.monotonic() < deadline, "no epoch-1 checkpoint in time"
         time.sleep(0.01)
-    target.send_signal(signal.SIGTERM)
+    target.send_signal(sig)
     return time.monotonic()
 
 
@@ -286,18 +288,18 @@ def shared_wandb_service(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_preempted_run_resumes_its_wandb_run_through_a_shared_service(
-    shared_wandb_service: dict[str, str], tiny_shards: Path, tmp_path: Path
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_stopped_run_resumes_its_wandb_run_beside_a_parents_service(
+    sig: signal.Signals, shared_wandb_service: dict[str, str], tiny_shards: Path, tmp_path: Path
 ) -> None:
-    """The stopped run's W&B run is finished (marked preempted), not left open in the shared
-    service, which refused the resume with "run ID ... is in use"."""
+    """A run started with $WANDB_SERVICE set uses a W&B service of its own: the parent's kept
+    a killed run's id open, and the resume was refused with "run ID ... is in use"."""
     argv = [*preempt_argv(tiny_shards, tmp_path), "--wandb-mode", "offline"]
     proc = subprocess.Popen(argv, env=shared_wandb_service, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)  # fmt: skip
-    status, out = wait_exit(
-        proc, signal_after_epoch_one(proc, tmp_path / "job", psutil.Process(proc.pid))
-    )
-    assert status == EXIT_PREEMPTED, out[-3000:]
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    target = ProcessGroup(proc.pid, psutil.Process(proc.pid), with_workers=False)
+    status, out = wait_exit(proc, signal_after_epoch_one(proc, tmp_path / "job", target, sig))
+    assert status == (EXIT_PREEMPTED if sig == signal.SIGTERM else -signal.SIGKILL), out[-3000:]
     done = subprocess.run([*argv, "--resume", "auto"], env=shared_wandb_service,
                           capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
