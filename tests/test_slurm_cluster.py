@@ -47,12 +47,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         yield running
 
 
-def train_flags(shards: Path, out: Path) -> list[str]:
-    """The default model and loader (2 workers per rank), 4 short epochs, checks every 2 steps
+def train_flags(shards: Path, out: Path, epochs: int) -> list[str]:
+    """The default model and loader (2 workers per rank), short epochs, checks every 2 steps
     (a stop is saved within 2 steps), no timed or periodic mid-epoch checkpoints."""
     return [
         "--shards", str(shards), "--output-dir", str(out), "--run-name", "job",
-        "--batch-size", "16", "--eval-batch-size", "250", "--epochs", "4",
+        "--batch-size", "16", "--eval-batch-size", "250", "--epochs", str(epochs),
         "--steps-per-epoch", str(STEPS), "--checkpoint-every", "0", "--preempt-check-every", "2",
         "--wandb-mode", "offline",
     ]  # fmt: skip
@@ -94,7 +94,11 @@ class Job:
         self.wait(lambda f: f.get("Restarts") == "1" and f.get("JobState") == "PENDING", "requeue")
 
     def release(self, *updates: str) -> None:
-        """SLURM holds a requeued job for a while before it may start again: start it now."""
+        """SLURM holds a requeued job for a while before it may start again: start it now, or
+        rather a few seconds after the requeue: slurmd refuses a start in the same second as
+        it revoked the job's credential ("Killing non-startable batch JobId=N: Job credential
+        revoked", the job then FAILED; seen once)."""
+        time.sleep(3)
         scontrol(self.env, "update", f"jobid={self.id}", "StartTime=now", *updates)
 
     def wait_end(self) -> dict[str, str]:
@@ -115,6 +119,7 @@ def submit(
     *options: str,
     launcher: str = "srun",
     layout: tuple[str, ...] = ONE_NODE,
+    epochs: int = 4,
 ) -> Job:
     """train.sbatch on the cpu partition: two ranks (by default two tasks on one node, or one
     `accelerate launch` of two processes), one CPU each."""
@@ -125,16 +130,26 @@ def submit(
     log = out / "job.out"
     argv = ["--partition", "cpu", *layout, "--cpus-per-task", "1", "--gpus-per-node", "0",
             "--output", str(log), *options,
-            "launch/slurm/train.sbatch", *train_flags(shards, out)]  # fmt: skip
+            "launch/slurm/train.sbatch", *train_flags(shards, out, epochs)]  # fmt: skip
     return Job(sbatch(argv, env, REPO), log, out / "job", env)
+
+
+def run_unbroken(cluster: SlurmCluster, shards: Path, out: Path, epochs: int = 4) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    job = submit(cluster, shards, out, epochs=epochs)
+    assert job.wait_end()["JobState"] == "COMPLETED", job.output()[-3000:]
+    return job.run
 
 
 @pytest.fixture(scope="module")
 def unbroken(cluster: SlurmCluster, tiny_shards: Path, tmp_path_factory) -> Path:
     """The same job, never stopped."""
-    job = submit(cluster, tiny_shards, tmp_path_factory.mktemp("unbroken"))
-    assert job.wait_end()["JobState"] == "COMPLETED", job.output()[-3000:]
-    return job.run
+    return run_unbroken(cluster, tiny_shards, tmp_path_factory.mktemp("unbroken"))
+
+
+# slurmctld sends the time-limit warning at its first periodic check (every 30 s) after it is
+# due, so a job must outlive about 35 s of training for it to arrive at all.
+TIME_LIMIT_EPOCHS = 8
 
 
 def resumed_batch(output: str) -> int:
@@ -154,7 +169,9 @@ def assert_completed_as_unbroken(job: Job, unbroken: Path, mid_epoch: bool = Tru
     traceback from seqtrain; returns the job's output."""
     fields = job.wait_end()
     output = job.output()
-    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", output[-3000:]
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", (
+        f"{fields}\n{output[-3000:]}"
+    )
     assert f"job {job.id} start 2" in output, output[-3000:]
     assert output.count("Traceback") == output.count(AGENT_STOPPED), output[-3000:]
     assert (resumed_batch(output) > 0) == mid_epoch, output[-3000:]
@@ -171,12 +188,14 @@ def saved_steps(run: Path) -> int:
 
 @pytest.mark.timeout(900)
 def test_time_limit_warning_saves_requeues_and_resumes(
-    cluster: SlurmCluster, unbroken: Path, tiny_shards: Path, tmp_path: Path
+    cluster: SlurmCluster, tiny_shards: Path, tmp_path: Path
 ) -> None:
-    """`--time=2 --signal=B:USR1@115`: SLURM's own warning, at a moment it picks (up to a minute
-    early: start-up included). USR1 reaches the batch shell, which passes it to srun, which
-    passes it to the ranks."""
-    job = submit(cluster, tiny_shards, tmp_path, "--time=2", "--signal=B:USR1@115")
+    """`--time=2 --signal=B:USR1@115`: SLURM's own warning, at a moment it picks (start-up
+    included). USR1 reaches the batch shell, which passes it to srun, which passes it to the
+    ranks."""
+    unbroken = run_unbroken(cluster, tiny_shards, tmp_path / "unbroken", TIME_LIMIT_EPOCHS)
+    job = submit(cluster, tiny_shards, tmp_path, "--time=2", "--signal=B:USR1@115",
+                 epochs=TIME_LIMIT_EPOCHS)  # fmt: skip
     job.wait_requeued()
     assert "after SIGUSR1" in job.output() and "requeueing job" in job.output()
     assert saved_steps(job.run) > 0, "the stop was not saved mid-epoch"
@@ -264,7 +283,7 @@ def test_node_failure_requeues_and_resumes_from_the_last_checkpoint(
     cluster.start_slurmd()
     # Slurm 22.05's slurmctld was seen to crash (SIGSEGV in a connection thread) when the job's
     # step started within a second of the node's return: let the node settle first.
-    time.sleep(10)
+    time.sleep(7)
     job.release()
     assert_completed_as_unbroken(job, unbroken, mid_epoch=False)
 
