@@ -271,19 +271,30 @@ def test_sigterm_to_launcher_of_two_ranks_saves_exits_75_and_resumes_exactly(
     assert_same_result(unbroken_two_ranks, tmp_path / "job")
 
 
+# A parent that used W&B: prints the service token its children inherit, keeps the service
+# until its stdin closes.
+WANDB_PARENT = """
+import os, sys, wandb
+run = wandb.init(mode="offline", dir=sys.argv[1], project="parent")
+print(os.environ["WANDB_SERVICE"], flush=True)
+sys.stdin.read()
+run.finish()
+"""
+
+
 @pytest.fixture
 def shared_wandb_service(tmp_path: Path) -> Iterator[dict[str, str]]:
     """An environment holding $WANDB_SERVICE: a parent process that used W&B (a notebook, a
     sweep agent, a test runner) shares its service with every child."""
-    import wandb
-
-    parent = wandb.init(mode="offline", dir=str(tmp_path), project="parent")
+    parent = subprocess.Popen([sys.executable, "-c", WANDB_PARENT, str(tmp_path)],
+                              env={**ENV, "WANDB_SILENT": "true"}, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        assert "WANDB_SERVICE" in os.environ
-        yield {**ENV, "WANDB_SERVICE": os.environ["WANDB_SERVICE"], "WANDB_SILENT": "true"}
+        token = parent.stdout.readline().strip()
+        assert token, "the parent started no W&B service"
+        yield {**ENV, "WANDB_SERVICE": token, "WANDB_SILENT": "true"}
     finally:
-        parent.finish()
-        wandb.teardown()
+        parent.communicate(timeout=60)
 
 
 @pytest.mark.slow
