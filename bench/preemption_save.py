@@ -49,7 +49,8 @@ def preempt_once(model: str, shards: Path, out: Path) -> dict[str, float]:
     metrics = out / "job" / "metrics.jsonl"
     while not metrics.exists():
         if proc.poll() is not None:
-            raise SystemExit(f"{model}: the run ended before epoch 1 was saved:\n{proc.stdout.read()}")
+            output = proc.stdout.read()
+            raise SystemExit(f"{model}: the run ended before epoch 1 was saved:\n{output}")
         time.sleep(0.05)
     time.sleep(1.0)  # into epoch 2's steps
     sent = time.monotonic()
