@@ -7,7 +7,7 @@ import json
 import platform
 from pathlib import Path
 
-from seqtrain.atomic import atomic_write_text
+from seqtrain.common.atomic import atomic_write_text
 
 
 def emit_result(record: dict, json_out: Path | None) -> None:

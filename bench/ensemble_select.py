@@ -35,8 +35,8 @@ import yaml
 from emit import cpu_name, emit_result
 from time_to_accuracy import run_evaluate, samples_trained, shard_length_weights
 
-from seqtrain.flops import flops_per_sample
 from seqtrain.models import build_model
+from seqtrain.models.flops import flops_per_sample
 
 
 def parse_candidates(specs: list[str]) -> dict[str, list[str]]:

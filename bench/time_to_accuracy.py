@@ -45,8 +45,8 @@ import torch
 import yaml
 from emit import cpu_name, emit_result
 
-from seqtrain.flops import flops_per_sample
 from seqtrain.models import build_model
+from seqtrain.models.flops import flops_per_sample
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_BASELINE = "seed_baseline"  # ../shared/bench/seed_baseline.py, run as it is

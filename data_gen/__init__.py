@@ -1,3 +1,5 @@
 """data_gen: pre-render augmented, stitched MNIST digit sequences into WebDataset shards."""
 
-__version__ = "0.1.0"
+from seqtrain.version import __version__  # one distribution, one version
+
+__all__ = ["__version__"]

@@ -11,10 +11,10 @@ from data_gen.finalize import FinalizeConfig, finalize
 from data_gen.generate import generate
 from data_gen.preview import PreviewConfig, preview
 from data_gen.verify import VerifyConfig, verify
-from seqtrain.cliparse import parse_config
-from seqtrain.data.remote import locate
-from seqtrain.errors import report_user_errors
-from seqtrain.subcommands import Commands, dispatch
+from seqtrain.common.cliparse import parse_config
+from seqtrain.common.errors import report_user_errors
+from seqtrain.common.storage import locate
+from seqtrain.common.subcommands import Commands, dispatch
 
 PROG = "seqtrain-data"
 

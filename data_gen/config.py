@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqtrain.data.remote import Location, locate
-from seqtrain.errors import UserError
+from seqtrain.common.errors import UserError
+from seqtrain.common.storage import Location, locate
 
 
 @dataclass

@@ -12,9 +12,9 @@ from data_gen.mnist import MD5
 from data_gen.outdir import GENERATOR, fingerprint, output_config, read_run_config
 from data_gen.plan import node_jobs, plan_jobs
 from data_gen.writer import ShardRecord, is_stored, read_record
+from seqtrain.common.errors import UserError
+from seqtrain.common.storage import Location, join, write_json
 from seqtrain.data.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, NUM_CLASSES, SPLITS
-from seqtrain.data.remote import Location, join, write_json
-from seqtrain.errors import UserError
 
 _SHOW_MISSING = 5
 

@@ -21,9 +21,9 @@ from data_gen.outdir import RECORDS_DIR, claim
 from data_gen.plan import ShardJob, node_jobs, plan_jobs
 from data_gen.upload import claim_store, publish, unstored_jobs
 from data_gen.writer import ShardRecord, WriterContext, produce
+from seqtrain.common.errors import UserError
+from seqtrain.common.storage import is_remote
 from seqtrain.data.format import SPLITS
-from seqtrain.data.remote import is_remote
-from seqtrain.errors import UserError
 
 _WORKER_CONTEXT: WriterContext | None = None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqtrain.errors import UserError
+from seqtrain.common.errors import UserError
 
 ENV_VAR = "SEQTRAIN_MNIST_DIR"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import data_gen
 from data_gen.config import GenConfig
 from data_gen.plan import ShardJob
-from seqtrain.cliparse import config_from_dict, config_to_dict
+from seqtrain.common.cliparse import config_from_dict, config_to_dict
+from seqtrain.common.errors import UserError
+from seqtrain.common.storage import Location, join, read_if_present, read_json, write_json
 from seqtrain.data.format import MANIFEST_NAME, SPLITS
-from seqtrain.data.remote import Location, join, read_if_present, read_json, write_json
-from seqtrain.errors import UserError
 
 RUN_FILE = "generate.json"
 RECORDS_DIR = "records"
@@ -80,7 +80,7 @@ def claim(cfg: GenConfig, planned: list[ShardJob]) -> None:
 def foreign_entries(out: Path) -> list[str]:
     """Names in OUT that seqtrain-data does not write (its temp files included as its own)."""
     ours = {RUN_FILE, MANIFEST_NAME, RECORDS_DIR, *SPLITS}
-    temp_prefixes = tuple(f".{name}." for name in ours)  # seqtrain.atomic's temp names
+    temp_prefixes = tuple(f".{name}." for name in ours)  # seqtrain.common.atomic's temp names
     return [
         p.name
         for p in out.iterdir()

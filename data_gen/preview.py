@@ -10,10 +10,10 @@ from typing import Annotated
 import numpy as np
 import tyro
 
-from seqtrain.atomic import atomic_open
+from seqtrain.common.atomic import atomic_open
+from seqtrain.common.errors import UserError
+from seqtrain.common.storage import open_shard
 from seqtrain.data.format import SPLITS, iter_shard_chunks, load_manifest, sequence_text
-from seqtrain.data.remote import open_shard
-from seqtrain.errors import UserError
 
 _COLUMNS = 4
 

@@ -17,9 +17,9 @@ from data_gen.config import GenConfig
 from data_gen.outdir import RUN_FILE, fingerprint, record_path, saved_fingerprint, write_run_file
 from data_gen.plan import ShardJob
 from data_gen.writer import ShardRecord, is_stored, read_record
+from seqtrain.common.errors import UserError
+from seqtrain.common.storage import join, remove, upload_file, write_json
 from seqtrain.data.format import MANIFEST_NAME, shard_relpath
-from seqtrain.data.remote import join, remove, upload_file, write_json
-from seqtrain.errors import UserError
 
 
 def unstored_jobs(cfg: GenConfig, jobs: list[ShardJob]) -> list[ShardJob]:

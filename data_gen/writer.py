@@ -19,10 +19,10 @@ from data_gen.outdir import fingerprint, record_path
 from data_gen.plan import ShardJob
 from data_gen.splits import DigitPool, digit_pools
 from data_gen.stitch import Sequences, compose
-from seqtrain.atomic import atomic_write_bytes, atomic_write_json
-from seqtrain.data.format import BLANK, NUM_CLASSES, NUM_SLOTS, sha256_file, shard_bytes
-from seqtrain.data.remote import Location, join, object_size, read_if_present
-from seqtrain.errors import UserError
+from seqtrain.common.atomic import atomic_write_bytes, atomic_write_json
+from seqtrain.common.errors import UserError
+from seqtrain.common.storage import Location, join, object_size, read_if_present, sha256_file
+from seqtrain.data.format import BLANK, NUM_CLASSES, NUM_SLOTS, shard_bytes
 
 
 @dataclass(frozen=True)

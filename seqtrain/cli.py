@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 
-from seqtrain.errors import report_user_errors
-from seqtrain.subcommands import Commands, dispatch
+from seqtrain.common.errors import report_user_errors
+from seqtrain.common.subcommands import Commands, dispatch
 
 PROG = "seqtrain"
 
@@ -14,11 +14,11 @@ PROG = "seqtrain"
 def _train(argv: list[str]) -> None:
     # A stop signal during the seconds of start-up is recorded, never fatal (a cluster sends
     # it at any moment); imports are here so `seqtrain --help` and flag errors stay fast.
-    from seqtrain.components.stop_signals import STOP_FLAG, record_from_start, stop_signals
+    from seqtrain.common.stop_signals import STOP_FLAG, record_from_start, stop_signals
 
     record_from_start()
     try:
-        from seqtrain.cliparse import parse_config
+        from seqtrain.common.cliparse import parse_config
         from seqtrain.config import RunConfig
 
         cfg = parse_config(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from seqtrain.errors import UserError
+from seqtrain.common.errors import UserError
 
 
 def _require(condition: bool, flag: str, message: str) -> None:

@@ -22,10 +22,10 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, gather_object, reduce, set_seed
 from torch import nn
 
+from seqtrain.common.errors import UserError
 from seqtrain.components.parent_watch import end_with_parent
 from seqtrain.config import RunConfig
 from seqtrain.data.stream import images_to_float
-from seqtrain.errors import UserError
 
 T = TypeVar("T")
 

@@ -17,17 +17,17 @@ import torch
 from accelerate import Accelerator, PartialState
 from torch import nn
 
-from seqtrain.atomic import atomic_write_json
+from seqtrain.common.atomic import atomic_write_json
+from seqtrain.common.errors import UserError
+from seqtrain.components.metrics import SequenceMetrics, sequence_loss
 from seqtrain.config import DataConfig, LogConfig, RunConfig, TrainConfig
 from seqtrain.data.format import NUM_SLOTS, Manifest, load_manifest
 from seqtrain.data.stream import Batches, eval_loader
 from seqtrain.distributed import all_reduce_sum, join_processes, make_accelerator, to_device
-from seqtrain.errors import UserError
 from seqtrain.export import ModelChoice, class_names, load_predictor
-from seqtrain.flops import forward_flops
-from seqtrain.metrics import SequenceMetrics, sequence_loss
 from seqtrain.models import build_model
 from seqtrain.models.averaged import cross_shifts
+from seqtrain.models.flops import forward_flops
 
 
 @dataclass
@@ -167,7 +167,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def command(argv: list[str]) -> None:
     """`seqtrain evaluate --checkpoint RUN --shards DIR [--split test] [--json FILE]`."""
-    from seqtrain.cliparse import parse_config
+    from seqtrain.common.cliparse import parse_config
 
     cfg = parse_config(EvaluateConfig, argv, "seqtrain evaluate", EvaluateConfig.__doc__ or "")
     result = evaluate_checkpoint(cfg)

@@ -17,14 +17,15 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from seqtrain import __version__
-from seqtrain.atomic import atomic_write_bytes, atomic_write_json, read_json_object
-from seqtrain.components.checkpoint import META_NAME, find_checkpoint, prefix_free
+from seqtrain.common.atomic import atomic_write_bytes, atomic_write_json, read_json_object
+from seqtrain.common.errors import UserError
+from seqtrain.components.checkpoint import META_NAME, find_checkpoint
 from seqtrain.components.weight_average import AVERAGE_NAME
 from seqtrain.data.format import BLANK, IMAGE_SHAPE, NUM_CLASSES, NUM_SLOTS
-from seqtrain.errors import UserError
 from seqtrain.models import build_model
 from seqtrain.models.averaged import AveragedPredictor, cross_shifts
+from seqtrain.models.state import prefix_free
+from seqtrain.version import __version__
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
@@ -44,7 +45,7 @@ class ExportConfig:
 
 def command(argv: list[str]) -> None:
     """`seqtrain export --checkpoint RUN --out DIR`."""
-    from seqtrain.cliparse import parse_config  # tyro is not needed to load a model
+    from seqtrain.common.cliparse import parse_config  # tyro is not needed to load a model
 
     cfg = parse_config(ExportConfig, argv, "seqtrain export", ExportConfig.__doc__ or "")
     source = resolve_source(cfg.checkpoint)

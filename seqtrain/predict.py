@@ -29,9 +29,9 @@ import tyro
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from seqtrain.common.errors import UserError
 from seqtrain.data.format import DIGIT_SIZE, IMAGE_SHAPE, sequence_text
 from seqtrain.data.stream import images_to_float
-from seqtrain.errors import UserError
 from seqtrain.export import ModelChoice, load_predictor
 
 Invert = Literal["auto", "yes", "no"]
@@ -176,7 +176,7 @@ def predict_files(
 
 def command(argv: list[str]) -> None:
     """`seqtrain predict --checkpoint RUN IMAGE...`."""
-    from seqtrain.cliparse import parse_config
+    from seqtrain.common.cliparse import parse_config
 
     cfg = parse_config(PredictConfig, argv, "seqtrain predict", PredictConfig.__doc__ or "")
     model = load_predictor(cfg)

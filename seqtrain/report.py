@@ -23,9 +23,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from seqtrain.atomic import atomic_open, read_json_object
+from seqtrain.common.atomic import atomic_open, read_json_object
+from seqtrain.common.errors import UserError
 from seqtrain.components.run_files import METRICS_NAME
-from seqtrain.errors import UserError
 from seqtrain.export import class_names
 
 TEST_NAME = "test_metrics.json"
@@ -172,7 +172,7 @@ def _save(figure: Figure, path: Path) -> Path:
 
 def command(argv: list[str]) -> None:
     """`seqtrain report RUN`."""
-    from seqtrain.cliparse import parse_config
+    from seqtrain.common.cliparse import parse_config
 
     cfg = parse_config(ReportConfig, argv, "seqtrain report", ReportConfig.__doc__ or "")
     written = write_report(cfg.run)

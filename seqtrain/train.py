@@ -27,8 +27,9 @@ from torch import nn
 from torch.optim import Adam, AdamW
 from tqdm.auto import tqdm
 
-from seqtrain import tracking
-from seqtrain.atomic import atomic_write_json
+from seqtrain.common.atomic import atomic_write_json
+from seqtrain.common.errors import UserError
+from seqtrain.components import tracking
 from seqtrain.components.checkpoint import (
     Position,
     best_to_test,
@@ -37,6 +38,7 @@ from seqtrain.components.checkpoint import (
     save_checkpoint,
 )
 from seqtrain.components.loss_window import LossWindow
+from seqtrain.components.metrics import sequence_loss
 from seqtrain.components.preemption import Decision, Preempted, PreemptionWatch
 from seqtrain.components.resume_guard import decide_resume, run_identity
 from seqtrain.components.run_files import (
@@ -73,12 +75,10 @@ from seqtrain.distributed import (
     shared_across_processes,
     to_device,
 )
-from seqtrain.errors import UserError
 from seqtrain.evaluate import evaluate_model
 from seqtrain.export import export_model
-from seqtrain.flops import flops_per_sample, mfu_peak, throughput_metrics
-from seqtrain.metrics import sequence_loss
 from seqtrain.models import build_model
+from seqtrain.models.flops import flops_per_sample, mfu_peak, throughput_metrics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seqtrain.common.storage import sha256_file
 from seqtrain.data.format import (
     BLANK,
     FORMAT_NAME,
@@ -16,7 +17,6 @@ from seqtrain.data.format import (
     IMAGE_SHAPE,
     MANIFEST_NAME,
     SPLITS,
-    sha256_file,
     shard_bytes,
     shard_relpath,
 )

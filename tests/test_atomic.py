@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from seqtrain.atomic import atomic_write_json
+from seqtrain.common.atomic import atomic_write_json
 from seqtrain.components.checkpoint import META_NAME, copy_checkpoint
 
 

@@ -17,8 +17,8 @@ sys.path.insert(0, str(REPO / "bench"))
 from ensemble_select import choose, parse_candidates, parse_member_pflop, within_budget  # noqa: E402
 from time_to_accuracy import samples_trained  # noqa: E402
 
-from seqtrain.flops import flops_per_sample  # noqa: E402
 from seqtrain.models import build_model  # noqa: E402
+from seqtrain.models.flops import flops_per_sample  # noqa: E402
 
 SCRIPT = REPO / "bench" / "ensemble_select.py"
 

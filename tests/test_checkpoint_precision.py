@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from accelerate.utils.constants import SCALER_NAME
 
+from seqtrain.common.errors import UserError
 from seqtrain.components.checkpoint import META_NAME, Position, load_checkpoint
-from seqtrain.errors import UserError
 
 
 def fake_checkpoint(folder: Path, with_scaler: bool) -> Path:

@@ -1,19 +1,35 @@
-"""The README's config table is generated from the dataclasses and must not drift."""
+"""The config tables in docs/configuration.md are generated from the dataclasses and must not
+drift."""
 
 from pathlib import Path
 
+import pytest
+
+from data_gen.config_doc import GENERATE_TABLE
+from seqtrain.common.config_doc import ConfigBlock, field_docs, main
 from seqtrain.config import TrainConfig
-from seqtrain.config_doc import config_tables, field_docs, readme_table
+from seqtrain.config_doc import TRAIN_TABLE
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
-def test_readme_config_table_is_current():
-    assert readme_table(README) == config_tables(), "run: python -m seqtrain.config_doc"
+@pytest.mark.parametrize("block", [TRAIN_TABLE, GENERATE_TABLE], ids=["train", "generate"])
+def test_docs_config_table_is_current(block: ConfigBlock):
+    assert block.copy_in(PAGE) == block.render(), f"run: python -m {block.module}"
 
 
 def test_every_field_is_documented_and_listed():
     docs = field_docs(TrainConfig)
     assert docs["early_stop_patience"].startswith("Stop after")
-    assert "`--early-stop-patience`" in config_tables()
-    assert "`--cpu`, `--no-cpu`" in config_tables()
+    assert "`--early-stop-patience`" in TRAIN_TABLE.render()
+    assert "`--cpu`, `--no-cpu`" in TRAIN_TABLE.render()
+    assert "`--mnist-dir`" in GENERATE_TABLE.render()
+
+
+def test_check_fails_on_a_stale_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    page = tmp_path / "configuration.md"
+    page.write_text(TRAIN_TABLE.render().replace("Training batch size", "Batch size"))
+    assert main(TRAIN_TABLE, ["--check", str(page)]) == 1
+    assert "stale; regenerate with python -m seqtrain.config_doc" in capsys.readouterr().out
+    page.write_text(f"# Configuration\n\n{TRAIN_TABLE.render()}\n")
+    assert main(TRAIN_TABLE, ["--check", str(page)]) == 0

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from accelerate import PartialState, debug_launcher
 
+from seqtrain.common.errors import UserError
 from seqtrain.distributed import decided_on_main_process
-from seqtrain.errors import UserError
 
 
 def _rank_decides(out: Path) -> None:

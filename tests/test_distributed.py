@@ -14,6 +14,7 @@ from torch.distributed import DistBackendError
 
 import seqtrain.distributed
 import seqtrain.train
+from seqtrain.common.errors import UserError
 from seqtrain.config import RunConfig, TrainConfig
 from seqtrain.distributed import (
     adopt_srun_rank,
@@ -23,7 +24,6 @@ from seqtrain.distributed import (
     resolved_precision,
     seed_rank_streams,
 )
-from seqtrain.errors import UserError
 
 AUTO_ON_GPU = RunConfig(train=TrainConfig(mixed_precision="auto"))
 AUTO_ON_CPU = RunConfig(train=TrainConfig(mixed_precision="auto", cpu=True))

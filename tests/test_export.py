@@ -17,9 +17,9 @@ from test_train import run_in_process, train_argv
 
 import seqtrain
 from seqtrain.cli import main
+from seqtrain.common.errors import UserError
 from seqtrain.data.format import IMAGE_SHAPE, iter_shard_chunks, load_manifest
 from seqtrain.data.stream import images_to_float
-from seqtrain.errors import UserError
 from seqtrain.export import CONFIG_NAME, WEIGHTS_NAME, export_model, load_model
 from seqtrain.models import build_model
 

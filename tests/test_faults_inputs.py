@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_train import read_jsonl, run_in_process, train_argv
 
-from seqtrain.tracking import read_offline_run
+from seqtrain.components.tracking import read_offline_run
 
 pytestmark = pytest.mark.faults
 

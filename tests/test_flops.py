@@ -9,7 +9,8 @@ from functools import partial
 import pytest
 import torch
 
-from seqtrain.flops import (
+from seqtrain.models import build_model
+from seqtrain.models.flops import (
     flops_per_sample,
     forward_flops,
     math_mode,
@@ -17,7 +18,6 @@ from seqtrain.flops import (
     peak_flops,
     throughput_metrics,
 )
-from seqtrain.models import build_model
 
 
 def test_reference_costs_about_0_81_gflop_per_training_sample():

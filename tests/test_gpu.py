@@ -21,12 +21,12 @@ from test_stream import fresh_plan
 from test_train import read_jsonl, run_in_process, train_argv
 
 from seqtrain import load_model
+from seqtrain.components.tracking import read_offline_run
 from seqtrain.config import DataConfig, ModelConfig, RunConfig
 from seqtrain.data.format import load_manifest
 from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import train_loader
 from seqtrain.distributed import make_accelerator
-from seqtrain.tracking import read_offline_run
 from seqtrain.train import build_model_and_optimizer
 
 pytestmark = [

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.nn.functional import cross_entropy, one_hot
 
+from seqtrain.components.metrics import SequenceMetrics, sequence_loss
 from seqtrain.data.format import BLANK
-from seqtrain.metrics import SequenceMetrics, sequence_loss
 
 B = BLANK
 

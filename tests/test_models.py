@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqtrain.errors import UserError
+from seqtrain.common.errors import UserError
 from seqtrain.models import MODELS, build_model, model_names
 
 
@@ -41,7 +41,7 @@ def test_unknown_model_is_a_user_error_listing_the_names():
 
 @pytest.mark.parametrize(("name", "params"), [("slotnet", 131_307), ("slotnet_deep", 288_299)])
 def test_slotnets_are_small_and_cheaper_than_the_reference(name, params):
-    from seqtrain.flops import forward_flops
+    from seqtrain.models.flops import forward_flops
 
     assert num_params(build_model(name)) == params
     assert forward_flops(lambda: build_model(name)) <= 0.7 * forward_flops(
@@ -94,7 +94,7 @@ def test_skipblank_trains_batchnorm_on_digits_only():
 
 
 def test_skipblank_costs_in_proportion_to_the_digits_drawn():
-    from seqtrain.flops import forward_flops
+    from seqtrain.models.flops import forward_flops
 
     full = forward_flops(lambda: build_model("slotnet_deep"))
     skipping = [
@@ -105,7 +105,7 @@ def test_skipblank_costs_in_proportion_to_the_digits_drawn():
 
 
 def test_narrow_is_a_quarter_of_deep_at_half_the_width():
-    from seqtrain.flops import forward_flops
+    from seqtrain.models.flops import forward_flops
 
     narrow = forward_flops(lambda: build_model("slotnet_narrow_skipblank"))
     deep = forward_flops(lambda: build_model("slotnet_deep_skipblank"))

@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from seqtrain.plots import RIGHT_COLOR, WRONG_COLOR, predictions_figure, save_predictions
+from seqtrain.components.plots import RIGHT_COLOR, WRONG_COLOR, predictions_figure, save_predictions
 
 BLANK = 10
 

@@ -20,9 +20,9 @@ from test_faults_train import assert_same_result, epoch_of, process_tree
 from test_train_resume import ENV, resume_argv, run_to_end
 from trainutil import cpu_env, free_port
 
+from seqtrain.common.stop_signals import STOP_FLAG, stop_signals
 from seqtrain.components.checkpoint import META_NAME
 from seqtrain.components.preemption import EXIT_PREEMPTED, Decision, PreemptionWatch
-from seqtrain.components.stop_signals import STOP_FLAG, stop_signals
 from seqtrain.config import PreemptConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,17 +25,16 @@ from trainutil import cpu_env, free_port, launch_argv
 
 from data_gen.cli import main as data_main
 from data_gen.verify import verify
+from seqtrain.common.errors import UserError
+from seqtrain.common.storage import open_shard, sha256_file
 from seqtrain.config import DataConfig
 from seqtrain.data.format import (
     MANIFEST_NAME,
     ShardInfo,
     load_manifest,
-    sha256_file,
     shard_problems,
 )
-from seqtrain.data.remote import open_shard
 from seqtrain.data.stream import eval_loader
-from seqtrain.errors import UserError
 
 s3fs = pytest.importorskip("s3fs")
 

@@ -1,4 +1,4 @@
-"""Stop signals (seqtrain/components/stop_signals.py): recorded from a process's first moment,
+"""Stop signals (seqtrain/common/stop_signals.py): recorded from a process's first moment,
 never acted on by loader workers, and no worker outlives its rank. Real processes, real signals."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from seqtrain.components.stop_signals import (
+from seqtrain.common.stop_signals import (
     STOP_FLAG,
     WORKER_POLL_SECONDS,
     _serve_rank,
@@ -26,7 +26,7 @@ from seqtrain.components.stop_signals import (
 RANK = """
 import os, sys
 from torch.utils.data import DataLoader, IterableDataset
-from seqtrain.components.stop_signals import shield_worker, shielded_worker_start
+from seqtrain.common.stop_signals import shield_worker, shielded_worker_start
 
 class Counter(IterableDataset):
     def __iter__(self):

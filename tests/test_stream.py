@@ -7,6 +7,7 @@ import pytest
 import torch
 from shardutil import decode_ids, sample_id, tiny_labels, write_tiny_dataset
 
+from seqtrain.common.errors import UserError
 from seqtrain.config import DataConfig
 from seqtrain.data.format import load_manifest
 from seqtrain.data.position import EpochPlan, Position, plan_epoch
@@ -17,7 +18,6 @@ from seqtrain.data.stream import (
     train_loader,
     train_steps_per_epoch,
 )
-from seqtrain.errors import UserError
 
 TRAIN_SHARDS = [10, 3, 17, 8, 12, 5, 9]  # 64 samples, 7 uneven shards
 VAL_SHARDS = [7, 6]  # fewer shards than most rank x worker layouts

@@ -21,7 +21,7 @@ from test_train import read_jsonl, run_in_process, train_argv
 from trainutil import cpu_env
 
 from seqtrain.components.preemption import EXIT_PREEMPTED
-from seqtrain.tracking import (
+from seqtrain.components.tracking import (
     _BLOCK,
     RUN_STATE_NAME,
     LoggedSteps,

@@ -9,7 +9,7 @@ import pytest
 from accelerate.state import AcceleratorState
 
 from seqtrain.cli import main
-from seqtrain.tracking import read_offline_run
+from seqtrain.components.tracking import read_offline_run
 
 
 def train_argv(shards: Path, out: Path, name: str, *extra: str) -> list[str]:
@@ -72,7 +72,7 @@ def test_loss_falls_and_accuracy_beats_chance(trained_run: Path, tiny_shards: Pa
 
 
 def test_saved_config_reruns_the_job(trained_run: Path, tiny_shards: Path) -> None:
-    from seqtrain.cliparse import load_config
+    from seqtrain.common.cliparse import load_config
     from seqtrain.config import RunConfig
 
     cfg = load_config(RunConfig, trained_run / "config.yaml")

@@ -19,11 +19,12 @@ from test_train import read_jsonl, train_argv
 from test_train_resume import run_to_end
 from trainutil import cpu_env, launch_argv
 
-from seqtrain.components.checkpoint import META_NAME, WRAPPER_PREFIXES, prefix_free
+from seqtrain.components.checkpoint import META_NAME
 from seqtrain.data.format import load_manifest
 from seqtrain.data.position import LEDGER_ENV, Position
 from seqtrain.distributed import seed_resumed_rank
 from seqtrain.export import WEIGHTS_NAME
+from seqtrain.models.state import WRAPPER_PREFIXES, prefix_free
 
 BATCH, LR = 16, 1e-2
 

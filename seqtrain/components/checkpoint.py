@@ -22,13 +22,13 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from seqtrain.atomic import atomic_write_json, fsync_dir, fsync_tree
+from seqtrain.common.atomic import atomic_write_json, fsync_dir, fsync_tree
+from seqtrain.common.errors import UserError
 from seqtrain.data.position import Position
-from seqtrain.errors import UserError
+from seqtrain.models.state import prefix_free
 
 if TYPE_CHECKING:  # keeps Accelerate out of `seqtrain.load_model`, which reads checkpoints too
     from accelerate import Accelerator
@@ -44,19 +44,6 @@ AUTO = "auto"
 # What writing a checkpoint raises when the disk is full: OSError from Python, RuntimeError
 # from torch.save ("PytorchStreamWriter failed writing file"), SafetensorError from safetensors.
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
-# Prefixes a wrapped model adds to state-dict keys: DDP's `module.` (Accelerate saves the
-# prepared model with unwrap=False) and torch.compile's `_orig_mod.`.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-def prefix_free(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` with the wrapper prefixes taken off its keys: the bare model's key names."""
-    stripped = {}
-    for key, value in state.items():
-        for prefix in WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
-        stripped[key] = value
-    return stripped
 
 
 def save_checkpoint(

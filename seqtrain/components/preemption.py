@@ -1,7 +1,7 @@
 """Preemption and the wall-clock checkpoint cadence: stop at a step boundary, saved, resumable.
 
 A signal handler only records that SIGTERM (or --preempt-signal) arrived, from the process's
-first moment (`seqtrain.components.stop_signals`: loader workers never act on them). Every
+first moment (`seqtrain.common.stop_signals`: loader workers never act on them). Every
 --preempt-check-every steps all ranks take one small all-reduce (MAX) of two flags, "some rank
 was signalled" and "--checkpoint-minutes have passed on some rank's clock", so every rank reaches
 the same decision at the same step without a per-step host sync. A signalled run saves
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from seqtrain.atomic import atomic_write_text
-from seqtrain.components.stop_signals import STOP_FLAG, stop_signals
+from seqtrain.common.atomic import atomic_write_text
+from seqtrain.common.stop_signals import STOP_FLAG, stop_signals
 from seqtrain.config import PreemptConfig
 from seqtrain.distributed import all_reduce_max
 

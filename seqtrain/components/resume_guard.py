@@ -21,11 +21,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from seqtrain.common.errors import UserError
 from seqtrain.components.checkpoint import IDENTITY_KEY, checkpoint_meta, resolve_resume
 from seqtrain.config import OptimConfig, RunConfig
 from seqtrain.data.format import SPLITS, Manifest
 from seqtrain.distributed import decided_on_main_process
-from seqtrain.errors import UserError
 
 # (section, field) of the settings that change what an optimizer step does with its samples, or
 # how an epoch is shuffled. Speed options (precision, compile, channels-last, loader workers) and

@@ -18,13 +18,13 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from seqtrain.atomic import atomic_write_json, atomic_write_text
-from seqtrain.cliparse import dump_config
+from seqtrain.common.atomic import atomic_write_json, atomic_write_text
+from seqtrain.common.cliparse import dump_config
+from seqtrain.components.plots import save_predictions
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest
 from seqtrain.data.stream import eval_loader
 from seqtrain.distributed import to_device
-from seqtrain.plots import save_predictions
 
 METRICS_NAME = "metrics.jsonl"
 PREDICTION_SAMPLES = 10

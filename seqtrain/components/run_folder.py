@@ -21,11 +21,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+from seqtrain.common.errors import UserError
 from seqtrain.components.run_files import METRICS_NAME
+from seqtrain.components.tracking import RUN_STATE_NAME
 from seqtrain.config import RunConfig
 from seqtrain.distributed import decided_on_main_process
-from seqtrain.errors import UserError
-from seqtrain.tracking import RUN_STATE_NAME
 
 LOCK_NAME = ".owner.lock"
 # What a run writes into its folder (see run_files and tracking); `--overwrite` removes these

@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from seqtrain.atomic import atomic_write_bytes
-from seqtrain.components.checkpoint import prefix_free
+from seqtrain.common.atomic import atomic_write_bytes
+from seqtrain.models.state import prefix_free
 
 AVERAGE_NAME = "weight_average.safetensors"
 UPDATES_KEY = "updates"  # safetensors metadata: how many steps the average has seen

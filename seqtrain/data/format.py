@@ -10,13 +10,12 @@ cheaper than decoding hundreds of tiny PNGs):
 Keys are globally unique: `<split>-e<epoch>-s<shard>-c<chunk>`. Tar metadata is fixed
 (mtime 0, uid/gid 0, mode 0644), so the same arrays always give byte-identical shards.
 `manifest.json` at the data root lists every shard with its sample count and sha256. The root
-is a local folder or a URL (`seqtrain.data.remote`).
+is a local folder or a URL (`seqtrain.common.storage`).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import math
 import tarfile
@@ -28,7 +27,8 @@ from typing import IO
 
 import numpy as np
 
-from seqtrain.data.remote import (
+from seqtrain.common.errors import UserError
+from seqtrain.common.storage import (
     Location,
     StorageError,
     is_remote,
@@ -37,8 +37,8 @@ from seqtrain.data.remote import (
     object_size,
     open_shard,
     read_json,
+    sha256_file,
 )
-from seqtrain.errors import UserError
 
 DIGIT_SIZE = 28
 NUM_SLOTS = 3
@@ -99,14 +99,6 @@ def shard_bytes(
 def sequence_text(labels: np.ndarray) -> str:
     """The digits of one label row as text, blanks dropped: [4, 7, 10] -> "47"."""
     return "".join(str(int(c)) for c in labels if c != BLANK)
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # numpy parses a .npy header with ast.literal_eval, whose recursion bookkeeping CPython 3.11
@@ -302,7 +294,7 @@ def load_manifest(
     location: str | Path, cache_dir: Path | None = None, cache_max_bytes: int = 0
 ) -> Manifest:
     """Read and validate `location/manifest.json` (a folder or URL, see
-    `seqtrain.data.remote.locate`); every problem is a one-line UserError. `cache_dir` keeps
+    `seqtrain.common.storage.locate`); every problem is a one-line UserError. `cache_dir` keeps
     downloaded remote shards, at most `cache_max_bytes` of them (0: no cap)."""
     root = locate(location)
     path = join(root, MANIFEST_NAME)

@@ -34,7 +34,9 @@ import webdataset as wds
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from seqtrain.components.stop_signals import shield_worker, shielded_worker_start
+from seqtrain.common.errors import UserError
+from seqtrain.common.stop_signals import shield_worker, shielded_worker_start
+from seqtrain.common.storage import StorageError, open_shard
 from seqtrain.config import DataConfig
 from seqtrain.data.format import (
     IMAGE_EXT,
@@ -45,8 +47,6 @@ from seqtrain.data.format import (
     load_npy,
 )
 from seqtrain.data.position import SHARD_ORDER, EpochPlan, Layout, Stream
-from seqtrain.data.remote import StorageError, open_shard
-from seqtrain.errors import UserError
 
 Batch = tuple[Tensor, Tensor]
 # Arrays, not tensors, cross from the workers: a pickled array through the pipe is about 3x

@@ -11,7 +11,7 @@ from functools import partial
 
 from torch import nn
 
-from seqtrain.errors import UserError
+from seqtrain.common.errors import UserError
 from seqtrain.models.reference import ReferenceNet
 from seqtrain.models.slotnet import (
     SLOTNET_DEEP_STAGES,

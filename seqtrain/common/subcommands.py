@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from seqtrain.errors import UserError
+from seqtrain.common.errors import UserError
 
 # name -> (run(argv), one-line description for the overview)
 Commands = dict[str, tuple[Callable[[list[str]], object], str]]

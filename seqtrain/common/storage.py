@@ -33,8 +33,8 @@ from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from seqtrain.atomic import atomic_write_bytes, atomic_write_json, read_json_object
-from seqtrain.errors import UserError
+from seqtrain.common.atomic import atomic_write_bytes, atomic_write_json, read_json_object
+from seqtrain.common.errors import UserError
 
 T = TypeVar("T")
 Location = Path | str
@@ -279,6 +279,15 @@ def open_shard(
     with reader, io.BufferedReader(reader, _READ_SIZE) as stream:
         yield stream
         reader.drain()
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a local file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def open_cached(url: str, sha256: str, cache_dir: Path, max_bytes: int = 0) -> IO[bytes]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from seqtrain.errors import UserError
+from seqtrain.common.errors import UserError
 
 
 @contextlib.contextmanager

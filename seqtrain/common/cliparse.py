@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import tyro
 import yaml
 
-from seqtrain.errors import UserError
+from seqtrain.common.errors import UserError
 
 T = TypeVar("T")
 

@@ -25,11 +25,11 @@ from typing import Any
 from accelerate import Accelerator
 from PIL import Image
 
-from seqtrain.atomic import atomic_write_json
-from seqtrain.cliparse import config_to_dict
+from seqtrain.common.atomic import atomic_write_json
+from seqtrain.common.cliparse import config_to_dict
+from seqtrain.common.errors import UserError
 from seqtrain.components.run_files import read_metrics
 from seqtrain.config import RunConfig
-from seqtrain.errors import UserError
 
 WANDB = "wandb"
 WANDB_SERVICE_ENV = "WANDB_SERVICE"

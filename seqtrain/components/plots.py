@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from seqtrain.atomic import atomic_open
+from seqtrain.common.atomic import atomic_open
 from seqtrain.data.format import sequence_text
 
 RIGHT_COLOR = "green"
