@@ -20,6 +20,7 @@ from torch import nn
 from seqtrain.common.atomic import atomic_write_bytes, atomic_write_json, read_json_object
 from seqtrain.common.errors import UserError
 from seqtrain.components.checkpoint import META_NAME, find_checkpoint
+from seqtrain.components.run_paths import RunPaths
 from seqtrain.components.weight_average import AVERAGE_NAME
 from seqtrain.data.format import BLANK, IMAGE_SHAPE, NUM_CLASSES, NUM_SLOTS
 from seqtrain.models import build_model
@@ -78,7 +79,7 @@ def resolve_source(path: str | Path) -> ModelSource:
         raise UserError(f"{path} does not exist")
     if (path / CONFIG_NAME).is_file():
         return ModelSource(path / WEIGHTS_NAME, _read_export_config(path)["model"], path)
-    for folder in (path, path / "checkpoints" / "best"):
+    for folder in (path, RunPaths(path).best):
         checkpoint = find_checkpoint(folder)
         if checkpoint is not None:
             meta = read_json_object(checkpoint / META_NAME)

@@ -25,10 +25,9 @@ from matplotlib.ticker import MaxNLocator
 
 from seqtrain.common.atomic import atomic_open, read_json_object
 from seqtrain.common.errors import UserError
-from seqtrain.components.run_files import METRICS_NAME
+from seqtrain.components.run_paths import METRICS, TEST_METRICS, RunPaths
 from seqtrain.export import class_names
 
-TEST_NAME = "test_metrics.json"
 CURVES_PNG = "learning_curves.png"
 LENGTH_PNG = "length_accuracy.png"
 CONFUSION_PNG = "confusion.png"
@@ -46,14 +45,14 @@ class ReportConfig:
 
 def read_epochs(run: Path) -> list[dict]:
     """The per-epoch records of metrics.jsonl; a missing or damaged file is a UserError."""
-    path = run / METRICS_NAME
+    path = RunPaths(run).metrics
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist")
     try:
         lines = path.read_text().splitlines()
         records = [json.loads(line) for line in lines if line.strip()]
     except FileNotFoundError:
-        raise UserError(f"{run} has no {METRICS_NAME}: not a seqtrain run folder?") from None
+        raise UserError(f"{run} has no {METRICS}: not a seqtrain run folder?") from None
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is not readable JSON lines: {e}") from None
     if not records:
@@ -141,7 +140,7 @@ def write_report(run: Path) -> list[Path]:
     """Write the report PNGs into `run`; returns the paths written."""
     epochs = read_epochs(run)
     written = [_save(learning_curves_figure(epochs, _initial_lr(run)), run / CURVES_PNG)]
-    test_path = run / TEST_NAME
+    test_path = RunPaths(run).test_metrics
     if test_path.is_file():
         test = read_json_object(test_path)
         written.append(_save(length_accuracy_figure(test), run / LENGTH_PNG))
@@ -152,7 +151,7 @@ def write_report(run: Path) -> list[Path]:
 def _initial_lr(run: Path) -> float | None:
     """--lr of the run from its config.yaml, so a cut after epoch 1 is marked too."""
     try:
-        return float(yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"])
+        return float(yaml.safe_load(RunPaths(run).config.read_text())["optim"]["lr"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
 
@@ -179,4 +178,4 @@ def command(argv: list[str]) -> None:
     for path in written:
         print(path)
     if len(written) == 1:
-        print(f"(no {TEST_NAME} in {cfg.run} yet: accuracy by length and confusion skipped)")
+        print(f"(no {TEST_METRICS} in {cfg.run} yet: accuracy by length and confusion skipped)")

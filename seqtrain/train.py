@@ -10,7 +10,6 @@ load best, evaluate test, write metrics and the predictions picture
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -22,9 +21,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from torch import nn
-from torch.optim import Adam, AdamW
 from tqdm.auto import tqdm
 
 from seqtrain.common.atomic import atomic_write_json
@@ -38,7 +35,6 @@ from seqtrain.components.checkpoint import (
     save_checkpoint,
 )
 from seqtrain.components.loss_window import LossWindow
-from seqtrain.components.metrics import sequence_loss
 from seqtrain.components.preemption import Decision, Preempted, PreemptionWatch
 from seqtrain.components.resume_guard import decide_resume, run_identity
 from seqtrain.components.run_files import (
@@ -50,7 +46,8 @@ from seqtrain.components.run_files import (
     write_resolved_config,
 )
 from seqtrain.components.run_folder import claim_run_folder, release_run_folder
-from seqtrain.components.schedules import LRSchedule
+from seqtrain.components.run_paths import RunPaths
+from seqtrain.components.schedules import EarlyStopping, LRSchedule
 from seqtrain.components.weight_average import WeightAverage
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, checked_manifest, load_manifest, shard_problems
@@ -69,46 +66,15 @@ from seqtrain.distributed import (
     from_main_process,
     join_processes,
     make_accelerator,
-    prepare_model,
     resolved_precision,
     seed_rank_streams,
     shared_across_processes,
-    to_device,
 )
 from seqtrain.evaluate import evaluate_model
 from seqtrain.export import export_model
 from seqtrain.models import build_model
 from seqtrain.models.flops import flops_per_sample, mfu_peak, throughput_metrics
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class EarlyStopping:
-    """Stop after `patience` epochs without a lower value; fed the same global value on every
-    rank, so every rank reaches the same decision without further communication."""
-
-    patience: int
-    best: float = math.inf
-    bad_epochs: int = 0
-
-    def update(self, value: float) -> bool:
-        """Record one epoch's value; True when it is a new best."""
-        if value < self.best:
-            self.best, self.bad_epochs = value, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, float]:
-        return {"best": self.best, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
+from seqtrain.step import Batch, build_model_and_optimizer, train_step
 
 
 @dataclass
@@ -135,8 +101,8 @@ class Session:
     average: WeightAverage | None = None  # --ema-decay
 
     @property
-    def checkpoints(self) -> Path:
-        return self.run_dir / "checkpoints"
+    def paths(self) -> RunPaths:
+        return RunPaths(self.run_dir)
 
     @property
     def lr(self) -> float:
@@ -164,7 +130,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             run.position = run.position.next_epoch()
             # Reported before `last` moves: a death in between resumes the epoch and reports it
             # again (the resume cuts its metrics line); the other order could lose the line.
-            _report_epoch(run, epoch, train_loss, val, improved, lr_reduced, start)
+            record = _epoch_record(run, epoch, train_loss, val, improved, start)
+            _report_epoch(run.accelerator, run.run_dir, record, cfg.train.epochs, lr_reduced)
             _save(run, improved)
         return _finish(run)
 
@@ -249,19 +216,6 @@ def _usable_shards(manifest: Manifest, cfg: RunConfig) -> tuple[Manifest, list[s
     return checked_manifest(manifest, problems, cfg.data.skip_corrupt)
 
 
-def build_model_and_optimizer(
-    cfg: RunConfig, accelerator: Accelerator
-) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The seeded model with memory format/compile applied, and Adam(W), both prepared."""
-    set_seed(cfg.train.seed)
-    model = prepare_model(build_model(cfg.model.model), cfg, accelerator.device)
-    optimizer_class = AdamW if cfg.optim.optimizer == "adamw" else Adam
-    optimizer = optimizer_class(
-        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
-    )
-    return accelerator.prepare(model, optimizer)
-
-
 def _start_outputs(run: Session) -> None:
     """The resolved config beside the outputs before step 1, metrics of replayed epochs cut."""
     if run.accelerator.is_main_process:
@@ -309,14 +263,14 @@ def train_epoch(run: Session, epoch: int) -> float:
                 _check_finite(accelerator, epoch_loss)
                 save_checkpoint(
                     accelerator,
-                    run.checkpoints / "last",
+                    run.paths.last,
                     cfg.model.model,
                     run.position,
                     identity=run.identity,
                     average=run.average,
                 )
             if agreed.stop:
-                run.log(f"preempted: saved {run.checkpoints / 'last'} at epoch {epoch + 1}, "
+                run.log(f"preempted: saved {run.paths.last} at epoch {epoch + 1}, "
                         f"batch {batch_index}; continue with --resume auto")  # fmt: skip
                 raise run.preemption.stop(accelerator.is_local_main_process)
     return _check_finite(accelerator, epoch_loss)
@@ -348,22 +302,6 @@ def _steps_in_epoch(cfg: RunConfig, manifest: Manifest, world_size: int, epoch: 
     return cfg.train.steps_per_epoch or train_steps_per_epoch(
         manifest, cfg.data.batch_size, world_size, epoch
     )
-
-
-def train_step(
-    accelerator: Accelerator,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batch: Batch,
-    cfg: RunConfig,
-) -> torch.Tensor:
-    """One optimizer step on a host batch (uint8 images); returns the loss, still on device."""
-    x, y = to_device(*batch, accelerator.device, cfg.model.channels_last)
-    loss = sequence_loss(model(x).float(), y, cfg.optim.label_smoothing)
-    optimizer.zero_grad(set_to_none=True)
-    accelerator.backward(loss)
-    optimizer.step()
-    return loss
 
 
 def _mid_epoch_checkpoint_due(cfg: RunConfig, batch_index: int, steps: int) -> bool:
@@ -458,7 +396,7 @@ def _end_of_epoch_decisions(run: Session, val_loss: float) -> tuple[bool, bool]:
 def _save(run: Session, improved: bool) -> None:
     """A new best is written before `last` moves past its epoch: a crash in between resumes
     from the old `last` and redoes the epoch, so no best is ever lost."""
-    last, best = run.checkpoints / "last", run.checkpoints / "best"
+    last, best = run.paths.last, run.paths.best
     save = partial(
         save_checkpoint,
         run.accelerator,
@@ -475,17 +413,11 @@ def _save(run: Session, improved: bool) -> None:
     run.preemption.saved()
 
 
-def _report_epoch(
-    run: Session,
-    epoch: int,
-    train_loss: float,
-    val: dict,
-    improved: bool,
-    lr_reduced: bool,
-    start: float,
-) -> None:
-    seconds = time.perf_counter() - start
-    record = {
+def _epoch_record(
+    run: Session, epoch: int, train_loss: float, val: dict, improved: bool, start: float
+) -> dict[str, Any]:
+    """The epoch's line of metrics.jsonl (and its W&B point)."""
+    return {
         "epoch": epoch + 1,
         "step": run.position.step,
         "train_loss": train_loss,
@@ -493,14 +425,19 @@ def _report_epoch(
         "val_exact_match": val["exact_match"],
         "val_count": val["count"],
         "lr": run.lr,
-        "epoch_seconds": seconds,
+        "epoch_seconds": time.perf_counter() - start,
         "best": improved,
         "num_processes": run.accelerator.num_processes,
     }
-    tracking.log_epoch(run.accelerator, record)
-    if run.accelerator.is_main_process:
-        append_metrics(run.run_dir, record)
-        run.log(epoch_line(record, run.cfg.train.epochs, lr_reduced))
+
+
+def _report_epoch(
+    accelerator: Accelerator, run_dir: Path, record: dict[str, Any], epochs: int, lr_reduced: bool
+) -> None:
+    tracking.log_epoch(accelerator, record)
+    if accelerator.is_main_process:
+        append_metrics(run_dir, record)
+        tqdm.write(epoch_line(record, epochs, lr_reduced))
 
 
 def _finish(run: Session) -> dict[str, Any]:
@@ -508,21 +445,21 @@ def _finish(run: Session) -> dict[str, Any]:
     accelerator = run.accelerator
     # A stop signal from here on is only recorded: the test takes seconds and redoing it after a
     # requeue would cost a start-up; the run ends complete (exit 0) instead of preempted.
-    best = decided_on_main_process(partial(best_to_test, run.checkpoints))
+    best = decided_on_main_process(partial(best_to_test, run.paths))
     _load(run, best)
     test = evaluate(run, "test")
     sources = {"resumed_from": run.resumed_from, "tested": best}
     write_rank_record(run.run_dir, accelerator, run.lr_history, run.position.epoch, sources)
     if accelerator.is_main_process:
-        atomic_write_json(run.run_dir / "test_metrics.json", test)
-        picture = run.run_dir / "predictions.png"
+        atomic_write_json(run.paths.test_metrics, test)
+        picture = run.paths.predictions
         with _scored_model(run) as model:
             write_predictions_picture(picture, model, accelerator, run.manifest, run.cfg)
         tracking.log_summary(accelerator, {f"test/{k}": v for k, v in test.items()})
         tracking.log_image(accelerator, "predictions", picture, step=run.position.step)
-        export_model(best, run.run_dir / "export")
+        export_model(best, run.paths.export)
         if run.cfg.log.wandb_log_model:
-            tracking.log_model(accelerator, run.run_dir / "export")
+            tracking.log_model(accelerator, run.paths.export)
         run.log(
             f"test exact match {test['exact_match']:.4f} on {test['count']} samples; "
             f"outputs in {run.run_dir}"

@@ -12,12 +12,12 @@ from PIL import Image
 from test_export import trained_run_dir
 
 from seqtrain.cli import main
+from seqtrain.components.run_paths import METRICS as METRICS_NAME
+from seqtrain.components.run_paths import TEST_METRICS as TEST_NAME
 from seqtrain.report import (
     CONFUSION_PNG,
     CURVES_PNG,
     LENGTH_PNG,
-    METRICS_NAME,
-    TEST_NAME,
     confusion_figure,
     learning_curves_figure,
     length_accuracy_figure,

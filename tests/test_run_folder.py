@@ -17,7 +17,7 @@ from test_faults_train import epoch_of, error_line, kill_when
 from test_train import read_jsonl, train_argv
 from trainutil import cpu_env
 
-from seqtrain.components.run_folder import LOCK_NAME
+from seqtrain.components.run_paths import LOCK as LOCK_NAME
 
 
 def cli_argv(shards: Path, out: Path, *extra: str) -> list[str]:

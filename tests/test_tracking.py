@@ -21,9 +21,9 @@ from test_train import read_jsonl, run_in_process, train_argv
 from trainutil import cpu_env
 
 from seqtrain.components.preemption import EXIT_PREEMPTED
+from seqtrain.components.run_paths import WANDB_RUN as RUN_STATE_NAME
 from seqtrain.components.tracking import (
     _BLOCK,
-    RUN_STATE_NAME,
     LoggedSteps,
     UnreadableLogError,
     read_offline_run,

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from seqtrain.common.atomic import atomic_write_json, fsync_dir, fsync_tree
 from seqtrain.common.errors import UserError
+from seqtrain.components.run_paths import RunPaths
 from seqtrain.data.position import Position
 from seqtrain.models.state import prefix_free
 
@@ -97,11 +98,13 @@ def find_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def best_to_test(checkpoints: Path) -> Path:
-    """The complete `best` checkpoint below `checkpoints`, or a UserError saying why none."""
-    best = find_checkpoint(checkpoints / "best")
+def best_to_test(paths: RunPaths) -> Path:
+    """The run's complete `best` checkpoint, or a UserError saying why none."""
+    best = find_checkpoint(paths.best)
     if best is None:
-        raise UserError(f"no best checkpoint in {checkpoints}: no epoch had a finite val loss")
+        raise UserError(
+            f"no best checkpoint in {paths.checkpoints}: no epoch had a finite val loss"
+        )
     return best
 
 
@@ -110,7 +113,7 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     if resume is None:
         return None
     if resume == AUTO:
-        return find_checkpoint(run_dir / "checkpoints" / "last")
+        return find_checkpoint(RunPaths(run_dir).last)
     found = find_checkpoint(Path(resume))
     if found is None:
         raise UserError(f"--resume {resume}: not a complete seqtrain checkpoint folder")

@@ -1,10 +1,6 @@
-"""What a training run writes into its folder beside the checkpoints.
-
-config.yaml          the resolved config, written before step 1
-metrics.jsonl        one JSON line per finished epoch (read by `seqtrain report`)
-ranks/<rank>.json    each rank's world size, LR history and last epoch
-test_metrics.json    written by the loop after the test evaluation
-predictions.png      sample test predictions of the best model
+"""What a training run writes into its folder beside the checkpoints (names: `run_paths`):
+the resolved config before step 1, one metrics line per finished epoch (read by `seqtrain
+report`), each rank's record, and the predictions picture of the best model.
 """
 
 from __future__ import annotations
@@ -21,26 +17,26 @@ from torch import nn
 from seqtrain.common.atomic import atomic_write_json, atomic_write_text
 from seqtrain.common.cliparse import dump_config
 from seqtrain.components.plots import save_predictions
+from seqtrain.components.run_paths import RunPaths
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest
 from seqtrain.data.stream import eval_loader
 from seqtrain.distributed import to_device
 
-METRICS_NAME = "metrics.jsonl"
 PREDICTION_SAMPLES = 10
 
 
 def write_resolved_config(run_dir: Path, cfg: RunConfig) -> None:
     """Print the resolved config and save it as config.yaml (main process only)."""
-    resolved = dump_config(cfg)
-    print(f"# resolved config (saved as {run_dir / 'config.yaml'})\n{resolved}", flush=True)
+    resolved, path = dump_config(cfg), RunPaths(run_dir).config
+    print(f"# resolved config (saved as {path})\n{resolved}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", resolved)
+    atomic_write_text(path, resolved)
 
 
 def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
     """Keep only the epochs a resumed run will not redo (a crash may have left one more)."""
-    path = run_dir / METRICS_NAME
+    path = RunPaths(run_dir).metrics
     if path.exists():
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
         kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epochs_done]
@@ -49,14 +45,14 @@ def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The epoch records of metrics.jsonl (none before the first epoch's end)."""
-    path = run_dir / METRICS_NAME
+    path = RunPaths(run_dir).metrics
     if not path.exists():
         return []
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(run_dir / METRICS_NAME, "a") as f:
+    with open(RunPaths(run_dir).metrics, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -91,7 +87,7 @@ def write_rank_record(
         "epochs": epochs,
         **{name: None if path is None else str(path) for name, path in (sources or {}).items()},
     }
-    atomic_write_json(run_dir / "ranks" / f"{accelerator.process_index}.json", record)
+    atomic_write_json(RunPaths(run_dir).rank_record(accelerator.process_index), record)
 
 
 @torch.no_grad()

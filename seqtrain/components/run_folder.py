@@ -22,27 +22,9 @@ from pathlib import Path
 from typing import IO
 
 from seqtrain.common.errors import UserError
-from seqtrain.components.run_files import METRICS_NAME
-from seqtrain.components.tracking import RUN_STATE_NAME
+from seqtrain.components.run_paths import MARKERS, OUTPUTS, RunPaths
 from seqtrain.config import RunConfig
 from seqtrain.distributed import decided_on_main_process
-
-LOCK_NAME = ".owner.lock"
-# What a run writes into its folder (see run_files and tracking); `--overwrite` removes these
-# and nothing else, so a run folder that is also, say, a home directory loses nothing else.
-RUN_OUTPUTS = (
-    "config.yaml",
-    METRICS_NAME,
-    "test_metrics.json",
-    "predictions.png",
-    "checkpoints",
-    "export",
-    "ranks",
-    "wandb",
-    RUN_STATE_NAME,
-)
-# Present once a run has started: the resolved config is written before step 1.
-RUN_MARKERS = ("config.yaml", "checkpoints", METRICS_NAME)
 
 # The lock of the run folder this process owns: at most one, as one process trains one run.
 _held: IO[str] | None = None
@@ -77,7 +59,7 @@ def _claim(cfg: RunConfig, run_dir: Path) -> None:
             f"run folder {run_dir} already holds a run; continue it with --resume auto, "
             "start a new one with another --run-name, or replace it with --overwrite"
         )
-    for name in RUN_OUTPUTS:
+    for name in OUTPUTS:
         _remove(run_dir / name)
 
 
@@ -86,7 +68,7 @@ def _lock(run_dir: Path) -> None:
     release_run_folder()  # a previous run of this process (tests train several in one)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Opened without truncation: the holder's record must survive a failed attempt.
-    f = open(run_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the run's life
+    f = open(RunPaths(run_dir).lock, "a+")  # noqa: SIM115 - held open for the run's life
     try:
         fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -119,7 +101,7 @@ def _holder_text(text: str) -> str:
 
 
 def _holds_run(run_dir: Path) -> bool:
-    return any((run_dir / name).exists() for name in RUN_MARKERS)
+    return any((run_dir / name).exists() for name in MARKERS)
 
 
 def _remove(path: Path) -> None:

@@ -1,5 +1,6 @@
 """LR schedules behind `--sched`: one object the loop steps after every optimizer step and
-after every validation, whichever schedule it holds.
+after every validation, whichever schedule it holds; and early stopping, which reads the same
+global val loss.
 
 `plateau` (the reference) is ReduceLROnPlateau on the global val loss once per epoch;
 `onecycle` has OneCycleLR's shape up to --lr and down again over all epochs, planned in
@@ -12,6 +13,7 @@ process per call) and registered for checkpointing, so a resumed run continues t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -129,3 +131,31 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after `patience` epochs without a lower value; fed the same global value on every
+    rank, so every rank reaches the same decision without further communication."""
+
+    patience: int
+    best: float = math.inf
+    bad_epochs: int = 0
+
+    def update(self, value: float) -> bool:
+        """Record one epoch's value; True when it is a new best."""
+        if value < self.best:
+            self.best, self.bad_epochs = value, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])

@@ -29,12 +29,12 @@ from seqtrain.common.atomic import atomic_write_json
 from seqtrain.common.cliparse import config_to_dict
 from seqtrain.common.errors import UserError
 from seqtrain.components.run_files import read_metrics
+from seqtrain.components.run_paths import RunPaths
 from seqtrain.config import RunConfig
 
 WANDB = "wandb"
 WANDB_SERVICE_ENV = "WANDB_SERVICE"
 # The run folder's W&B run: its id, and the last step each key was logged at (JSON).
-RUN_STATE_NAME = "wandb_run.json"
 
 
 class LoggedSteps:
@@ -55,12 +55,12 @@ class LoggedSteps:
     """
 
     def __init__(self, run_dir: Path, offline: bool) -> None:
-        self.path = run_dir / RUN_STATE_NAME
+        self.path = RunPaths(run_dir).wandb_run
         state = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.run_id: str = state.get("id") or _new_run_id()
         self.last_steps: dict[str, int] = state.get("last_steps", {})
         if offline:
-            self.last_steps = _steps_in_records(run_dir / "wandb")
+            self.last_steps = _steps_in_records(RunPaths(run_dir).wandb_dir)
         # Earlier segments used steps up to max(last_steps); this one starts after them.
         self.floor = max(self.last_steps.values(), default=-1) + 1
         self._save()  # the id is in the run folder before anything is logged

@@ -1,0 +1,90 @@
+"""The run folder's file names, in one place: every part that writes or reads a run asks here.
+
+<output-dir>/<run-name>/
+    config.yaml          the resolved config, written before step 1 (reruns the job)
+    metrics.jsonl        one JSON line per finished epoch
+    ranks/<rank>.json    each rank's world size, LR history and last epoch
+    checkpoints/last     the newest checkpoint (resume), checkpoints/best the lowest val loss
+    test_metrics.json    the best model on test
+    predictions.png      sample test predictions of the best model
+    export/              the best weights for deployment (`seqtrain export`)
+    wandb/, wandb_run.json   the W&B run's files and the id a resume continues
+    .owner.lock          held by the one job that owns the folder
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+RANKS = "ranks"
+CHECKPOINTS = "checkpoints"
+TEST_METRICS = "test_metrics.json"
+PREDICTIONS = "predictions.png"
+EXPORT = "export"
+WANDB_DIR = "wandb"
+WANDB_RUN = "wandb_run.json"
+LOCK = ".owner.lock"
+
+# Everything a run writes (the lock aside): `--overwrite` removes these and nothing else, so a
+# run folder that is also, say, a home directory loses nothing else.
+OUTPUTS = (CONFIG, METRICS, TEST_METRICS, PREDICTIONS, CHECKPOINTS, EXPORT, RANKS, WANDB_DIR,
+           WANDB_RUN)  # fmt: skip
+# Present once a run has started: the resolved config is written before step 1.
+MARKERS = (CONFIG, CHECKPOINTS, METRICS)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The paths of one run folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    def rank_record(self, rank: int) -> Path:
+        return self.root / RANKS / f"{rank}.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best"
+
+    @property
+    def test_metrics(self) -> Path:
+        return self.root / TEST_METRICS
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / PREDICTIONS
+
+    @property
+    def export(self) -> Path:
+        return self.root / EXPORT
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.root / WANDB_DIR
+
+    @property
+    def wandb_run(self) -> Path:
+        return self.root / WANDB_RUN
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
