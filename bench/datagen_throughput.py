@@ -1,6 +1,6 @@
 """data_gen throughput: sequences/s with 1 and 2 worker processes vs the seed's in-memory stitch.
 
-Usage: .venv/bin/python bench/datagen_throughput.py --mnist-dir ../shared/mnist
+Usage: .venv/bin/python -m bench.datagen_throughput --mnist-dir ../shared/mnist
 Both generate runs write real shards (tar + record) into a temporary folder. The machine is
 shared, so the three measurements are interleaved over --repeats rounds and each keeps its best
 round. Prints a table and one JSON line with the ratios.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from emit import emit_result
 
+from bench.emit import emit_result
 from data_gen.config import GenConfig
 from data_gen.generate import run_jobs
 from data_gen.mnist import load_mnist

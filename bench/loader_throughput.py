@@ -1,7 +1,7 @@
 """Loader throughput: samples/s of `train_loader` alone (no model), per worker process.
 
-    .venv/bin/python bench/loader_throughput.py [--samples 20000] [--workers 0 1 2]
-    .venv/bin/python bench/loader_throughput.py --store s3 --workers 2   # vs a loopback store
+    .venv/bin/python -m bench.loader_throughput [--samples 20000] [--workers 0 1 2]
+    .venv/bin/python -m bench.loader_throughput --store s3 --workers 2   # vs a loopback store
 
 Writes synthetic shards to a temporary folder, runs whole training epochs of the loader for
 each worker count and reports the best epoch (worker start-up included). "Per worker" divides
@@ -16,23 +16,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from emit import emit_result
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the tiny-shard writer the tests use
-
-from shardutil import write_tiny_dataset  # noqa: E402
-from storeutil import BUCKET, Server, http_server, moto_server, s3_env  # noqa: E402
-
-from seqtrain.config import DataConfig  # noqa: E402
-from seqtrain.data.format import load_manifest  # noqa: E402
-from seqtrain.data.position import Position, plan_epoch  # noqa: E402
-from seqtrain.data.stream import train_layout, train_loader, train_steps_per_epoch  # noqa: E402
+from bench.emit import emit_result
+from bench.stores import BUCKET, Server, http_server, moto_server, s3_env
+from data_gen.synthetic import write_tiny_dataset
+from seqtrain.config import DataConfig
+from seqtrain.data.format import load_manifest
+from seqtrain.data.position import Position, plan_epoch
+from seqtrain.data.stream import train_layout, train_loader, train_steps_per_epoch
 
 
 def epoch_rate(manifest, cfg: DataConfig, epoch: int) -> float:

@@ -1,6 +1,6 @@
 """Payload choice: decode speed of one PNG per sample vs raw uint8 npy chunks, images/s per core.
 
-Usage: .venv/bin/python bench/payload_decode.py --mnist-dir ../shared/mnist
+Usage: .venv/bin/python -m bench.payload_decode --mnist-dir ../shared/mnist
 Encodes the same stitched 28x84 sequences both ways in memory, then times decoding only
 (what a loader process does per sample). Prints a table and one JSON line.
 """
@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from emit import emit_result
 from PIL import Image
 
+from bench.emit import emit_result
 from data_gen.mnist import load_mnist
 from data_gen.splits import digit_pools
 from data_gen.stitch import compose

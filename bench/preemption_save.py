@@ -8,7 +8,7 @@ measures what seqtrain needs of it: `seqtrain train` with the defaults (batch 12
 process group mid-epoch 2 (as SLURM and shells signal), then the seconds until "preempted:
 saved" is printed and until the process has exited, and the checkpoint's size.
 
-    python bench/preemption_save.py --mnist-dir ../shared/mnist --models reference slotnet_deep
+    python -m bench.preemption_save --mnist-dir ../shared/mnist --models reference slotnet_deep
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from emit import cpu_name, emit_result
+from bench.emit import cpu_name, emit_result
 
 EXIT_PREEMPTED = 75
 

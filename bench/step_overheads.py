@@ -1,6 +1,6 @@
 """Step overheads: what the data path and bookkeeping cost next to one training step, as ratios.
 
-    .venv/bin/python bench/step_overheads.py [--samples 20000] [--workers 2] [--steps 50]
+    .venv/bin/python -m bench.step_overheads [--samples 20000] [--workers 2] [--steps 50]
         [--batch-size 128] [--cpu] [--json-out FILE]
 
 On the training device (CUDA when present, else CPU), in one run:
@@ -19,33 +19,28 @@ Synthetic shards in a temporary folder. Prints one JSON line (also written to --
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from emit import emit_result
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the tiny-shard writer the tests use
-
-from shardutil import write_tiny_dataset  # noqa: E402
-
-from seqtrain.components.loss_window import CAPACITY, LossWindow  # noqa: E402
-from seqtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from seqtrain.data.format import load_manifest  # noqa: E402
-from seqtrain.data.position import Position, plan_epoch  # noqa: E402
-from seqtrain.data.staged import staged_train_loader  # noqa: E402
-from seqtrain.data.stream import (  # noqa: E402
+from bench.emit import emit_result
+from data_gen.synthetic import write_tiny_dataset
+from seqtrain.components.loss_window import CAPACITY, LossWindow
+from seqtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from seqtrain.data.format import load_manifest
+from seqtrain.data.position import Position, plan_epoch
+from seqtrain.data.staged import staged_train_loader
+from seqtrain.data.stream import (
     eval_loader,
     train_layout,
     train_loader,
     train_steps_per_epoch,
 )
-from seqtrain.distributed import make_accelerator  # noqa: E402
-from seqtrain.train import build_model_and_optimizer, train_step  # noqa: E402
+from seqtrain.distributed import make_accelerator
+from seqtrain.step import build_model_and_optimizer, train_step
 
 
 def synchronize(device: torch.device) -> None:

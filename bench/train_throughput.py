@@ -1,6 +1,6 @@
 """Trainer throughput: samples/s of seqtrain's training step against the seed baseline's loop.
 
-    .venv/bin/python bench/train_throughput.py [--rounds 5] [--steps 3] [--max-seconds 170]
+    .venv/bin/python -m bench.train_throughput [--rounds 5] [--steps 3] [--max-seconds 170]
         [--batch-size 128] [--baseline ../shared/bench/seed_baseline.py] [--no-compile]
         [--model reference] [--json-out bench/results/train_throughput_cpu.json]
 
@@ -9,7 +9,7 @@ the seed's loop (fp32, float batches from its `stitch`) and seqtrain's `train_st
 Accelerate (uint8 batches converted on the device, as in training) in fp32, fp32 +
 channels_last, bf16 and channels_last + torch.compile (on a GPU also bf16 + channels_last +
 compile; compilation happens in the untimed warm-up). Data loading is excluded on both sides
-(bench/loader_throughput.py measures the loader).
+(`python -m bench.loader_throughput` measures the loader).
 
 `--model` puts another registered network into seqtrain's contenders (the seed's loop keeps
 its own): then the ratios say how fast that model's training step runs against the seed's
@@ -42,13 +42,13 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F  # noqa: N812
 from accelerate.state import AcceleratorState
-from emit import cpu_name, emit_result
 from torch import nn
 
+from bench.emit import cpu_name, emit_result
 from seqtrain.config import ModelConfig, RunConfig, TrainConfig
 from seqtrain.distributed import cpu_has_native_bf16, make_accelerator, to_device
 from seqtrain.models import model_names
-from seqtrain.train import build_model_and_optimizer, train_step
+from seqtrain.step import build_model_and_optimizer, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BASELINE = REPO.parent / "shared" / "bench" / "seed_baseline.py"

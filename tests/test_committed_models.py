@@ -1,4 +1,4 @@
-"""The models committed under bench/models/ (issue 13's headline recipes) load as they are:
+"""The models committed under experiments/models/ (issue 13's headline recipes) load as they are:
 `seqtrain evaluate` scores them on data they never saw, and `seqtrain predict` reads PNGs with
 them and agrees with the true digits."""
 
@@ -16,8 +16,8 @@ from test_train import run_in_process
 from seqtrain.data.format import iter_shard_chunks, load_manifest, sequence_text
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "bench" / "models"
-# bench/models/<recipe>/ holds one model, or an ensemble's members in <recipe>/<member>/
+MODELS = REPO / "experiments" / "models"
+# experiments/models/<recipe>/ holds one model, or an ensemble's members in <recipe>/<member>/
 COMMITTED = sorted(p.parent for p in MODELS.glob("**/model.json"))
 ENSEMBLES = sorted({p.parent for p in COMMITTED if p.parent != MODELS})
 
@@ -27,7 +27,7 @@ def card_of(folder: Path) -> Path:
 
 
 def test_there_are_committed_models() -> None:
-    assert COMMITTED, "bench/models/<recipe>/model.json"
+    assert COMMITTED, "experiments/models/<recipe>/model.json"
     for folder in COMMITTED:
         assert (folder / "model.safetensors").stat().st_size < 5_000_000
         assert card_of(folder).is_file(), f"{folder.relative_to(MODELS)} has no card"

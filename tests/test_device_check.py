@@ -1,5 +1,5 @@
-"""bench/device_check.py in --quick mode on this CPU: every step runs (or says why not) and
-writes its JSON, so the check is known to work before a GPU machine is ever lent."""
+"""`python -m experiments.device_check` in --quick mode on this CPU: every step runs (or says why
+not) and writes its JSON, so the check is known to work before a GPU machine is ever lent."""
 
 from __future__ import annotations
 
@@ -37,10 +37,11 @@ def seqtrain_wheel(tmp_path: Path) -> Path:
 def test_quick_device_check_writes_every_figure(tmp_path: Path, mnist_dir: Path) -> None:
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "device_check.py"), "--quick", "--out", str(out),
+        [sys.executable, "-m", "experiments.device_check", "--quick", "--out", str(out),
          "--wheels", str(seqtrain_wheel(tmp_path)), "--install-dry-run",
          "--mnist-dir", str(mnist_dir), "--skip", "train_throughput"],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=900,
@@ -77,9 +78,10 @@ def test_quick_device_check_writes_every_figure(tmp_path: Path, mnist_dir: Path)
 def test_a_failing_step_is_recorded_and_fails_the_check(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "device_check.py"), "--quick", "--out", str(out),
+        [sys.executable, "-m", "experiments.device_check", "--quick", "--out", str(out),
          "--wheels", str(tmp_path), "--mnist-dir", str(tmp_path / "no-mnist"), "--skip",
          "environment", "gpu_tests", "train_throughput", "loader", "step_overheads"],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

@@ -2,8 +2,8 @@
 
 Mixed precision (bf16, fp16 with its gradient scaler) through a checkpoint round trip,
 channels-last, torch.compile, --stage-on-device, pinned batches, a 1-process NCCL group,
-evaluation, MFU and GPU-trained weights loaded on CPU. `bench/device_check.py` runs this tier
-first on a lent GPU machine.
+evaluation, MFU and GPU-trained weights loaded on CPU. `python -m experiments.device_check` runs
+this tier first on a lent GPU machine.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from seqtrain.data.format import load_manifest
 from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import train_loader
 from seqtrain.distributed import make_accelerator
-from seqtrain.train import build_model_and_optimizer
+from seqtrain.step import build_model_and_optimizer
 
 pytestmark = [
     pytest.mark.gpu,

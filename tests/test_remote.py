@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tiny_generate_argv
-from storeutil import BUCKET, FAST_RETRIES, http_server, moto_server, s3_env
 from test_faults_train import assert_checkpoints_loadable, epoch_of, error_line
 from test_train import train_argv
 from trainutil import cpu_env, free_port, launch_argv
 
+from bench.stores import BUCKET, FAST_RETRIES, http_server, moto_server, s3_env
 from data_gen.cli import main as data_main
 from data_gen.verify import verify
 from seqtrain.common.errors import UserError

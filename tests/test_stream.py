@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from shardutil import decode_ids, sample_id, tiny_labels, write_tiny_dataset
 
+from data_gen.synthetic import decode_ids, sample_id, tiny_labels, write_tiny_dataset
 from seqtrain.common.errors import UserError
 from seqtrain.config import DataConfig
 from seqtrain.data.format import load_manifest

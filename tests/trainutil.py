@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
 from test_train import read_jsonl
 
+from bench.stores import free_port  # one port picker for servers and launches
 from seqtrain.data.format import load_manifest
 
 # An LR far below float32 resolution leaves the weights unchanged, so val loss plateaus exactly:
@@ -20,13 +20,6 @@ FORCED_EARLY_STOP = ["--lr", "1e-12", "--plateau-patience", "0", "--early-stop-p
 FORCED_LR_HISTORY = [1e-12, 1e-13]
 FORCED_STOP_EPOCH = 2
 ACCELERATE = Path(sys.executable).with_name("accelerate")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now, so parallel launches don't collide on 29500."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_argv(num_processes: int = 2) -> list[str]:

@@ -1,6 +1,6 @@
-"""`bench/time_to_accuracy.py` runs end to end on tiny sizes: the seed baseline and a seqtrain
-recipe on the same sizes, and a --work-dir rerun reads a finished recipe back instead of
-retraining it."""
+"""`python -m experiments.time_to_accuracy` runs end to end on tiny sizes: the seed baseline and
+a recipe file (`seqtrain train --config recipes/NAME.yaml`) on the same sizes, and a --work-dir
+rerun reads a finished recipe back instead of retraining it."""
 
 from __future__ import annotations
 
@@ -14,37 +14,38 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_bench_record(mnist_dir: Path, work: Path, out: Path, *extra: str) -> dict:
+def run_record(mnist_dir: Path, work: Path, out: Path, *extra: str) -> dict:
     argv = [
-        sys.executable, str(REPO / "bench" / "time_to_accuracy.py"), "--mnist-dir", str(mnist_dir),
+        sys.executable, "-m", "experiments.time_to_accuracy", "--mnist-dir", str(mnist_dir),
         "--train-size", "256", "--val-size", "128", "--test-size", "128", "--epochs", "1",
         "--target", "0.0", "--budget-s", "300", "--work-dir", str(work), "--json-out", str(out),
         *extra,
     ]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(done.stdout.splitlines()[-1])
     assert json.loads(out.read_text()) == record
     return record
 
 
-def run_bench(mnist_dir: Path, work: Path, out: Path) -> dict:
-    record = run_bench_record(
-        mnist_dir, work, out, "--recipes", "seed_baseline", "slotnet_onecycle"
-    )
+def run_recipes(mnist_dir: Path, work: Path, out: Path) -> dict:
+    record = run_record(mnist_dir, work, out, "--recipes", "seed_baseline", "slotnet_onecycle")
     return {r["recipe"]: r for r in record["results"]}
 
 
 def test_seeds_are_summarised_and_evaluated_as_one_ensemble(mnist_dir, tmp_path):
-    record = run_bench_record(
+    record = run_record(
         mnist_dir, tmp_path / "work", tmp_path / "out.json",
         "--recipes", "slotnet_onecycle", "--seeds", "0", "1", "--ensemble-tta", "1",
         "--parallel", "2", "--tta-shift", "1",
     )  # fmt: skip
     runs = record["results"]  # trained at once, reported in seed order
     assert [r["seed"] for r in runs] == [0, 1]
+    recipe = str(REPO / "recipes" / "slotnet_onecycle.yaml")
     for seed, run in enumerate(runs):
         assert run["run"].endswith(f"slotnet_onecycle_seed{seed}")
+        assert run["argv"][:4] == ["seqtrain", "train", "--config", recipe]
+        assert run["batch_size"] == 128  # the recipe's (the default): what device_check reads
         assert run["argv"][-4:-2] == ["--seed", str(seed)]
     for run in runs:  # 256 samples at batch 128: 2 steps
         assert run["train_samples"] == 256
@@ -92,8 +93,8 @@ def test_seeds_are_summarised_and_evaluated_as_one_ensemble(mnist_dir, tmp_path)
 )
 def test_counts_below_one_are_usage_errors(flag, message):
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "time_to_accuracy.py"), flag, "0"],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "experiments.time_to_accuracy", flag, "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].endswith(message)
@@ -102,7 +103,7 @@ def test_counts_below_one_are_usage_errors(flag, message):
 def test_time_to_accuracy_runs_baseline_and_recipe_and_reads_finished_runs_back(
     mnist_dir, tmp_path
 ):
-    first = run_bench(mnist_dir, tmp_path / "work", tmp_path / "first.json")
+    first = run_recipes(mnist_dir, tmp_path / "work", tmp_path / "first.json")
     seed, ours = first["seed_baseline"], first["slotnet_onecycle"]
     for result, split in ((seed, "test"), (ours, "val")):
         assert result["finished"] and result["epochs_run"] == 1
@@ -113,7 +114,7 @@ def test_time_to_accuracy_runs_baseline_and_recipe_and_reads_finished_runs_back(
     assert seed["gflop_per_train_sample"] > 3 * ours["gflop_per_train_sample"]
     assert (tmp_path / "work" / "runs" / "slotnet_onecycle" / "test_metrics.json").exists()
 
-    again = run_bench(mnist_dir, tmp_path / "work", tmp_path / "again.json")
+    again = run_recipes(mnist_dir, tmp_path / "work", tmp_path / "again.json")
     kept = again["slotnet_onecycle"]
     assert kept["wall_seconds"] is None  # read back, not retrained
     assert kept["exact_match_per_epoch"] == ours["exact_match_per_epoch"]
@@ -126,8 +127,7 @@ def test_budget_kill_takes_the_whole_process_group(tmp_path):
     import os
     import time
 
-    sys.path.insert(0, str(REPO / "bench"))
-    from time_to_accuracy import run_budgeted
+    from experiments.time_to_accuracy import run_budgeted
 
     pid_file = tmp_path / "child.pid"
     child = f"import os,time; open({str(pid_file)!r},'w').write(str(os.getpid())); time.sleep(120)"

@@ -1,13 +1,13 @@
 """Choose an ensemble on val, then evaluate only the chosen one on test.
 
-    .venv/bin/python bench/ensemble_select.py --shards SHARDS \\
-        --candidate h200=bench/models/narrow_long_x6/seed0,...,bench/models/narrow_long_x6/seed5 \\
+    .venv/bin/python -m experiments.ensemble_select --shards SHARDS \\
+        --candidate h200=experiments/models/narrow_long_x6/seed0,...,seed5 \\
         --candidate cpu=RUNS/lean_long_seed0,...,RUNS/lean_long_seed5 \\
         --candidate both=h200+cpu \\
         [--tta-shift 0 1] [--select-by exact_match|loss] [--max-train-pflop 0.87] \\
         [--parallel 2] \\
-        [--member-pflop bench/models/narrow_long_x6/seed0=0.038 ...] \\
-        [--json-out bench/results/OUT.json]
+        [--member-pflop experiments/models/narrow_long_x6/seed0=0.038 ...] \\
+        [--json-out experiments/results/OUT.json]
 
 Every candidate (a comma-separated list of run, checkpoint or export folders; `A+B` joins
 earlier candidates) is evaluated on val by `seqtrain evaluate --split val` once per --tta-shift
@@ -32,9 +32,9 @@ from functools import partial
 from pathlib import Path
 
 import yaml
-from emit import cpu_name, emit_result
-from time_to_accuracy import run_evaluate, samples_trained, shard_length_weights
 
+from bench.emit import cpu_name, emit_result
+from experiments.time_to_accuracy import run_evaluate, samples_trained, shard_length_weights
 from seqtrain.models import build_model
 from seqtrain.models.flops import flops_per_sample
 

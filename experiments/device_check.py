@@ -1,6 +1,6 @@
 """Device check: validate and measure a GPU machine end to end; every figure as JSON in one folder.
 
-    python bench/device_check.py --out OUT [--wheels DIR] [--mnist-dir DIR] [--quick]
+    python -m experiments.device_check --out OUT [--wheels DIR] [--mnist-dir DIR] [--quick]
 
 Made for a lent or air-gapped GPU machine (no network; at most 8 minutes on one GPU with 16
 cores). Steps, in order; each is bounded, a failed step is recorded and the others still run,
@@ -13,16 +13,16 @@ and the exit status is 1 if any failed:
                     from here on: it needs the GPU little and the CPU less than the steps after
   data              seqtrain-data generate with all cores (the default full size)
   ensemble          issue 13's quality recipe: `narrow_long` members trained at once on the
-                    one GPU (bench/time_to_accuracy.py --parallel), their epochs sized to the
+                    one GPU (experiments.time_to_accuracy --parallel), their epochs sized to the
                     time left by a short probe of all members together and capped at the seed
                     recipe's 0.87 PFLOP in all; then the members as one ensemble on test
   reference         the reference recipe for 20 epochs with the fastest honest settings
                     (bf16, channels-last, --stage-on-device, big eval batches): training
                     seconds (target <= 10 on an H100-class GPU) and test exact match
   stream_vs_staged  the same 2 epochs streamed by loader workers, then --stage-on-device
-  loader            bench/loader_throughput.py, and the loader workers one GPU step needs
-  step_overheads    bench/step_overheads.py on the training device
-  train_throughput  bench/train_throughput.py (needs the seed loop, --baseline)
+  loader            bench.loader_throughput, and the loader workers one GPU step needs
+  step_overheads    bench.step_overheads on the training device
+  train_throughput  bench.train_throughput (needs the seed loop, --baseline)
 
 The steps run in that order of importance: when the budget runs short, the last ones are
 skipped (recorded as such).
@@ -50,7 +50,6 @@ from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BENCH = REPO / "bench"
 BUDGET_S = 480  # 8 minutes for the whole check
 ENSEMBLE_MEMBERS = 6
 ENSEMBLE_PFLOP = 0.87  # issue 13: the seed recipe's training compute, every member counted
@@ -93,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ensemble-recipe",
         default="narrow_long",
-        help="the ensemble step's bench/time_to_accuracy.py recipe (epochs set by the step)",
+        help="the ensemble step's recipe, recipes/NAME.yaml (epochs set by the step)",
     )
     p.add_argument("--ensemble-members", type=int, default=ENSEMBLE_MEMBERS)
     p.add_argument(
@@ -169,9 +168,10 @@ class Check:
     def python(self, *argv: str, timeout: float | None = None) -> str:
         return self.run([sys.executable, *argv], timeout)
 
-    def bench(self, script: str, name: str, *argv: str, timeout: float | None = None) -> dict:
+    def bench(self, module: str, name: str, *argv: str, timeout: float | None = None) -> dict:
+        """`python -m MODULE ... --json-out OUT/raw/NAME.json` from the checkout; that JSON."""
         json_out = self.out / "raw" / f"{name}.json"
-        self.python(str(BENCH / script), *argv, "--json-out", str(json_out), timeout=timeout)
+        self.python("-m", module, *argv, "--json-out", str(json_out), timeout=timeout)
         return json.loads(json_out.read_text())
 
 
@@ -214,7 +214,10 @@ def install(check: Check) -> dict:
     if wheels is None:
         raise SkipStepError("no --wheels folder (or $SEQTRAIN_WHEELS): using what is installed")
     if not any(wheels.glob("seqtrain-*.whl")):
-        raise StepFailedError(f"{wheels} holds no seqtrain wheel (see BENCHMARKS.md, GPU section)")
+        raise StepFailedError(
+            f"{wheels} holds no seqtrain wheel "
+            "(see docs/benchmarks/h200-device-check-2026-11-30.md)"
+        )
     before = torch_version(check)
     argv = ["-m", "pip", "install", "--no-index", "--find-links", str(wheels), "seqtrain[dev]"]
     if check.args.install_dry_run:
@@ -282,7 +285,7 @@ def train_throughput(check: Check) -> dict:
     if check.quick:
         sizes = ["--batch-size", "8", "--rounds", "3", "--steps", "1", "--warmup", "1",
                  "--no-compile", "--max-seconds", "20"]  # fmt: skip
-    return check.bench("train_throughput.py", "train_throughput", "--baseline",
+    return check.bench("bench.train_throughput", "train_throughput", "--baseline",
                        str(check.args.baseline), *sizes, timeout=150)  # fmt: skip
 
 
@@ -342,7 +345,7 @@ def stream_vs_staged(check: Check) -> dict:
 def loader(check: Check) -> dict:
     workers = ["0", "1"] if check.quick else ["1", "2", "4", "8"]
     samples = "2000" if check.quick else "200000"
-    result = check.bench("loader_throughput.py", "loader_throughput", "--samples", samples,
+    result = check.bench("bench.loader_throughput", "loader_throughput", "--samples", samples,
                          "--epochs", "1" if check.quick else "2", "--workers", *workers,
                          timeout=150)  # fmt: skip
     per_worker = max(r["per_worker"] for r in result["results"] if r["num_workers"] > 0)
@@ -358,7 +361,7 @@ def loader(check: Check) -> dict:
 
 def step_overheads(check: Check) -> dict:
     sizes = ["--samples", "2000", "--steps", "20", "--batch-size", "16"] if check.quick else []
-    return check.bench("step_overheads.py", "step_overheads", *sizes, timeout=150)
+    return check.bench("bench.step_overheads", "step_overheads", *sizes, timeout=150)
 
 
 def ensemble(check: Check) -> dict:
@@ -369,11 +372,11 @@ def ensemble(check: Check) -> dict:
               "--parallel", str(members),
               "--seeds", *map(str, range(members))]  # fmt: skip
     probe_steps = 5 if check.quick else ENSEMBLE_PROBE_STEPS
-    probe = check.bench("time_to_accuracy.py", "ensemble_probe", *common, "--epochs", "1",
-                        "--steps-per-epoch", str(probe_steps), "--work-dir",
+    probe = check.bench("experiments.time_to_accuracy", "ensemble_probe", *common, "--epochs",
+                        "1", "--steps-per-epoch", str(probe_steps), "--work-dir",
                         str(check.work / "ensemble_probe"), timeout=300)  # fmt: skip
     sizing = ensemble_epochs(check, probe["results"], probe_steps, members, train_size)
-    result = check.bench("time_to_accuracy.py", "ensemble", *common, "--epochs",
+    result = check.bench("experiments.time_to_accuracy", "ensemble", *common, "--epochs",
                          str(sizing["epochs"]), "--ensemble-tta", "0", "--budget-s",
                          str(round(check.remaining())), "--work-dir",
                          str(check.work / "ensemble"))  # fmt: skip
@@ -396,8 +399,7 @@ def ensemble_epochs(
     member, start-up and val included, so it errs short), at most the compute budget's."""
     if not all(r["finished"] for r in probe):
         raise StepFailedError("the probe's members did not all finish")
-    argv = probe[0]["argv"]
-    batch = int(argv[argv.index("--batch-size") + 1])
+    batch = probe[0]["batch_size"]
     steps_per_s = probe_steps / max(r["epoch_seconds"][0] for r in probe)
     # what a member spends outside its epochs (start-up, test, export), and the ensemble's test
     overhead_s = max(r["wall_seconds"] - r["epoch_seconds"][0] for r in probe) + 30

@@ -1,5 +1,6 @@
-"""Real storage servers on loopback for tests: moto's S3 server and Python's HTTP server, each a
-process of its own (so a test can kill it and start it again on the same port)."""
+"""Real storage servers on loopback, for the loader benchmark and the object-storage tests: moto's
+S3 server and Python's HTTP server, each a process of its own (so a test can kill it and start it
+again on the same port)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-from trainutil import free_port
-
 BUCKET = "seqtrain"
 # Few, short retries: a dead server is given up on within about a second.
 FAST_RETRIES = {"SEQTRAIN_IO_RETRIES": "2", "SEQTRAIN_IO_BACKOFF": "0.1"}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, so parallel servers and launches don't collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Server:

@@ -1,15 +1,16 @@
 """Time to accuracy: seconds and epochs for each recipe to reach a target val exact match.
 
-    .venv/bin/python bench/time_to_accuracy.py --mnist-dir ../shared/mnist
+    .venv/bin/python -m experiments.time_to_accuracy --mnist-dir ../shared/mnist
         [--train-size 6000] [--val-size 1000] [--test-size 2000] [--epochs 5]
         [--target 0.95] [--budget-s 420] [--recipes reference slotnet_onecycle]
-        [--shards DIR] [--work-dir DIR] [--json-out bench/results/time_to_accuracy.json]
+        [--shards DIR] [--work-dir DIR] [--json-out experiments/results/time_to_accuracy.json]
         [--seeds 0 1 2 [--parallel 3] [--ensemble-tta N] [--tta-shift N]] [--steps-per-epoch N]
 
 Generates one small shard set (`seqtrain-data generate`; or reuses --shards), then trains each
-recipe on it with `seqtrain train` in its own subprocess (the real CLI, fresh process state),
-stopped after --budget-s seconds. From the run's metrics.jsonl: the first epoch whose val exact
-match reaches --target, and the training+validation seconds up to it (the sum of
+recipe on it with `seqtrain train --config recipes/NAME.yaml` in its own subprocess (the real
+CLI, fresh process state), stopped after --budget-s seconds; `seed_baseline` is no recipe file
+but the seed's own script (--baseline). From the run's metrics.jsonl: the first epoch whose val
+exact match reaches --target, and the training+validation seconds up to it (the sum of
 `epoch_seconds`, so start-up, test evaluation and export are excluded); the wall time of the
 whole process beside it. Prints a table, then one JSON line (also written to --json-out).
 On a GPU machine the same command runs unchanged (the trainer's defaults, bf16 autocast and
@@ -19,7 +20,8 @@ channels-last, apply there).
 --ensemble-tta, the seeds as one ensemble on test; with --tta-shift, each seed's best model with
 test-time shifts, on val without and with them to choose on, and on test); --parallel N trains
 N of them at once, for a GPU that small models leave mostly idle (measured on an H200 in
-BENCHMARKS.md: processes time-share the GPU, so N at once is not N times one).
+docs/benchmarks/h200-device-check-2026-11-30.md: processes time-share the GPU, so N at once is
+not N times one).
 
 Long runs: with --work-dir the shards and run folders persist there and each recipe trains with
 `--resume auto`, so rerunning the same command after its budget (or a crash) continues every
@@ -31,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -43,122 +44,21 @@ from pathlib import Path
 
 import torch
 import yaml
-from emit import cpu_name, emit_result
 
+from bench.emit import cpu_name, emit_result
+from seqtrain.common.cliparse import load_config
+from seqtrain.config import RunConfig
 from seqtrain.models import build_model
 from seqtrain.models.flops import flops_per_sample
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_BASELINE = "seed_baseline"  # ../shared/bench/seed_baseline.py, run as it is
 
-# The schedule of issue 13's ensemble members (narrow_long and the two below it). No early stop:
-# mid-cycle the LR is still high and val loss stalls, so the default patience (5) ended one
-# lean_long member after 11 of its 20 epochs (the H200's members ran all their 8 and 7 epochs:
-# the flag would not have changed them).
-LONG_ONECYCLE = shlex.split(
-    "--sched onecycle --lr 3e-3 --batch-size 128 --early-stop-patience 1000"
-)
-# name -> (model, extra `seqtrain train` flags); `reference` is the reference recipe, unchanged.
-RECIPES: dict[str, tuple[str, list[str]]] = {
-    "reference": ("reference", []),
-    "slotnet_onecycle": ("slotnet", ["--sched", "onecycle", "--lr", "3e-3"]),
-    "slotnet_plateau": ("slotnet", []),
-    "reference_onecycle": ("reference", ["--sched", "onecycle"]),
-    "slotnet_deep_onecycle": ("slotnet_deep", ["--sched", "onecycle", "--lr", "3e-3"]),
-    # Issue 13's compute target (<= 0.03 PFLOP of training): blank slots skipped (0.35 GFLOP per
-    # training sample at uniform lengths), batch 32, one-cycle over 2 x 1,340 steps = 85,760
-    # samples = 0.0300 PFLOP; these flags override --epochs.
-    "skipblank_0.03pflop": (
-        "slotnet_deep_skipblank",
-        shlex.split("--sched onecycle --lr 2e-3 --batch-size 32 --epochs 2 --steps-per-epoch 1340"),
-    ),
-    # The same budget with slotnet_deep at half width (0.088 GFLOP per training sample): 7 x 760
-    # steps of 64 = 340,480 samples = 0.0300 PFLOP; needs 7 rendered epochs.
-    "narrow_0.03pflop": (
-        "slotnet_narrow_skipblank",
-        shlex.split("--sched onecycle --lr 3e-3 --batch-size 64 --epochs 7 --steps-per-epoch 760"),
-    ),
-    # narrow_0.03pflop's budget and schedule with label smoothing 0.1, with batch 32 (twice the
-    # steps, peak LR 2e-3 as skipblank_0.03pflop), or scored by a weight average (EMA, a
-    # horizon of ~1,000 of its 5,320 steps): candidates to lift its 3-seed mean.
-    "narrow_0.03pflop_ls": (
-        "slotnet_narrow_skipblank",
-        shlex.split(
-            "--sched onecycle --lr 3e-3 --batch-size 64 --epochs 7 --steps-per-epoch 760 "
-            "--label-smoothing 0.1"
-        ),
-    ),
-    "narrow_0.03pflop_ema": (
-        "slotnet_narrow_skipblank",
-        shlex.split(
-            "--sched onecycle --lr 3e-3 --batch-size 64 --epochs 7 --steps-per-epoch 760 "
-            "--ema-decay 0.999"
-        ),
-    ),
-    "narrow_0.03pflop_b32": (
-        "slotnet_narrow_skipblank",
-        shlex.split("--sched onecycle --lr 2e-3 --batch-size 32 --epochs 7 --steps-per-epoch 1520"),
-    ),
-    # The 0.03 PFLOP budget with the net at 3/8 of slotnet_deep's width (0.0498 GFLOP per training
-    # sample): 12 x 784 steps of 64 = 602,112 samples = 0.0300 PFLOP; needs 12 rendered epochs.
-    # fp32 as the narrow figures (measured on a CPU where `auto` is fp32), on any CPU.
-    "slim_0.03pflop": (
-        "slotnet_slim_skipblank",
-        shlex.split(
-            "--sched onecycle --lr 3e-3 --batch-size 64 --epochs 12 --steps-per-epoch 784 "
-            "--mixed-precision no"
-        ),
-    ),
-    # narrow_0.03pflop at a lower peak LR (2e-3; its seeds' val dips at the 3e-3 peak), and with
-    # slotnet_lean_skipblank (0.066 GFLOP per training sample: 7 x 1,008 steps of 64 = 451,584
-    # samples = 0.0300 PFLOP).
-    "narrow_0.03pflop_lr2": (
-        "slotnet_narrow_skipblank",
-        shlex.split(
-            "--sched onecycle --lr 2e-3 --batch-size 64 --epochs 7 --steps-per-epoch 760 "
-            "--mixed-precision no"
-        ),
-    ),
-    "lean_0.03pflop": (
-        "slotnet_lean_skipblank",
-        shlex.split(
-            "--sched onecycle --lr 3e-3 --batch-size 64 --epochs 7 --steps-per-epoch 1008 "
-            "--mixed-precision no"
-        ),
-    ),
-    # Both changes at once (each lifted the 3-seed val and test means a little).
-    "lean_0.03pflop_lr2": (
-        "slotnet_lean_skipblank",
-        shlex.split(
-            "--sched onecycle --lr 2e-3 --batch-size 64 --epochs 7 --steps-per-epoch 1008 "
-            "--mixed-precision no"
-        ),
-    ),
-    # Issue 13's quality target: members of an ensemble (`--seeds`), slotnet_narrow_skipblank
-    # trained for --epochs at batch 128 (0.088 GFLOP per training sample, so 30 epochs of 54,000 =
-    # 0.143 PFLOP; six such members = 0.856 PFLOP). The schedule is narrow_0.03pflop's.
-    "narrow_long": ("slotnet_narrow_skipblank", LONG_ONECYCLE),
-    # Members trained on a CPU to add to narrow_long's six H200 members within the 0.87 PFLOP:
-    # slotnet_lean_skipblank (0.066 GFLOP per training sample), 20 epochs of 54,000 = 0.0717
-    # PFLOP each, so eight of them (0.574) + the six (0.228) = 0.80 PFLOP. Precision `auto`, as
-    # the six were trained: bf16 autocast on a CPU with native bf16 (1.4x the fp32 step there),
-    # fp32 elsewhere.
-    "lean_long": ("slotnet_lean_skipblank", LONG_ONECYCLE),
-    # Wider members for the same ensembles: slotnet_deep_skipblank (0.35 GFLOP per training
-    # sample) with slotnet_deep_onecycle's schedule (99.39 % test after 5 epochs).
-    "deep_long": ("slotnet_deep_skipblank", LONG_ONECYCLE),
-    # bf16 autocast against fp32 (`auto` picks bf16 on a CPU with native bf16), two seeds each
-    # to see the seed-to-seed noise; `tiny` where bf16 is emulated and too slow for the reference
-    **{
-        f"{model}_{precision}_seed{seed}": (
-            model,
-            [*model_flags, "--mixed-precision", flag, "--seed", str(seed)],
-        )
-        for model, model_flags in (("reference", []), ("tiny", ["--lr", "1e-2"]))
-        for precision, flag in (("fp32", "no"), ("bf16", "bf16"))
-        for seed in (0, 1)
-    },
-}
+RECIPES = REPO / "recipes"  # recipes/NAME.yaml: the recipe NAME, a partial RunConfig
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -216,10 +116,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
-    unknown = set(args.recipes) - {*RECIPES, SEED_BASELINE}
+    known = {*recipe_names(), SEED_BASELINE}
+    unknown = set(args.recipes) - known
     if unknown:
         p.error(
-            f"unknown recipes {sorted(unknown)}; choose from {sorted([*RECIPES, SEED_BASELINE])}"
+            f"unknown recipes {sorted(unknown)} (no recipes/NAME.yaml); choose from {sorted(known)}"
         )
     if args.parallel < 1:
         p.error(f"--parallel must be >= 1, got {args.parallel}")
@@ -295,20 +196,23 @@ def train_seed_baseline(args: argparse.Namespace) -> dict:
 def train(
     args: argparse.Namespace, shards: Path, out: Path, name: str, seed: int | None = None
 ) -> dict:
-    """One recipe in a subprocess, killed at the budget; its per-epoch and test results."""
-    model, extra = RECIPES[name]
+    """One recipe (`seqtrain train --config recipes/NAME.yaml`) in a subprocess, killed at the
+    budget; its per-epoch and test results. The recipe's own epochs and steps per epoch win over
+    --epochs and --steps-per-epoch (a compute-budget recipe sets both)."""
+    recipe = RECIPES / f"{name}.yaml"
+    pinned = yaml.safe_load(recipe.read_text()).get("train", {})
+    config = load_config(RunConfig, recipe)
+    extra = [] if "epochs" in pinned else ["--epochs", str(args.epochs)]
     if args.channels_last is not None:
-        extra = [*extra, "--channels-last" if args.channels_last else "--no-channels-last"]
-    if "--epochs" not in extra:
-        extra = ["--epochs", str(args.epochs), *extra]
-    if args.steps_per_epoch is not None and "--steps-per-epoch" not in extra:
-        extra = [*extra, "--steps-per-epoch", str(args.steps_per_epoch)]
+        extra += ["--channels-last" if args.channels_last else "--no-channels-last"]
+    if args.steps_per_epoch is not None and "steps_per_epoch" not in pinned:
+        extra += ["--steps-per-epoch", str(args.steps_per_epoch)]
     run_name = name if seed is None else f"{name}_seed{seed}"
     if seed is not None:
         extra = [*extra, "--seed", str(seed)]
     argv = [
         sys.executable, "-m", "seqtrain", "train",
-        "--shards", str(shards), "--model", model,
+        "--config", str(recipe), "--shards", str(shards),
         "--num-workers", str(args.num_workers), "--output-dir", str(out), "--run-name", run_name,
         "--wandb-mode", "disabled", *extra,
     ]  # fmt: skip
@@ -324,7 +228,7 @@ def train(
     reached = next((e for e in epochs if e["val_exact_match"] >= args.target), None)
     best = next((e for e in reversed(epochs) if e.get("best")), None)
     gflop = flops_per_sample(
-        partial(build_model, model), length_weights=shard_length_weights(shards)
+        partial(build_model, config.model.model), length_weights=shard_length_weights(shards)
     )
     samples = samples_trained(run, epochs)
     return {
@@ -333,6 +237,7 @@ def train(
         "run": str(run),
         "argv": ["seqtrain", *argv[3:]],
         "gflop_per_train_sample": gflop / 1e9,
+        "batch_size": config.data.batch_size,
         "train_samples": samples,
         "train_pflop": samples * gflop / 1e15,
         "finished": finished,

@@ -1,5 +1,5 @@
-"""`bench/ensemble_select.py`: candidates are compared on val, only the chosen one reaches test,
-and training compute is counted from run folders."""
+"""`python -m experiments.ensemble_select`: candidates are compared on val, only the chosen one
+reaches test, and training compute is counted from run folders."""
 
 from __future__ import annotations
 
@@ -11,22 +11,19 @@ from pathlib import Path
 import pytest
 from test_export import trained_run_dir
 
+from experiments.ensemble_select import choose, parse_candidates, parse_member_pflop, within_budget
+from experiments.time_to_accuracy import samples_trained
+from seqtrain.models import build_model
+from seqtrain.models.flops import flops_per_sample
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
-
-from ensemble_select import choose, parse_candidates, parse_member_pflop, within_budget  # noqa: E402
-from time_to_accuracy import samples_trained  # noqa: E402
-
-from seqtrain.models import build_model  # noqa: E402
-from seqtrain.models.flops import flops_per_sample  # noqa: E402
-
-SCRIPT = REPO / "bench" / "ensemble_select.py"
 
 
 def run_select(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600
-    )
+        [sys.executable, "-m", "experiments.ensemble_select", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
 
 
 def test_chooses_on_val_and_reads_test_for_the_chosen_only(

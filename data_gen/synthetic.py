@@ -1,5 +1,7 @@
-"""Tiny shard sets for tests: every sample's image encodes a unique id, so tests can check
-exactly which samples a loader delivered."""
+"""Synthetic shard sets: small, real shards (the trainer's format, manifest with sha256s) whose
+images carry no digits but a unique id in their first four pixels, so a test can check exactly
+which samples a loader delivered, and a benchmark can time the loader and the step on a set of
+any size without MNIST or the stitching pipeline. Labels are a fixed function of the id."""
 
 from __future__ import annotations
 
@@ -49,8 +51,10 @@ def write_tiny_dataset(
     chunk_size: int = 4,
     epochs: int = 1,
 ) -> Path:
-    """Write shards with the given per-shard sample counts per split (the same for every
-    generator epoch of train; val/test have one epoch) and their manifest.json."""
+    """Write a shard set under `root`: for each split in `sizes`, one shard per listed sample count
+    (train repeats them for each of `epochs` generator epochs; val and test have one), chunks of
+    `chunk_size` samples, and its manifest.json; returns `root`. Sample `index` of a split's
+    generator epoch holds `sample_id(split, epoch, index)` (see `decode_ids`)."""
     root = Path(root)
     splits = {}
     for split in SPLITS:
