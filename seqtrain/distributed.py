@@ -124,7 +124,7 @@ def first_host(nodelist: str) -> str:
 # How a dead or frozen peer surfaces as a Python error in the surviving ranks' collectives.
 # gloo and the TCP store: "Timed out waiting <ms>", "Connection closed/reset by peer".
 # NCCL (torch.distributed.DistBackendError, raised only where a wait blocks in Python, e.g. with
-# TORCH_NCCL_BLOCKING_WAIT=1; otherwise the watchdog aborts the process, see README):
+# TORCH_NCCL_BLOCKING_WAIT=1; otherwise the watchdog aborts the process, see docs/multi-node.md):
 # "[Rank r] Watchdog caught collective operation timeout: WorkNCCL(...) ran for N milliseconds
 # before timing out.", "NCCL communicator was aborted on rank r.", and ncclRemoteError's "NCCL
 # error: remote process exited or there was a network error".
