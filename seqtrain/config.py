@@ -125,7 +125,7 @@ class TrainConfig:
     epochs: int = 20
     """Maximum number of epochs (early stopping may end sooner)."""
     early_stop_patience: int = 5
-    """Stop after this many epochs without a lower validation loss."""
+    """Stop after this many epochs without a better --best-metric."""
     steps_per_epoch: int | None = None
     """Optimizer steps per epoch; default: the epoch's training samples / global batch."""
     seed: int = 0
@@ -157,6 +157,14 @@ class TrainConfig:
     """Log train loss, LR and samples/s every this many steps."""
     checkpoint_every: int = 0
     """Also save checkpoints/last every this many steps within an epoch (0: at epoch ends only)."""
+    keep_checkpoints: int = 0
+    """Also keep the checkpoints of the last this many epochs as checkpoints/epoch-NNNN, the
+    oldest removed first (0: none). Each shares its files with that epoch's `last` (hard links
+    where the file system allows), so it costs disk only once `last` has moved on."""
+    best_metric: Literal["val_loss", "val_exact_match"] = "val_loss"
+    """What picks checkpoints/best and what early stopping waits on: the val loss (lower is
+    better, the reference) or the val exact match (higher is better). The plateau LR schedule
+    steps on the val loss either way (smooth, where exact match moves in coarse steps)."""
     dist_timeout: int = 1800
     """Seconds a rank waits in a collective for the others before failing (a hung or vanished
     rank then ends the run with an error instead of blocking it forever)."""
@@ -171,6 +179,7 @@ class TrainConfig:
         )
         _require(self.log_every > 0, "--log-every", "must be > 0")
         _require(self.checkpoint_every >= 0, "--checkpoint-every", "must be >= 0")
+        _require(self.keep_checkpoints >= 0, "--keep-checkpoints", "must be >= 0")
         _require(self.dist_timeout > 0, "--dist-timeout", "must be > 0")
 
 

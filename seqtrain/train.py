@@ -3,8 +3,8 @@
 for each epoch:
     train one epoch            (per-step logging every --log-every steps)
     evaluate val               (metric counts summed over ranks -> global loss)
-    plateau LR step, early-stopping update    (from the global val loss)
-    save last (and best)
+    plateau LR step (from the global val loss), early-stopping update (its --best-metric)
+    save last (and best, and the epoch's checkpoint under --keep-checkpoints)
 load best, evaluate test, write metrics and the predictions picture
 """
 
@@ -34,6 +34,7 @@ from seqtrain.components.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from seqtrain.components.checkpoint_history import epoch_end_folders, prune_epoch_checkpoints
 from seqtrain.components.loss_window import LossWindow
 from seqtrain.components.preemption import Decision, Preempted, PreemptionWatch
 from seqtrain.components.resume_guard import decide_resume, run_identity
@@ -119,14 +120,13 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     with run.preemption, _closing_tracking_when_stopped(run.accelerator):
         for epoch in range(run.position.epoch, cfg.train.epochs):
             if run.stopper.should_stop:
-                run.log(
-                    f"early stopping: val loss did not improve for {run.stopper.patience} epochs"
-                )
+                run.log(f"early stopping: {cfg.train.best_metric} did not improve for "
+                        f"{run.stopper.patience} epochs")  # fmt: skip
                 break
             start = time.perf_counter()
             train_loss = train_epoch(run, epoch)
             val = evaluate(run, "val")
-            improved, lr_reduced = _end_of_epoch_decisions(run, val["loss"])
+            improved, lr_reduced = _end_of_epoch_decisions(run, val)
             run.position = run.position.next_epoch()
             # Reported before `last` moves: a death in between resumes the epoch and reports it
             # again (the resume cuts its metrics line); the other order could lose the line.
@@ -158,7 +158,7 @@ def _build(cfg: RunConfig) -> Session:
     model, optimizer = build_model_and_optimizer(cfg, accelerator)
     seed_rank_streams(cfg.train.seed, accelerator.process_index)  # own dropout masks per rank
     scheduler = LRSchedule(optimizer, cfg.optim)
-    stopper = EarlyStopping(cfg.train.early_stop_patience)
+    stopper = EarlyStopping(cfg.train.early_stop_patience, cfg.train.best_metric)
     accelerator.register_for_checkpointing(scheduler, stopper)
     layout = train_layout(cfg.data, accelerator.num_processes)
     preemption = PreemptionWatch(cfg.preempt, accelerator.device)
@@ -385,31 +385,26 @@ def _val_batches(run: Session) -> Batches:
     return run.val_batches
 
 
-def _end_of_epoch_decisions(run: Session, val_loss: float) -> tuple[bool, bool]:
-    """Plateau LR step and early-stopping update from the same global value on every rank."""
+def _end_of_epoch_decisions(run: Session, val: dict[str, Any]) -> tuple[bool, bool]:
+    """Plateau LR step and early-stopping update from the same global values on every rank."""
     lr_before = run.lr
-    run.scheduler.after_epoch(val_loss)
+    run.scheduler.after_epoch(val["loss"])
     run.lr_history.append(run.lr)
-    return run.stopper.update(val_loss), run.lr < lr_before
+    return run.stopper.update(val), run.lr < lr_before
 
 
 def _save(run: Session, improved: bool) -> None:
-    """A new best is written before `last` moves past its epoch: a crash in between resumes
-    from the old `last` and redoes the epoch, so no best is ever lost."""
-    last, best = run.paths.last, run.paths.best
-    save = partial(
-        save_checkpoint,
-        run.accelerator,
-        model_name=run.cfg.model.model,
-        position=run.position,
-        identity=run.identity,
-        average=run.average,
-    )
-    if improved:
-        save(best)
-        copy_checkpoint(run.accelerator, best, last)
-    else:
-        save(last)
+    """The epoch's state is saved once and copied: its epoch checkpoint and a new best are
+    written before `last` moves past the epoch (a crash in between resumes from the old `last`
+    and redoes the epoch, so neither is ever lost), then the oldest epoch checkpoints go."""
+    epoch, keep = run.position.epoch, run.cfg.train.keep_checkpoints
+    saved, *copies = epoch_end_folders(run.paths, epoch, keep, improved)
+    save_checkpoint(run.accelerator, saved, run.cfg.model.model, run.position, run.identity,
+                    run.average)  # fmt: skip
+    for folder in copies:
+        copy_checkpoint(run.accelerator, saved, folder)
+    if keep:
+        prune_epoch_checkpoints(run.paths, epoch, keep)
     run.preemption.saved()
 
 

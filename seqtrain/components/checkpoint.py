@@ -81,13 +81,22 @@ def save_checkpoint(
 
 
 def copy_checkpoint(accelerator: Accelerator, source: Path, folder: Path) -> None:
-    """Collective: `folder` becomes a copy of the complete checkpoint `source` (e.g. best)."""
+    """Collective: `folder` becomes a copy of the complete checkpoint `source` (e.g. best),
+    made of hard links where the file system allows: a checkpoint's files are never written
+    in place (every save writes new files aside), so the two can share them."""
     if accelerator.is_main_process:
         tmp = _sibling(folder, "tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(source, tmp)
+        shutil.copytree(source, tmp, copy_function=_link_or_copy)
         _replace(tmp, folder)
     accelerator.wait_for_everyone()
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # no hard links here (some network and FUSE file systems, a link limit)
+        shutil.copy2(source, target)
 
 
 def find_checkpoint(folder: Path) -> Path | None:

@@ -40,6 +40,7 @@ GUARDED_SETTINGS = (
     ("train", "epochs"),
     ("train", "steps_per_epoch"),
     ("train", "early_stop_patience"),
+    ("train", "best_metric"),  # which epochs count as improving: best, early stopping
     ("train", "seed"),
 )
 

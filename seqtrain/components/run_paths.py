@@ -4,7 +4,8 @@
     config.yaml          the resolved config, written before step 1 (reruns the job)
     metrics.jsonl        one JSON line per finished epoch
     ranks/<rank>.json    each rank's world size, LR history and last epoch
-    checkpoints/last     the newest checkpoint (resume), checkpoints/best the lowest val loss
+    checkpoints/last     the newest checkpoint (resume), checkpoints/best the best --best-metric
+    checkpoints/epoch-NNNN   the state after epoch NNNN, the last --keep-checkpoints epochs
     test_metrics.json    the best model on test
     predictions.png      sample test predictions of the best model
     export/              the best weights for deployment (`seqtrain export`)
@@ -64,6 +65,10 @@ class RunPaths:
     @property
     def best(self) -> Path:
         return self.checkpoints / "best"
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        """The state after `epoch` (counted from 1, as metrics.jsonl counts)."""
+        return self.checkpoints / f"epoch-{epoch:04d}"
 
     @property
     def test_metrics(self) -> Path:

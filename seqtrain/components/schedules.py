@@ -1,6 +1,6 @@
 """LR schedules behind `--sched`: one object the loop steps after every optimizer step and
 after every validation, whichever schedule it holds; and early stopping, which reads the same
-global val loss.
+global val summary (its --best-metric, which also picks checkpoints/best).
 
 `plateau` (the reference) is ReduceLROnPlateau on the global val loss once per epoch;
 `onecycle` has OneCycleLR's shape up to --lr and down again over all epochs, planned in
@@ -13,7 +13,7 @@ process per call) and registered for checkpointing, so a resumed run continues t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -133,18 +133,36 @@ class LRSchedule:
         self.scheduler.load_state_dict(state)
 
 
+# --best-metric: the key of the val summary it reads, and whether higher is better.
+_BEST_METRICS = {"val_loss": ("loss", False), "val_exact_match": ("exact_match", True)}
+
+
 @dataclass
 class EarlyStopping:
-    """Stop after `patience` epochs without a lower value; fed the same global value on every
-    rank, so every rank reaches the same decision without further communication."""
+    """Stop after `patience` epochs without a better value of `metric` (--best-metric); fed the
+    same global val summary on every rank, so every rank reaches the same decision without
+    further communication. Its "new best" also picks checkpoints/best."""
 
     patience: int
-    best: float = math.inf
+    metric: str = "val_loss"
+    best: float = field(init=False)
     bad_epochs: int = 0
 
-    def update(self, value: float) -> bool:
-        """Record one epoch's value; True when it is a new best."""
-        if value < self.best:
+    def __post_init__(self) -> None:
+        self.best = self._worst
+
+    @property
+    def _worst(self) -> float:
+        return -math.inf if self._higher_is_better else math.inf
+
+    @property
+    def _higher_is_better(self) -> bool:
+        return _BEST_METRICS[self.metric][1]
+
+    def update(self, val: dict[str, float]) -> bool:
+        """Record one epoch's val summary; True when its metric is a new best (NaN never is)."""
+        value = val[_BEST_METRICS[self.metric][0]]
+        if (value > self.best) if self._higher_is_better else (value < self.best):
             self.best, self.bad_epochs = value, 0
             return True
         self.bad_epochs += 1
@@ -154,8 +172,11 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.bad_epochs >= self.patience
 
-    def state_dict(self) -> dict[str, float]:
-        return {"best": self.best, "bad_epochs": self.bad_epochs}
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs, "metric": self.metric}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Checkpoints older than --best-metric recorded no metric: theirs was the val loss.
+        if state.get("metric", "val_loss") != self.metric:
+            return  # an accepted change of metric (--accept-changes) starts its record afresh
         self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
