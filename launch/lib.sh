@@ -157,6 +157,56 @@ launch_trainer() {
   return "$status"
 }
 
+# The job's shape, from SLURM's variables (what sbatch's command line or #SBATCH lines asked for;
+# never constants): JOB_NODES; TASKS_PER_NODE: --ntasks-per-node, else --ntasks over the nodes,
+# else one per GPU of the node (--gpus-per-node, --gres=gpu:N), else 1; CPUS_PER_TASK:
+# --cpus-per-task, else the node's allocated CPUs shared among its tasks.
+slurm_layout() {
+  local gpus=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}} cpus_on_node
+  gpus=${gpus##*:} # --gpus-per-node may name a type: a100:8
+  JOB_NODES=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
+  if [ -n "${SLURM_NTASKS_PER_NODE:-}" ]; then
+    TASKS_PER_NODE=$SLURM_NTASKS_PER_NODE
+  elif [ -n "${SLURM_NTASKS:-}" ]; then
+    [ "$((SLURM_NTASKS % JOB_NODES))" -eq 0 ] ||
+      die "--ntasks $SLURM_NTASKS does not split evenly over $JOB_NODES nodes: use --ntasks-per-node"
+    TASKS_PER_NODE=$((SLURM_NTASKS / JOB_NODES))
+  elif [ "$gpus" -gt 0 ] 2>/dev/null; then
+    TASKS_PER_NODE=$gpus
+  else
+    TASKS_PER_NODE=1
+  fi
+  CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-$((${SLURM_CPUS_ON_NODE:-$TASKS_PER_NODE} / TASKS_PER_NODE))}
+  cpus_on_node=${SLURM_CPUS_ON_NODE:-$((TASKS_PER_NODE * CPUS_PER_TASK))}
+  # sbatch allocates CPUs for the tasks it was asked for (one per node unless told): srun cannot
+  # start more on them, and says so in words that do not name the fix.
+  if [ "$CPUS_PER_TASK" -lt 1 ] || [ "$((TASKS_PER_NODE * CPUS_PER_TASK))" -gt "$cpus_on_node" ]; then
+    die "$TASKS_PER_NODE tasks per node x ${CPUS_PER_TASK} CPUs need more than the $cpus_on_node CPUs allocated on this node: submit with --ntasks-per-node $TASKS_PER_NODE --cpus-per-task C"
+  fi
+}
+
+# Prepare the node's environment, then check that the command "$@" succeeds there, or stop with
+# a one-line error saying how to fix it: SEQTRAIN_SETUP, a shell line evaluated first (e.g.
+# "module load cuda/12.4"), then the venv SEQTRAIN_VENV activated. srun passes the resulting
+# environment on to every task.
+activate_environment() {
+  local failure
+  # Lmod's and venv's scripts are not written for `set -u`.
+  set +u
+  if [ -n "${SEQTRAIN_SETUP:-}" ]; then
+    eval "$SEQTRAIN_SETUP" || die "SEQTRAIN_SETUP failed: $SEQTRAIN_SETUP"
+  fi
+  if [ -n "${SEQTRAIN_VENV:-}" ]; then
+    [ -f "$SEQTRAIN_VENV/bin/activate" ] || die "SEQTRAIN_VENV=$SEQTRAIN_VENV has no bin/activate"
+    # shellcheck disable=SC1091  # the user's venv
+    source "$SEQTRAIN_VENV/bin/activate"
+  fi
+  set -u
+  [ "${DRY_RUN:-0}" = 1 ] && return
+  failure=$("$@" 2>&1 >/dev/null) ||
+    die "\`$*\` failed on ${HOSTNAME:-this node} ($(tail -n 1 <<<"$failure")): set SEQTRAIN_VENV to the venv that has seqtrain, or SEQTRAIN_SETUP to the line that loads it"
+}
+
 # The id `scontrol` knows this job by: an array task's own (ARRAYJOB_TASK), else the job's.
 slurm_job_id() {
   if [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then

@@ -186,23 +186,30 @@ def test_train_sbatch_names_an_array_task_by_its_own_id(fake_slurm):
 def sbatch_with_stand_ins(
     tmp_path: Path, srun_status: int, job_fields: str = "JobState=RUNNING Restarts=0", **env: str
 ) -> tuple[int, list[str]]:
-    """Run train.sbatch for real with a stand-in `srun` that exits `srun_status` and a stand-in
-    `scontrol` that records its arguments and shows the job as `job_fields`; returns the
-    script's status and the `scontrol requeue` calls."""
+    """Run train.sbatch for real with stand-ins: `srun` exits `srun_status` and records the
+    environment it was given (tmp_path/srun.calls: "$VIRTUAL_ENV|$SETUP_MARK|argv"), `scontrol`
+    records its arguments (tmp_path/scontrol.calls) and shows the job as `job_fields`, `python3`
+    can import anything. Returns the script's status and the `scontrol requeue` calls."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "scontrol.calls"
-    (bin_dir / "srun").write_text(f"#!/bin/sh\nexit {srun_status}\n")
+    (bin_dir / "srun").write_text(
+        f'#!/bin/sh\necho "$VIRTUAL_ENV|$SETUP_MARK|$*" >> {tmp_path}/srun.calls\n'
+        f"exit {srun_status}\n"
+    )
     (bin_dir / "scontrol").write_text(
         f'#!/bin/sh\necho "$*" >> {calls}\n[ "$1" = -o ] && echo "JobId=1 {job_fields}"\nexit 0\n'
     )
-    for tool in ("srun", "scontrol"):
+    (bin_dir / "python3").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("srun", "scontrol", "python3"):
         (bin_dir / tool).chmod(0o755)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("SLURM_", "SEQTRAIN_", "PYTHON", "VIRTUAL_ENV"))}  # fmt: skip
     env = {**clean, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
            "SLURM_SUBMIT_DIR": str(REPO), "SLURM_CPUS_PER_TASK": "4", **env}  # fmt: skip
     done = subprocess.run(["bash", str(LAUNCH / "slurm" / "train.sbatch")], env=env,
                           capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+    (tmp_path / "stderr").write_text(done.stderr)
     lines = calls.read_text().splitlines() if calls.exists() else []
     return done.returncode, [line for line in lines if line.startswith("requeue")]
 
@@ -230,10 +237,14 @@ def test_train_sbatch_leaves_a_job_slurm_is_ending_alone(tmp_path, job_fields):
 
 
 def test_train_sbatch_requeues_the_array_task_not_the_array(tmp_path):
+    """Inside an array SLURM_JOB_ID is the task's own number, yet `scontrol` is asked about
+    (and requeues) ARRAYJOB_TASK; the array's id alone would requeue every task."""
     status, calls = sbatch_with_stand_ins(
         tmp_path, 75, SLURM_ARRAY_JOB_ID="4240", SLURM_ARRAY_TASK_ID="3"
     )
     assert (status, calls) == (75, ["requeue 4240_3"])
+    every_call = (tmp_path / "scontrol.calls").read_text().splitlines()
+    assert every_call == ["-o show job 4240_3", "requeue 4240_3"]
 
 
 @pytest.mark.parametrize("status", [0, 1, 2])
@@ -246,3 +257,119 @@ def test_generate_jobs_take_sbatch_args_for_a_cpu_partition(fake_slurm):
     submit, finalize = dry_run("slurm/submit_generate.sh", ["--out", "o"], env)
     for cmd in (submit, finalize):
         assert option(cmd, "--partition") == "cpu" and option(cmd, "--cpus-per-task") == "2"
+
+
+def step_shape(cmd: list[str]) -> tuple[str, ...]:
+    """srun's --nodes, --ntasks, --ntasks-per-node and --cpus-per-task values."""
+    given = dict(part[2:].split("=", 1) for part in cmd if part.startswith("--") and "=" in part)
+    return tuple(given[name] for name in ("nodes", "ntasks", "ntasks-per-node", "cpus-per-task"))
+
+
+@pytest.mark.parametrize(
+    ("slurm", "shape"),
+    [
+        # sbatch --nodes 4 --gpus-per-node 8 --ntasks-per-node 8 --cpus-per-task 8
+        ({"SLURM_JOB_NUM_NODES": "4", "SLURM_GPUS_PER_NODE": "8", "SLURM_GPUS_ON_NODE": "8",
+          "SLURM_NTASKS": "32", "SLURM_NTASKS_PER_NODE": "8", "SLURM_CPUS_PER_TASK": "8",
+          "SLURM_CPUS_ON_NODE": "64"}, ("4", "32", "8", "8")),
+        # sbatch --nodes 2 --gpus-per-node h100:4 --exclusive: a rank per GPU, the CPUs shared
+        ({"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_PER_NODE": "h100:4",
+          "SLURM_CPUS_ON_NODE": "48"}, ("2", "8", "4", "12")),
+        # sbatch --nodes 3 --ntasks 6 on a CPU partition
+        ({"SLURM_JOB_NUM_NODES": "3", "SLURM_NTASKS": "6", "SLURM_CPUS_ON_NODE": "2"},
+         ("3", "6", "2", "1")),
+        # sbatch --gpus-per-node 0 --ntasks-per-node 4 --cpus-per-task 2
+        ({"SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_PER_NODE": "0", "SLURM_NTASKS": "4",
+          "SLURM_NTASKS_PER_NODE": "4", "SLURM_CPUS_PER_TASK": "2", "SLURM_CPUS_ON_NODE": "8"},
+         ("1", "4", "4", "2")),
+        # plain sbatch: the cluster's defaults, one rank
+        ({"SLURM_JOB_NUM_NODES": "1", "SLURM_CPUS_ON_NODE": "1"}, ("1", "1", "1", "1")),
+    ],
+)  # fmt: skip
+def test_train_sbatch_takes_its_shape_from_the_sbatch_command_line(slurm, shape):
+    env = {**slurm, "SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(REPO), "DRY_RUN": "1"}
+    (cmd,) = dry_run("slurm/train.sbatch", [], env)
+    assert step_shape(cmd) == shape
+
+
+def test_train_sbatch_fixes_no_resources():
+    """Only sbatch's command line (or the cluster's defaults) sets what the job gets."""
+    lines = (LAUNCH / "slurm" / "train.sbatch").read_text().splitlines()
+    options = [line.split()[1].split("=")[0] for line in lines if line.startswith("#SBATCH")]
+    assert set(options) == {"--job-name", "--output", "--open-mode", "--requeue", "--signal"}
+
+
+def test_train_sbatch_with_accelerate_gives_each_node_its_ranks_cpus():
+    env = {"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "4", "SLURM_CPUS_ON_NODE": "32",
+           "SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(REPO), "DRY_RUN": "1",
+           "LAUNCHER": "accelerate"}  # fmt: skip
+    result = run_script("slurm/train.sbatch", [], env)
+    assert step_shape(shlex.split(result.stdout)) == ("2", "2", "1", "32")
+
+
+def test_train_sbatch_with_too_few_cpus_for_a_rank_per_gpu_says_how_to_submit():
+    """`sbatch --gpus-per-node 8 --cpus-per-task 4` allocates one task's CPUs per node: srun
+    could not start eight ranks on them."""
+    env = {"SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "4",
+           "SLURM_CPUS_ON_NODE": "4", "SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(REPO),
+           "DRY_RUN": "1"}  # fmt: skip
+    result = run_script("slurm/train.sbatch", [], env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--ntasks-per-node 8" in result.stderr
+
+
+def fake_venv(root: Path) -> Path:
+    """A venv whose activate script puts its bin/ first on PATH and sets VIRTUAL_ENV."""
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "activate").write_text(
+        f'VIRTUAL_ENV={root}\nexport VIRTUAL_ENV\nPATH="$VIRTUAL_ENV/bin:$PATH"\nexport PATH\n'
+    )
+    return root
+
+
+def test_train_sbatch_runs_the_setup_line_then_activates_the_venv(tmp_path):
+    """SEQTRAIN_SETUP (a `module load` line, say) and SEQTRAIN_VENV reach srun, hence every
+    rank; the venv's python3 is the one checked."""
+    venv = fake_venv(tmp_path / "venv")
+    checked = tmp_path / "checked"
+    (venv / "bin" / "python3").write_text(f'#!/bin/sh\necho "$*" > {checked}\n')
+    (venv / "bin" / "python3").chmod(0o755)
+    status, _ = sbatch_with_stand_ins(
+        tmp_path, 0, SEQTRAIN_VENV=str(venv), SEQTRAIN_SETUP="export SETUP_MARK=loaded"
+    )
+    assert status == 0, (tmp_path / "stderr").read_text()
+    assert checked.read_text().strip() == "-c import seqtrain.train"
+    (srun,) = (tmp_path / "srun.calls").read_text().splitlines()
+    assert srun.startswith(f"{venv}|loaded|")
+
+
+@pytest.mark.parametrize(
+    ("venv_python", "message"),
+    [
+        ("echo \"ModuleNotFoundError: No module named 'torch'\" >&2; exit 1", "'torch'"),
+        (None, "has no bin/activate"),
+    ],
+)
+def test_train_sbatch_without_seqtrain_on_the_node_is_one_line_error(
+    tmp_path, venv_python, message
+):
+    venv = tmp_path / "venv"
+    if venv_python is not None:
+        fake_venv(venv)
+        (venv / "bin" / "python3").write_text(f"#!/bin/sh\n{venv_python}\n")
+        (venv / "bin" / "python3").chmod(0o755)
+    status, _ = sbatch_with_stand_ins(tmp_path, 0, SEQTRAIN_VENV=str(venv))
+    stderr = (tmp_path / "stderr").read_text()
+    assert status == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert message in stderr and "SEQTRAIN_VENV" in stderr
+    assert not (tmp_path / "srun.calls").exists()
+
+
+def test_generate_array_task_uses_the_cpus_slurm_allocated(fake_slurm):
+    env = {**fake_slurm, "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_ID": "2",
+           "SLURM_CPUS_ON_NODE": "6", "SLURM_SUBMIT_DIR": str(REPO)}  # fmt: skip
+    (cmd,) = dry_run("slurm/generate.sbatch", ["--out", "o"], env)
+    assert option(cmd, "--workers") == "6"
+    (cmd,) = dry_run("slurm/generate.sbatch", ["--out", "o"], {**env, "SLURM_CPUS_PER_TASK": "3"})
+    assert option(cmd, "--workers") == "3"
