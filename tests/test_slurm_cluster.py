@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -120,13 +121,14 @@ def submit(
     launcher: str = "srun",
     layout: tuple[str, ...] = ONE_NODE,
     epochs: int = 4,
+    env: dict[str, str] | None = None,
 ) -> Job:
     """train.sbatch on the cpu partition: two ranks (by default two tasks on one node, or one
-    `accelerate launch` of two processes), one CPU each."""
+    `accelerate launch` of two processes), one CPU each; `env` over the job's environment."""
     env = {**cluster.env, "PYTHON": sys.executable, "MIXED_PRECISION": "no",
            "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "LAUNCHER": launcher,
            "ACCELERATE": str(BIN / "accelerate"), "MAIN_PROCESS_PORT": str(free_port()),
-           "WANDB_SILENT": "true"}  # fmt: skip
+           "WANDB_SILENT": "true", **(env or {})}  # fmt: skip
     log = out / "job.out"
     argv = ["--partition", "cpu", *layout, "--cpus-per-task", "1", "--gpus-per-node", "0",
             "--output", str(log), *options,
@@ -145,6 +147,27 @@ def run_unbroken(cluster: SlurmCluster, shards: Path, out: Path, epochs: int = 4
 def unbroken(cluster: SlurmCluster, tiny_shards: Path, tmp_path_factory) -> Path:
     """The same job, never stopped."""
     return run_unbroken(cluster, tiny_shards, tmp_path_factory.mktemp("unbroken"))
+
+
+@pytest.mark.timeout(2 * JOB_TIMEOUT_S)
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="the tests run outside a venv")
+def test_ranks_from_sbatch_options_in_the_venv_named(
+    cluster: SlurmCluster, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """`sbatch --nodes 1 --ntasks 2`: the script starts two ranks (from SLURM's variables, not
+    constants) in the venv SEQTRAIN_VENV names (PYTHON unset; the python3 first on the
+    submitter's PATH cannot run seqtrain)."""
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    (decoy / "python3").write_text("#!/bin/sh\necho 'not the venv' >&2\nexit 1\n")
+    (decoy / "python3").chmod(0o755)
+    env = {"PYTHON": "", "SEQTRAIN_VENV": sys.prefix, "PATH": f"{decoy}:{os.environ['PATH']}"}
+    job = submit(cluster, tiny_shards, tmp_path, layout=("--nodes", "1", "--ntasks", "2"),
+                 epochs=1, env=env)  # fmt: skip
+    assert job.wait_end()["JobState"] == "COMPLETED", job.output()[-3000:]
+    assert "(srun, 1 nodes x 2 ranks x 1 CPUs)" in job.output()
+    ranks = [json.loads((job.run / "ranks" / f"{i}.json").read_text()) for i in range(2)]
+    assert [(r["process_index"], r["num_processes"]) for r in ranks] == [(0, 2), (1, 2)]
 
 
 # slurmctld sends the time-limit warning at its first periodic check (every 30 s) after it is
