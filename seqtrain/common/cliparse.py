@@ -1,4 +1,5 @@
-"""Dataclass configs to command lines (via tyro), with `--config file.yaml` and one-line errors."""
+"""Dataclass configs to command lines (via tyro), with `--config file.yaml`, `--print-config`
+and one-line errors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import tyro
 import yaml
@@ -34,21 +35,59 @@ def _one_line(tyro_stderr: str) -> str:
     return message or "invalid command line (see --help)"
 
 
-def parse_config(
-    cls: type[T], argv: Sequence[str] | None, prog: str, description: str, default: T | None = None
-) -> T:
+@dataclasses.dataclass(kw_only=True)  # after any config's required (positional) fields
+class FileFlags:
+    """The flags every command has beside its own config's fields."""
+
+    config: Annotated[Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="")] = None
+    """YAML file (a run's config.yaml, a recipe) replacing the defaults; other flags override it."""
+    print_config: tyro.conf.FlagCreatePairsOff[bool] = False
+    """Print the resolved config as YAML (what the run's config.yaml holds) and exit."""
+
+
+def parse_config(cls: type[T], argv: Sequence[str] | None, prog: str, description: str) -> T:
     """Parse `argv` into `cls`; flags are the dataclass fields, help comes from field docstrings.
 
-    `--config FILE.yaml` (anywhere in argv) loads defaults from a YAML file written by
-    `dump_config`; flags given on the command line override it.
+    `--config FILE.yaml` (or `--config=FILE.yaml`, anywhere in argv) loads defaults from a YAML
+    file written by `dump_config`; flags given on the command line override it. `--print-config`
+    prints the resolved config and exits 0.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if default is None and "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise UserError("--config needs a YAML file")
-        default = load_config(cls, Path(argv[i + 1]))
-        del argv[i : i + 2]
+    path, argv = _take_config_path(list(sys.argv[1:] if argv is None else argv))
+    default = load_config(cls, path) if path else None
+    # tyro parses cls plus FileFlags, so --help lists them; --config was taken out above.
+    with_flags = dataclasses.make_dataclass(cls.__name__, [], bases=(cls, FileFlags))
+    flagged_default = None if default is None else with_flags(**_fields(default))
+    parsed = _tyro_cli(with_flags, argv, prog, description, flagged_default)
+    config = cls(**_fields(parsed, of=cls))
+    if parsed.print_config:
+        print(dump_config(config), end="")
+        raise SystemExit(0)
+    return config
+
+
+def _take_config_path(argv: list[str]) -> tuple[Path | None, list[str]]:
+    """The path of `--config PATH` or `--config=PATH`, and argv without it."""
+    found = [i for i, arg in enumerate(argv) if arg == "--config" or arg.startswith("--config=")]
+    if not found:
+        return None, argv
+    if len(found) > 1:
+        raise UserError("--config is given more than once")
+    i = found[0]
+    _, inline, value = argv[i].partition("=")
+    if not inline:
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+    if not value or value.startswith("-"):
+        raise UserError("--config needs a YAML file")
+    return Path(value), argv[:i] + argv[i + (1 if inline else 2) :]
+
+
+def _fields(config: Any, of: type | None = None) -> dict[str, Any]:
+    """The init values of `config`'s fields (of the dataclass `of`, default its own)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(of or config) if f.init}
+
+
+def _tyro_cli(cls: type[T], argv: list[str], prog: str, description: str, default: T | None) -> T:
+    """tyro.cli with flat flag names; a bad command line is a UserError of one line."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
