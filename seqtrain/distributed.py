@@ -23,6 +23,7 @@ from accelerate.utils import broadcast_object_list, gather_object, reduce, set_s
 from torch import nn
 
 from seqtrain.common.errors import UserError
+from seqtrain.components import trackers
 from seqtrain.components.parent_watch import end_with_parent
 from seqtrain.config import RunConfig
 from seqtrain.data.stream import images_to_float
@@ -200,7 +201,7 @@ def make_accelerator(cfg: RunConfig, run_dir: Path) -> Accelerator:
     return Accelerator(
         cpu=use_cpu(cfg),
         mixed_precision=resolved_precision(cfg),
-        log_with=None if cfg.log.wandb_mode == "disabled" else "wandb",
+        log_with=trackers.chosen(cfg, run_dir) or None,  # --report-to
         project_dir=str(run_dir),
         # ReduceLROnPlateau is stepped by us once per epoch, never per optimizer step.
         step_scheduler_with_optimizer=False,

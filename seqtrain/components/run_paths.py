@@ -10,6 +10,9 @@
     predictions.png      sample test predictions of the best model
     export/              the best weights for deployment (`seqtrain export`)
     wandb/, wandb_run.json   the W&B run's files and the id a resume continues
+    train_log.csv        --report-to csv: one step,metric,value row per logged point
+    tensorboard/         --report-to tensorboard: TensorBoard's event files
+    profile/rank<N>.pt.trace.json   --profile-steps: each rank's torch.profiler trace
     .owner.lock          held by the one job that owns the folder
 """
 
@@ -27,12 +30,15 @@ PREDICTIONS = "predictions.png"
 EXPORT = "export"
 WANDB_DIR = "wandb"
 WANDB_RUN = "wandb_run.json"
+TRAIN_LOG = "train_log.csv"
+TENSORBOARD = "tensorboard"
+PROFILE = "profile"
 LOCK = ".owner.lock"
 
 # Everything a run writes (the lock aside): `--overwrite` removes these and nothing else, so a
 # run folder that is also, say, a home directory loses nothing else.
 OUTPUTS = (CONFIG, METRICS, TEST_METRICS, PREDICTIONS, CHECKPOINTS, EXPORT, RANKS, WANDB_DIR,
-           WANDB_RUN)  # fmt: skip
+           WANDB_RUN, TRAIN_LOG, TENSORBOARD, PROFILE)  # fmt: skip
 # Present once a run has started: the resolved config is written before step 1.
 MARKERS = (CONFIG, CHECKPOINTS, METRICS)
 
@@ -89,6 +95,18 @@ class RunPaths:
     @property
     def wandb_run(self) -> Path:
         return self.root / WANDB_RUN
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / TRAIN_LOG
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
+
+    def profile_trace(self, rank: int) -> Path:
+        # The suffix TensorBoard's profiler plugin and W&B's trace viewer look for.
+        return self.root / PROFILE / f"rank{rank}.pt.trace.json"
 
     @property
     def lock(self) -> Path:

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import struct
 import sys
 import time
@@ -30,6 +31,7 @@ from seqtrain.common.cliparse import config_to_dict
 from seqtrain.common.errors import UserError
 from seqtrain.components.run_files import read_metrics
 from seqtrain.components.run_paths import RunPaths
+from seqtrain.components.trackers import log_to_run_folder
 from seqtrain.config import RunConfig
 
 WANDB = "wandb"
@@ -114,7 +116,7 @@ _steps: LoggedSteps | None = None
 def check_tracker_installed(cfg: RunConfig) -> None:
     """W&B asked for (--wandb-mode online/offline) but not installed is an error: Accelerate
     would drop the tracker with a warning, and the run would log nowhere."""
-    if cfg.log.wandb_mode != "disabled" and importlib.util.find_spec("wandb") is None:
+    if cfg.log.wandb_on and importlib.util.find_spec("wandb") is None:
         raise UserError(
             f"--wandb-mode {cfg.log.wandb_mode} needs the wandb package (pip install wandb); "
             "or pass --wandb-mode disabled"
@@ -126,7 +128,10 @@ def start_tracking(accelerator: Accelerator, cfg: RunConfig, run_dir: Path) -> N
     the run folder's run, continued (`resume="allow"`) when an earlier segment started it."""
     global _steps
     _steps = None
-    if cfg.log.wandb_mode == "disabled" or not accelerator.is_main_process:
+    if not accelerator.is_main_process:
+        return
+    if not cfg.log.wandb_on:
+        accelerator.init_trackers(run_dir.name)  # the run folder's trackers only (`trackers`)
         return
     _steps = LoggedSteps(run_dir, offline=cfg.log.wandb_mode == "offline")
     # W&B's service announced by a parent process (a notebook, a launcher, a test runner that
@@ -150,7 +155,8 @@ def start_tracking(accelerator: Accelerator, cfg: RunConfig, run_dir: Path) -> N
 
 
 def log_metrics(accelerator: Accelerator, values: dict[str, float], step: int) -> None:
-    _log(accelerator, values, step, lambda new, at: accelerator.log(new, step=at))
+    log_to_run_folder(accelerator, values, step)
+    _log(accelerator, values, step, lambda new, at: _wandb(accelerator).log(new, step=at))
 
 
 def log_epoch(accelerator: Accelerator, record: dict[str, Any]) -> None:
@@ -167,14 +173,14 @@ def log_epoch(accelerator: Accelerator, record: dict[str, Any]) -> None:
 
 def log_summary(accelerator: Accelerator, values: dict[str, Any]) -> None:
     """Final results go to the run summary (not history): they describe the run, not a step."""
-    if accelerator.is_main_process and accelerator.trackers:
+    if _wandb_open(accelerator):
         run = accelerator.get_tracker(WANDB, unwrap=True)
         for key, value in values.items():
             run.summary[key] = value
 
 
 def log_image(accelerator: Accelerator, key: str, path: Path, step: int) -> None:
-    if accelerator.is_main_process and accelerator.trackers:
+    if _wandb_open(accelerator):
         with Image.open(path) as image:
             picture = image.convert("RGB")
         tracker = accelerator.get_tracker(WANDB)
@@ -184,13 +190,23 @@ def log_image(accelerator: Accelerator, key: str, path: Path, step: int) -> None
 def log_model(accelerator: Accelerator, export_dir: Path) -> None:
     """The exported best model as a W&B model artifact of this run (uploaded at sync when
     offline)."""
-    if accelerator.is_main_process and accelerator.trackers:
+    if _wandb_open(accelerator):
         import wandb
 
         run = accelerator.get_tracker(WANDB, unwrap=True)
         artifact = wandb.Artifact(f"model-{run.id}", type="model")
         artifact.add_dir(str(export_dir))
         run.log_artifact(artifact, aliases=["best"])
+
+
+def save_trace(accelerator: Accelerator, trace: Path) -> None:
+    """A torch.profiler trace (--profile-steps) into the W&B run's files, under pytorch_traces/
+    as W&B's own `wandb.profiler.torch_trace_handler` puts them (offline: kept with the run's
+    files, uploaded by `wandb sync`)."""
+    if _wandb_open(accelerator):
+        files = Path(accelerator.get_tracker(WANDB, unwrap=True).dir) / "pytorch_traces"
+        files.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(trace, files / trace.name)
 
 
 def finish_tracking(accelerator: Accelerator) -> None:
@@ -237,6 +253,15 @@ def _log(
         at = _steps.step_for(step)
         send(new, at)
         _steps.logged(new, step, at)
+
+
+def _wandb_open(accelerator: Accelerator) -> bool:
+    """The W&B run is open here: the main process, with W&B among --report-to's trackers."""
+    return accelerator.is_main_process and any(t.name == WANDB for t in accelerator.trackers)
+
+
+def _wandb(accelerator: Accelerator) -> Any:
+    return accelerator.get_tracker(WANDB)
 
 
 def _new_run_id() -> str:
