@@ -14,9 +14,6 @@ from typing import Literal
 
 from seqtrain.common.errors import UserError
 
-# --report-to's trackers (seqtrain/components/trackers.py).
-REPORT_TO = ("wandb", "tensorboard", "csv")
-
 
 def _require(condition: bool, flag: str, message: str) -> None:
     if not condition:
@@ -207,58 +204,32 @@ class PreemptConfig:
 
 @dataclass
 class LogConfig:
-    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
-    """W&B mode: `offline` writes the run under the run folder (sync later), `online` streams it."""
-    wandb_project: str = "seqtrain"
-    """W&B project."""
+    """The W&B settings left out (None) come from W&B's environment variables, named below, else
+    the default; config.yaml saves them resolved, and a resumed run keeps its first start's."""
+
+    wandb_mode: Literal["offline", "online", "disabled"] | None = None
+    """W&B mode: `offline` writes the run under the run folder (sync later), `online` streams it
+    (default: $WANDB_MODE, else offline)."""
+    wandb_project: str | None = None
+    """W&B project (default: $WANDB_PROJECT, else seqtrain)."""
     wandb_entity: str | None = None
-    """W&B entity (team or user); default: your W&B default."""
-    wandb_tags: tuple[str, ...] = ()
-    """W&B tags."""
+    """W&B entity, team or user (default: $WANDB_ENTITY, else your W&B default)."""
+    wandb_dir: Path | None = None
+    """Folder W&B writes its `wandb/` files into (default: $WANDB_DIR, else the run folder)."""
+    wandb_tags: tuple[str, ...] | None = None
+    """W&B tags (default: $WANDB_TAGS, comma-separated, else none)."""
+    wandb_group: str | None = None
+    """W&B group, e.g. the seeds of one recipe or the members of an ensemble (default:
+    $WANDB_RUN_GROUP, else none)."""
+    wandb_notes: str | None = None
+    """W&B notes: a longer description of the run (default: $WANDB_NOTES, else none)."""
+    wandb_job_type: str | None = None
+    """W&B job type, e.g. `train` or `sweep` (default: $WANDB_JOB_TYPE, else none)."""
     wandb_log_model: bool = False
     """At the end, log the best model's export as a W&B model artifact of the run."""
-    report_to: tuple[str, ...] = ("wandb",)
-    """Where the metrics go, one or more of `wandb` (as --wandb-mode says), `tensorboard` (event
-    files in the run folder's tensorboard/; needs the tensorboard package, the `tensorboard`
-    extra) and `csv` (the run folder's train_log.csv: step,metric,value rows), space- or
-    comma-separated (--report-to wandb,csv)."""
-    profile_steps: str | None = None
-    """`A:B`: write a torch.profiler trace of global optimizer steps A to B (counted from 1) to
-    the run folder's profile/rank<N>.pt.trace.json, one per process (Perfetto, chrome://tracing,
-    TensorBoard's profiler), also saved with the W&B run's files (default: no profiling)."""
-
-    def __post_init__(self) -> None:
-        names = [n.strip() for item in self.report_to for n in item.split(",") if n.strip()]
-        unknown = sorted(set(names) - set(REPORT_TO))
-        _require(
-            not unknown, "--report-to", f"takes {', '.join(REPORT_TO)}; got {', '.join(unknown)}"
-        )
-        _require(bool(names), "--report-to", f"needs one or more of {', '.join(REPORT_TO)}")
-        self.report_to = tuple(dict.fromkeys(names))  # order kept, repeats dropped
-        _profile_window(self.profile_steps)  # a bad spec fails before the run starts
-
-    @property
-    def wandb_on(self) -> bool:
-        """W&B is one of --report-to and --wandb-mode does not disable it."""
-        return "wandb" in self.report_to and self.wandb_mode != "disabled"
-
-    @property
-    def profile_window(self) -> tuple[int, int] | None:
-        """--profile-steps as (first, last) global steps, or None."""
-        return _profile_window(self.profile_steps)
-
-
-def _profile_window(spec: str | None) -> tuple[int, int] | None:
-    if spec is None:
-        return None
-    first, _, last = (part.strip() for part in spec.partition(":"))
-    numbers = first.isdigit() and last.isdigit()
-    _require(
-        numbers and 1 <= int(first) <= int(last),
-        "--profile-steps",
-        f"must be A:B, global steps with 1 <= A <= B; got {spec!r}",
-    )
-    return int(first), int(last)
+    wandb_log_data: bool = False
+    """At start, record the shards as a W&B dataset artifact the run used, by reference (their
+    URLs and checksums; nothing is uploaded). Online only: W&B refuses used artifacts offline."""
 
 
 @dataclass

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import secrets
-import shutil
 import struct
 import sys
 import time
@@ -29,10 +28,16 @@ from PIL import Image
 from seqtrain.common.atomic import atomic_write_json
 from seqtrain.common.cliparse import config_to_dict
 from seqtrain.common.errors import UserError
+from seqtrain.common.storage import Location, join
 from seqtrain.components.run_files import read_metrics
 from seqtrain.components.run_paths import RunPaths
-from seqtrain.components.trackers import log_to_run_folder
+from seqtrain.components.wandb_settings import (
+    hand_to_wandb,
+    run_id_from_environment,
+    wandb_files_dir,
+)
 from seqtrain.config import RunConfig
+from seqtrain.data.format import MANIFEST_NAME, SPLITS, Manifest
 
 WANDB = "wandb"
 WANDB_SERVICE_ENV = "WANDB_SERVICE"
@@ -56,13 +61,18 @@ class LoggedSteps:
     killed service had not yet sent stay missing.
     """
 
-    def __init__(self, run_dir: Path, offline: bool) -> None:
+    def __init__(
+        self, run_dir: Path, offline: bool, files_dir: Path | None = None, run_id: str | None = None
+    ) -> None:
+        """`files_dir`: where W&B writes (default: the run folder's `wandb/`); `run_id`: the
+        id W&B must use (a sweep agent's), else the run folder's, else a new one."""
         self.path = RunPaths(run_dir).wandb_run
         state = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.run_id: str = state.get("id") or _new_run_id()
+        self.run_id: str = run_id or state.get("id") or _new_run_id()
         self.last_steps: dict[str, int] = state.get("last_steps", {})
         if offline:
-            self.last_steps = _steps_in_records(RunPaths(run_dir).wandb_dir)
+            files_dir = files_dir or RunPaths(run_dir).wandb_dir
+            self.last_steps = _steps_in_records(files_dir, self.run_id)
         # Earlier segments used steps up to max(last_steps); this one starts after them.
         self.floor = max(self.last_steps.values(), default=-1) + 1
         self._save()  # the id is in the run folder before anything is logged
@@ -82,14 +92,14 @@ class LoggedSteps:
         atomic_write_json(self.path, {"id": self.run_id, "last_steps": self.last_steps})
 
 
-def _steps_in_records(wandb_dir: Path) -> dict[str, int]:
-    """The last step each history key has in the offline runs under `wandb_dir` that can be
-    decoded (see `LoggedSteps`)."""
+def _steps_in_records(wandb_dir: Path, run_id: str) -> dict[str, int]:
+    """The last step each history key has in run `run_id`'s offline segments under `wandb_dir`
+    that can be decoded (see `LoggedSteps`); the folder may hold other runs' (a --wandb-dir)."""
     last: dict[str, int] = {}
     if not wandb_dir.is_dir():
         return last
     with contextlib.suppress(FileNotFoundError):
-        for segment in _readable_segments(_offline_logs(wandb_dir)):
+        for segment in _readable_segments(_offline_logs(wandb_dir, run_id)):
             for row in segment["history"]:
                 last.update({key: row["_step"] for key in row if not key.startswith("_")})
     return last
@@ -116,47 +126,100 @@ _steps: LoggedSteps | None = None
 def check_tracker_installed(cfg: RunConfig) -> None:
     """W&B asked for (--wandb-mode online/offline) but not installed is an error: Accelerate
     would drop the tracker with a warning, and the run would log nowhere."""
-    if cfg.log.wandb_on and importlib.util.find_spec("wandb") is None:
+    if cfg.log.wandb_mode != "disabled" and importlib.util.find_spec("wandb") is None:
         raise UserError(
             f"--wandb-mode {cfg.log.wandb_mode} needs the wandb package (pip install wandb); "
             "or pass --wandb-mode disabled"
         )
 
 
-def start_tracking(accelerator: Accelerator, cfg: RunConfig, run_dir: Path) -> None:
-    """Open the W&B run (main process only; Accelerate skips it elsewhere) with the config:
-    the run folder's run, continued (`resume="allow"`) when an earlier segment started it."""
+def start_tracking(
+    accelerator: Accelerator, cfg: RunConfig, run_dir: Path, manifest: Manifest, fingerprint: str
+) -> None:
+    """Open the W&B run (main process only; Accelerate skips it elsewhere) with the config and
+    the data it trains on: the run folder's run, continued (`resume="allow"`) when an earlier
+    segment started it. `cfg.log` holds resolved settings (`wandb_settings`)."""
     global _steps
     _steps = None
-    if not accelerator.is_main_process:
+    log = cfg.log
+    if log.wandb_mode == "disabled" or not accelerator.is_main_process:
         return
-    if not cfg.log.wandb_on:
-        accelerator.init_trackers(run_dir.name)  # the run folder's trackers only (`trackers`)
-        return
-    _steps = LoggedSteps(run_dir, offline=cfg.log.wandb_mode == "offline")
+    files_dir = wandb_files_dir(log, run_dir)
+    _steps = LoggedSteps(run_dir, log.wandb_mode == "offline", files_dir, run_id_from_environment())
     # W&B's service announced by a parent process (a notebook, a launcher, a test runner that
     # used W&B) would hold this run's id beyond this process: after a SIGKILL the resume was
     # refused ("run ID ... is in use"). The run gets a service of its own, which ends with it.
     os.environ.pop(WANDB_SERVICE_ENV, None)
+    files_dir.mkdir(parents=True, exist_ok=True)  # W&B falls back to a temporary folder
+    dataset = dataset_summary(manifest, fingerprint)
     wandb_kwargs: dict[str, Any] = {
-        "mode": cfg.log.wandb_mode,
-        "dir": str(run_dir),
+        "mode": log.wandb_mode,
+        "dir": str(files_dir.parent),
         "name": run_dir.name,
-        "entity": cfg.log.wandb_entity,
-        "tags": list(cfg.log.wandb_tags),
+        "entity": log.wandb_entity,
+        "tags": list(log.wandb_tags or ()),
+        "group": log.wandb_group,
+        "notes": log.wandb_notes,
+        "job_type": log.wandb_job_type,
         "id": _steps.run_id,
         "resume": "allow",
+        # Given to wandb.init, not Accelerate's later config update: under a sweep the agent's
+        # keys are locked, and that update would warn once per swept flag.
+        "config": wandb_config(cfg, dataset),
     }
-    accelerator.init_trackers(
-        cfg.log.wandb_project, config=config_to_dict(cfg), init_kwargs={WANDB: wandb_kwargs}
-    )
+    hand_to_wandb(log)
+    accelerator.init_trackers(log.wandb_project, init_kwargs={WANDB: wandb_kwargs})
+    if log.wandb_log_data:
+        accelerator.get_tracker(WANDB, unwrap=True).use_artifact(data_artifact(manifest, dataset))
     for record in read_metrics(run_dir):  # epochs an earlier segment's W&B service lost
         log_epoch(accelerator, record)
 
 
+def wandb_config(cfg: RunConfig, dataset: dict[str, Any]) -> dict[str, Any]:
+    """The W&B run config: every setting under its field's name (`lr`, `batch_size`), the name
+    a sweep's parameter uses for it, so a swept value and seqtrain's are one key (a nested
+    `model` section would be replaced by a swept `model`), and the data under `dataset`."""
+    sections = config_to_dict(cfg).values()
+    flat = {name: value for section in sections for name, value in section.items()}
+    return {**flat, "dataset": dataset}
+
+
+def dataset_summary(manifest: Manifest, fingerprint: str) -> dict[str, Any]:
+    """What the run trains on: the shards' fingerprint (`resume_guard.data_fingerprint`), where
+    they are, and the generator config that wrote them (manifest.json's `config`)."""
+    return {
+        "fingerprint": fingerprint,
+        "location": _uri(manifest.root),
+        "generator": manifest.config,
+    }
+
+
+def data_artifact(manifest: Manifest, dataset: dict[str, Any]) -> Any:
+    """The shards and manifest.json as a W&B dataset artifact of references: named by the data's
+    fingerprint, so the same shards anywhere are one artifact. Checksums are left to the
+    fingerprint (W&B would read every local shard at start, and ask each store for its own)."""
+    import wandb
+
+    artifact = wandb.Artifact(f"shards-{dataset['fingerprint'][:16]}", type="dataset",
+                              metadata=dataset)  # fmt: skip
+    paths = [s["path"] for split in SPLITS for s in manifest.raw["splits"][split]["shards"]]
+    for path in [MANIFEST_NAME, *paths]:
+        artifact.add_reference(_uri(join(manifest.root, path)), name=path, checksum=False)
+    return artifact
+
+
+def _uri(location: Location) -> str:
+    """A URL W&B's reference artifacts read: file:// for a local path; W&B knows gs://, not
+    gcs://."""
+    if isinstance(location, Path):
+        return location.resolve().as_uri()
+    if location.startswith("gcs://"):
+        return "gs://" + location.removeprefix("gcs://")
+    return location
+
+
 def log_metrics(accelerator: Accelerator, values: dict[str, float], step: int) -> None:
-    log_to_run_folder(accelerator, values, step)
-    _log(accelerator, values, step, lambda new, at: _wandb(accelerator).log(new, step=at))
+    _log(accelerator, values, step, lambda new, at: accelerator.log(new, step=at))
 
 
 def log_epoch(accelerator: Accelerator, record: dict[str, Any]) -> None:
@@ -173,14 +236,14 @@ def log_epoch(accelerator: Accelerator, record: dict[str, Any]) -> None:
 
 def log_summary(accelerator: Accelerator, values: dict[str, Any]) -> None:
     """Final results go to the run summary (not history): they describe the run, not a step."""
-    if _wandb_open(accelerator):
+    if accelerator.is_main_process and accelerator.trackers:
         run = accelerator.get_tracker(WANDB, unwrap=True)
         for key, value in values.items():
             run.summary[key] = value
 
 
 def log_image(accelerator: Accelerator, key: str, path: Path, step: int) -> None:
-    if _wandb_open(accelerator):
+    if accelerator.is_main_process and accelerator.trackers:
         with Image.open(path) as image:
             picture = image.convert("RGB")
         tracker = accelerator.get_tracker(WANDB)
@@ -190,23 +253,13 @@ def log_image(accelerator: Accelerator, key: str, path: Path, step: int) -> None
 def log_model(accelerator: Accelerator, export_dir: Path) -> None:
     """The exported best model as a W&B model artifact of this run (uploaded at sync when
     offline)."""
-    if _wandb_open(accelerator):
+    if accelerator.is_main_process and accelerator.trackers:
         import wandb
 
         run = accelerator.get_tracker(WANDB, unwrap=True)
         artifact = wandb.Artifact(f"model-{run.id}", type="model")
         artifact.add_dir(str(export_dir))
         run.log_artifact(artifact, aliases=["best"])
-
-
-def save_trace(accelerator: Accelerator, trace: Path) -> None:
-    """A torch.profiler trace (--profile-steps) into the W&B run's files, under pytorch_traces/
-    as W&B's own `wandb.profiler.torch_trace_handler` puts them (offline: kept with the run's
-    files, uploaded by `wandb sync`)."""
-    if _wandb_open(accelerator):
-        files = Path(accelerator.get_tracker(WANDB, unwrap=True).dir) / "pytorch_traces"
-        files.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(trace, files / trace.name)
 
 
 def finish_tracking(accelerator: Accelerator) -> None:
@@ -253,15 +306,6 @@ def _log(
         at = _steps.step_for(step)
         send(new, at)
         _steps.logged(new, step, at)
-
-
-def _wandb_open(accelerator: Accelerator) -> bool:
-    """The W&B run is open here: the main process, with W&B among --report-to's trackers."""
-    return accelerator.is_main_process and any(t.name == WANDB for t in accelerator.trackers)
-
-
-def _wandb(accelerator: Accelerator) -> Any:
-    return accelerator.get_tracker(WANDB)
 
 
 def _new_run_id() -> str:
@@ -323,7 +367,8 @@ def _history_value(item: Any) -> Any:
 def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
     """Read a W&B offline run folder (`.../wandb/offline-run-*`) or a folder holding one.
 
-    Returns {"id": run id, "config": nested dict, "history": [row dicts], "summary": dict,
+    Returns {"id": run id, "run": the run's own fields (name, project, entity, group, job_type,
+    notes, tags, sweep_id), "config": nested dict, "history": [row dicts], "summary": dict,
     "artifacts": [(name, type)], "media": [absolute paths of media files], "finished": whether
     the log holds the run's exit record}; the last run is used if several exist. W&B's service
     process may still be writing the log after `run.finish()` has returned (or the training
@@ -345,11 +390,11 @@ def read_offline_segments(run_dir: str | Path) -> list[dict[str, Any]]:
     return [_read_log(log) for log in _offline_logs(run_dir)]
 
 
-def _offline_logs(run_dir: str | Path) -> list[Path]:
+def _offline_logs(run_dir: str | Path, run_id: str = "*") -> list[Path]:
     run_dir = Path(run_dir)
     # Folder names start with the segment's start time, so sorting orders them in time.
-    logs = sorted(run_dir.glob("run-*.wandb")) or sorted(
-        run_dir.glob("**/offline-run-*/run-*.wandb")
+    logs = sorted(run_dir.glob(f"run-{run_id}.wandb")) or sorted(
+        run_dir.glob(f"**/offline-run-*/run-{run_id}.wandb")
     )
     if not logs:
         raise FileNotFoundError(f"no W&B offline run under {run_dir}")
@@ -370,6 +415,7 @@ def _decode_log(log: Path) -> dict[str, Any]:
     from wandb.proto import wandb_internal_pb2 as pb  # heavy import, only for reading back
 
     run_id = ""
+    fields: dict[str, Any] = {}
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
@@ -381,6 +427,7 @@ def _decode_log(log: Path) -> dict[str, Any]:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run_id = record.run.run_id
+            fields = _run_fields(record.run)
             config.update(_config_items(record.run.config.update))
         elif kind == "config":
             config.update(_config_items(record.config.update))
@@ -395,12 +442,26 @@ def _decode_log(log: Path) -> dict[str, Any]:
     media = sorted(p for p in (log.parent / "files" / "media").rglob("*") if p.is_file())
     return {
         "id": run_id,
+        "run": fields,
         "config": config,
         "history": history,
         "summary": summary,
         "artifacts": artifacts,
         "media": media,
         "finished": finished,
+    }
+
+
+def _run_fields(run: Any) -> dict[str, Any]:
+    return {
+        "name": run.display_name,
+        "project": run.project,
+        "entity": run.entity,
+        "group": run.run_group,
+        "job_type": run.job_type,
+        "notes": run.notes,
+        "tags": list(run.tags),
+        "sweep_id": run.sweep_id,
     }
 
 
