@@ -26,10 +26,14 @@ def _train(argv: list[str]) -> None:
         )
         STOP_FLAG.keep_only(stop_signals(cfg.preempt.preempt_signal))
         from seqtrain.distributed import peer_failures_reported
+        from seqtrain.seeds import train_seeds
         from seqtrain.train import train
 
         with peer_failures_reported():
-            train(cfg)
+            if cfg.train.seeds:
+                train_seeds(cfg)
+            else:
+                train(cfg)
     finally:
         STOP_FLAG.restore()
 
@@ -47,7 +51,7 @@ COMMANDS: Commands = {
     "train": (_train, "train a model on seqtrain-data shards"),
     "evaluate": (_module_command("evaluate"), "metrics of a trained model on a split of shards"),
     "predict": (_module_command("predict"), "read the digits in image files"),
-    "report": (_module_command("report"), "draw a run's curves and test results as PNGs"),
+    "report": (_module_command("report"), "draw a run's curves as PNGs, or compare several runs"),
     "export": (_module_command("export"), "write the best weights for deployment"),
 }
 

@@ -1,4 +1,5 @@
 """`seqtrain report RUN`: a run's numbers as pictures, for runs never synced to W&B.
+(Several runs, `seqtrain report RUN1 RUN2 ...`, are compared by `seqtrain.compare`.)
 
 From the files training writes in the run folder:
 
@@ -12,20 +13,22 @@ A run still training has no test_metrics.json yet: its curves are drawn, the res
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import tyro
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from seqtrain.common.atomic import atomic_open, read_json_object
+from seqtrain.common.atomic import read_json_object
 from seqtrain.common.errors import UserError
-from seqtrain.components.run_paths import METRICS, TEST_METRICS, RunPaths
+from seqtrain.compare import expand_runs, write_comparison
+from seqtrain.components.plots import bare_figure, save_png
+from seqtrain.components.run_files import read_epochs
+from seqtrain.components.run_paths import TEST_METRICS, RunPaths
 from seqtrain.export import class_names
 
 CURVES_PNG = "learning_curves.png"
@@ -37,27 +40,19 @@ REDUCTION_COLOR = "tab:red"
 @dataclass
 class ReportConfig:
     """Draw a run's learning curves, accuracy by sequence length and test confusion matrix as
-    PNG files in the run folder."""
+    PNG files in the run folder. Given several runs (or a quoted glob such as 'runs/job-seed*'),
+    compare them instead: their curves in one picture and a table of each run's final and best
+    val, test, seconds and compute, seeds of one recipe grouped with mean and std."""
 
-    run: tyro.conf.Positional[Path]
-    """Run folder written by `seqtrain train` (holds metrics.jsonl)."""
+    runs: tyro.conf.Positional[tuple[Path, ...]]
+    """Run folders written by `seqtrain train` (each holds metrics.jsonl), or glob patterns."""
+    out: Annotated[Path | None, tyro.conf.arg(metavar="DIR", help_behavior_hint="")] = None
+    """Several runs only: the folder for compare_curves.png, compare_runs.csv, compare_groups.csv
+    and compare.md (default: the current folder)."""
 
-
-def read_epochs(run: Path) -> list[dict]:
-    """The per-epoch records of metrics.jsonl; a missing or damaged file is a UserError."""
-    path = RunPaths(run).metrics
-    if not run.is_dir():
-        raise UserError(f"run folder {run} does not exist")
-    try:
-        lines = path.read_text().splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
-    except FileNotFoundError:
-        raise UserError(f"{run} has no {METRICS}: not a seqtrain run folder?") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON lines: {e}") from None
-    if not records:
-        raise UserError(f"{path} holds no epochs yet")
-    return records
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise UserError("name one or more run folders: seqtrain report RUN [RUN ...]")
 
 
 def lr_reductions(epochs: list[dict], initial_lr: float | None = None) -> list[int]:
@@ -74,7 +69,7 @@ def learning_curves_figure(epochs: list[dict], initial_lr: float | None = None) 
     Vertical dotted lines on every panel mark the epochs whose end reduced the LR.
     """
     x = [e["epoch"] for e in epochs]
-    figure = _figure(15, 4)
+    figure = bare_figure(15, 4)
     loss, exact, lr = figure.subplots(1, 3)
     loss.plot(x, [e["train_loss"] for e in epochs], "o-", label="train")
     loss.plot(x, [e["val_loss"] for e in epochs], "o-", label="val")
@@ -101,7 +96,7 @@ def length_accuracy_figure(test: dict) -> Figure:
     """Bars of test exact match per sequence length, each labelled with its sample count."""
     lengths = sorted(test["length_accuracy"], key=int)
     accuracy = [test["length_accuracy"][n] for n in lengths]
-    figure = _figure(5, 4)
+    figure = bare_figure(5, 4)
     axes = figure.subplots()
     bars = axes.bar([f"{n} digit{'s' * (n != '1')}" for n in lengths], accuracy)
     axes.bar_label(
@@ -121,7 +116,7 @@ def confusion_figure(test: dict) -> Figure:
     colours on a log scale so off-diagonal mistakes stay visible next to the diagonal."""
     matrix = np.asarray(test["confusion"], dtype=np.int64)
     names = class_names()
-    figure = _figure(8, 7)
+    figure = bare_figure(8, 7)
     axes = figure.subplots()
     image = axes.imshow(np.log1p(matrix), cmap="Blues")
     figure.colorbar(image, ax=axes, label="log(1 + count)")
@@ -139,12 +134,12 @@ def confusion_figure(test: dict) -> Figure:
 def write_report(run: Path) -> list[Path]:
     """Write the report PNGs into `run`; returns the paths written."""
     epochs = read_epochs(run)
-    written = [_save(learning_curves_figure(epochs, _initial_lr(run)), run / CURVES_PNG)]
+    written = [save_png(learning_curves_figure(epochs, _initial_lr(run)), run / CURVES_PNG)]
     test_path = RunPaths(run).test_metrics
     if test_path.is_file():
         test = read_json_object(test_path)
-        written.append(_save(length_accuracy_figure(test), run / LENGTH_PNG))
-        written.append(_save(confusion_figure(test), run / CONFUSION_PNG))
+        written.append(save_png(length_accuracy_figure(test), run / LENGTH_PNG))
+        written.append(save_png(confusion_figure(test), run / CONFUSION_PNG))
     return written
 
 
@@ -156,26 +151,19 @@ def _initial_lr(run: Path) -> float | None:
         return None
 
 
-def _figure(width: float, height: float) -> Figure:
-    # A bare Figure (no pyplot): no global state, no display backend needed.
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    with atomic_open(path, "wb") as f:
-        figure.savefig(f, format="png", dpi=90)
-    return path
-
-
 def command(argv: list[str]) -> None:
-    """`seqtrain report RUN`."""
+    """`seqtrain report RUN [RUN ...] [--out DIR]`."""
     from seqtrain.common.cliparse import parse_config
 
     cfg = parse_config(ReportConfig, argv, "seqtrain report", ReportConfig.__doc__ or "")
-    written = write_report(cfg.run)
+    runs = expand_runs(cfg.runs)
+    if len(runs) > 1:
+        written = write_comparison(runs, cfg.out or Path.cwd())
+    elif cfg.out is not None:
+        raise UserError("--out is for several runs; one run's pictures go into its own folder")
+    else:
+        written = write_report(runs[0])
     for path in written:
         print(path)
-    if len(written) == 1:
-        print(f"(no {TEST_METRICS} in {cfg.run} yet: accuracy by length and confusion skipped)")
+    if len(runs) == 1 and len(written) == 1:
+        print(f"(no {TEST_METRICS} in {runs[0]} yet: accuracy by length and confusion skipped)")

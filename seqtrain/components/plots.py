@@ -1,4 +1,5 @@
-"""The predictions picture: sample images, predicted sequence above the true one."""
+"""Pictures: a bare figure saved atomically as PNG (what every picture of a run is drawn on),
+and the predictions picture (sample images, predicted sequence above the true one)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,28 @@ RIGHT_COLOR = "green"
 WRONG_COLOR = "red"
 
 
+def bare_figure(width: float, height: float) -> Figure:
+    """A Figure without pyplot: it holds no global state and needs no display backend, so it is
+    safe in any process."""
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_png(figure: Figure, path: Path, dpi: int = 90) -> Path:
+    """Write `figure` to `path` atomically; returns `path`."""
+    with atomic_open(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=dpi)
+    return path
+
+
 def predictions_figure(
     images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, columns: int = 5
 ) -> Figure:
     """One panel per sample (uint8 images [N, 28, 84], labels/predicted [N, 3]); the title
     reads `pred X / true Y`, green when the whole sequence is right, red otherwise."""
     rows = max(1, math.ceil(len(images) / columns))
-    # A bare Figure (no pyplot) holds no global state, so it is safe in any process.
-    figure = Figure(figsize=(3.2 * columns, 1.9 * rows), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = bare_figure(3.2 * columns, 1.9 * rows)
     for i, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
         axes.axis("off")
         if i >= len(images):
@@ -42,6 +56,4 @@ def predictions_figure(
 def save_predictions(
     path: Path, images: np.ndarray, labels: np.ndarray, predicted: np.ndarray
 ) -> None:
-    figure = predictions_figure(images, labels, predicted)
-    with atomic_open(path, "wb") as f:
-        figure.savefig(f, format="png", dpi=80)
+    save_png(predictions_figure(images, labels, predicted), path, dpi=80)

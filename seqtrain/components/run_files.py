@@ -16,8 +16,9 @@ from torch import nn
 
 from seqtrain.common.atomic import atomic_write_json, atomic_write_text
 from seqtrain.common.cliparse import dump_config
+from seqtrain.common.errors import UserError
 from seqtrain.components.plots import save_predictions
-from seqtrain.components.run_paths import RunPaths
+from seqtrain.components.run_paths import METRICS, RunPaths
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest
 from seqtrain.data.stream import eval_loader
@@ -49,6 +50,23 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def read_epochs(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch records of metrics.jsonl for a report of the run: a missing folder, a missing
+    or damaged file, or no epoch yet is a UserError."""
+    path = RunPaths(run_dir).metrics
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist")
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no {METRICS}: not a seqtrain run folder?")
+    try:
+        records = read_metrics(run_dir)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON lines: {e}") from None
+    if not records:
+        raise UserError(f"{path} holds no epochs yet")
+    return records
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
