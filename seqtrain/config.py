@@ -14,6 +14,9 @@ from typing import Literal
 
 from seqtrain.common.errors import UserError
 
+# --report-to's trackers (seqtrain/components/trackers.py).
+REPORT_TO = ("wandb", "tensorboard", "csv")
+
 
 def _require(condition: bool, flag: str, message: str) -> None:
     if not condition:
@@ -131,11 +134,6 @@ class TrainConfig:
     seed: int = 0
     """Seed for model init (the same on every process), shuffling and dropout (each process
     draws its own stream derived from the seed and its rank)."""
-    seeds: tuple[int, ...] = ()
-    """Train one run per seed, one after another, each as with --seed in its own folder
-    `<run-name>-seed<k>` (needs --run-name), then print their table (`seqtrain report`). A
-    complete run is skipped (unless --overwrite): rerun the command with --resume auto after a
-    stop. Empty: one run, of --seed."""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     """Autocast precision. auto: bf16 where the device computes it natively (a GPU of compute
     capability >= 8.0; a CPU with avx512_bf16 or amx_bf16), else no (fp32). bf16 also runs
@@ -186,11 +184,6 @@ class TrainConfig:
         _require(self.checkpoint_every >= 0, "--checkpoint-every", "must be >= 0")
         _require(self.keep_checkpoints >= 0, "--keep-checkpoints", "must be >= 0")
         _require(self.dist_timeout > 0, "--dist-timeout", "must be > 0")
-        _require(len(set(self.seeds)) == len(self.seeds), "--seeds", "lists a seed twice")
-        _require(not self.seeds or bool(self.run_name), "--seeds", "needs --run-name (the runs "
-                 "are <run-name>-seed<k>, found again when the command is rerun)")  # fmt: skip
-        _require(self.resume in (None, "auto") or not self.seeds, "--seeds",
-                 "resumes with --resume auto only (each seed from its own folder)")  # fmt: skip
 
 
 @dataclass
@@ -239,7 +232,50 @@ class LogConfig:
     """At the end, log the best model's export as a W&B model artifact of the run."""
     wandb_log_data: bool = False
     """At start, record the shards as a W&B dataset artifact the run used, by reference (their
-    URLs and checksums; nothing is uploaded). Online only: W&B refuses used artifacts offline."""
+    URLs, named by their fingerprint; nothing is uploaded). Online only: W&B refuses used
+    artifacts offline."""
+    report_to: tuple[str, ...] = ("wandb",)
+    """Where the metrics go, one or more of `wandb` (as --wandb-mode says), `tensorboard` (event
+    files in the run folder's tensorboard/; needs the tensorboard package, the `tensorboard`
+    extra) and `csv` (the run folder's train_log.csv: step,metric,value rows), space- or
+    comma-separated (--report-to wandb,csv)."""
+    profile_steps: str | None = None
+    """`A:B`: write a torch.profiler trace of global optimizer steps A to B (counted from 1) to
+    the run folder's profile/rank<N>.pt.trace.json, one per process (Perfetto, chrome://tracing,
+    TensorBoard's profiler), also saved with the W&B run's files (default: no profiling)."""
+
+    def __post_init__(self) -> None:
+        names = [n.strip() for item in self.report_to for n in item.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(REPORT_TO))
+        _require(
+            not unknown, "--report-to", f"takes {', '.join(REPORT_TO)}; got {', '.join(unknown)}"
+        )
+        _require(bool(names), "--report-to", f"needs one or more of {', '.join(REPORT_TO)}")
+        self.report_to = tuple(dict.fromkeys(names))  # order kept, repeats dropped
+        _profile_window(self.profile_steps)  # a bad spec fails before the run starts
+
+    @property
+    def wandb_on(self) -> bool:
+        """W&B is one of --report-to and --wandb-mode does not disable it."""
+        return "wandb" in self.report_to and self.wandb_mode != "disabled"
+
+    @property
+    def profile_window(self) -> tuple[int, int] | None:
+        """--profile-steps as (first, last) global steps, or None."""
+        return _profile_window(self.profile_steps)
+
+
+def _profile_window(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    first, _, last = (part.strip() for part in spec.partition(":"))
+    numbers = first.isdigit() and last.isdigit()
+    _require(
+        numbers and 1 <= int(first) <= int(last),
+        "--profile-steps",
+        f"must be A:B, global steps with 1 <= A <= B; got {spec!r}",
+    )
+    return int(first), int(last)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from seqtrain.common.atomic import atomic_write_json
 from seqtrain.common.errors import UserError
-from seqtrain.components import tracking
+from seqtrain.components import trackers, tracking
 from seqtrain.components.checkpoint import (
     Position,
     best_to_test,
@@ -36,6 +36,7 @@ from seqtrain.components.checkpoint import (
 from seqtrain.components.checkpoint_history import epoch_end_folders, prune_epoch_checkpoints
 from seqtrain.components.loss_window import LossWindow
 from seqtrain.components.preemption import Decision, Preempted, PreemptionWatch
+from seqtrain.components.profiling import StepProfiler
 from seqtrain.components.resume_guard import decide_resume, run_identity
 from seqtrain.components.run_files import (
     append_metrics,
@@ -92,6 +93,7 @@ class Session:
     position: Position
     layout: Layout  # how this run deals out each epoch's samples
     preemption: PreemptionWatch
+    profiler: StepProfiler  # --profile-steps
     identity: dict[str, Any] = field(default_factory=dict)
     resumed_from: Path | None = None
     flops_per_sample: float = 0.0
@@ -116,7 +118,11 @@ class Session:
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Train, evaluate the best model on test, and return the test metrics and run folder."""
     run = _build(cfg)
-    with run.preemption, _closing_tracking_when_stopped(run.accelerator):
+    with (
+        run.preemption,
+        _closing_tracking_when_stopped(run.accelerator),
+        run.profiler.running(run.position.step),  # innermost: the trace reaches an open W&B run
+    ):
         for epoch in range(run.position.epoch, cfg.train.epochs):
             if run.stopper.should_stop:
                 run.log(f"early stopping: {cfg.train.best_metric} did not improve for "
@@ -149,6 +155,7 @@ def _build(cfg: RunConfig) -> Session:
     cfg.train.mixed_precision = resolved_precision(cfg)  # on this rank's GPU; saved as decided
     run_dir = settle_run_settings(cfg)  # run name, W&B settings: flag > WANDB_* > default
     tracking.check_tracker_installed(cfg)
+    trackers.check_installed(cfg)
     data = cfg.data
     manifest = load_manifest(data.shards, data.cache_dir, data.cache_max_bytes)
     manifest, skipped = _usable_shards(manifest, cfg)
@@ -162,7 +169,7 @@ def _build(cfg: RunConfig) -> Session:
     preemption = PreemptionWatch(cfg.preempt, accelerator.device)
     run = Session(
         cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position(),
-        layout, preemption,
+        layout, preemption, _profiler(cfg, run_dir, accelerator),
     )  # fmt: skip
     if cfg.optim.ema_decay:
         run.average = WeightAverage(model, cfg.optim.ema_decay)
@@ -183,6 +190,16 @@ def _build(cfg: RunConfig) -> Session:
         run.log(f"skipped {len(skipped)} corrupt shard(s): " + "; ".join(skipped))
         tracking.log_summary(accelerator, {"data/skipped_shards": len(skipped)})
     return run
+
+
+def _profiler(cfg: RunConfig, run_dir: Path, accelerator: Accelerator) -> StepProfiler:
+    rank = accelerator.process_index
+    return StepProfiler(
+        cfg.log.profile_window,
+        RunPaths(run_dir).profile_trace(rank),
+        accelerator.device,
+        saved=partial(tracking.save_trace, accelerator),
+    )
 
 
 def _load(run: Session, checkpoint: Path) -> Position:
@@ -219,6 +236,7 @@ def _start_outputs(run: Session) -> None:
     if run.accelerator.is_main_process:
         write_resolved_config(run.run_dir, run.cfg)
         truncate_metrics(run.run_dir, run.position.epoch)
+    trackers.continue_after(run.accelerator, run.position.step)  # the CSV/TensorBoard files
     tracking.start_tracking(
         run.accelerator, run.cfg, run.run_dir, run.manifest, run.identity["data"]
     )
@@ -251,6 +269,7 @@ def train_epoch(run: Session, epoch: int) -> float:
                 run.average.update(run.model)
             run.scheduler.after_step()
             run.position = run.position.after_step()
+            run.profiler.after_step(run.position.step)
             window.add(loss, run.position.step)
             epoch_loss.add(loss, run.position.step)
             bar.update()

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import struct
 import sys
 import time
@@ -31,6 +32,7 @@ from seqtrain.common.errors import UserError
 from seqtrain.common.storage import Location, join
 from seqtrain.components.run_files import read_metrics
 from seqtrain.components.run_paths import RunPaths
+from seqtrain.components.trackers import log_to_run_folder
 from seqtrain.components.wandb_settings import (
     hand_to_wandb,
     run_id_from_environment,
@@ -126,7 +128,7 @@ _steps: LoggedSteps | None = None
 def check_tracker_installed(cfg: RunConfig) -> None:
     """W&B asked for (--wandb-mode online/offline) but not installed is an error: Accelerate
     would drop the tracker with a warning, and the run would log nowhere."""
-    if cfg.log.wandb_mode != "disabled" and importlib.util.find_spec("wandb") is None:
+    if cfg.log.wandb_on and importlib.util.find_spec("wandb") is None:
         raise UserError(
             f"--wandb-mode {cfg.log.wandb_mode} needs the wandb package (pip install wandb); "
             "or pass --wandb-mode disabled"
@@ -142,7 +144,10 @@ def start_tracking(
     global _steps
     _steps = None
     log = cfg.log
-    if log.wandb_mode == "disabled" or not accelerator.is_main_process:
+    if not accelerator.is_main_process:
+        return
+    if not log.wandb_on:
+        accelerator.init_trackers(run_dir.name)  # the run folder's trackers only (`trackers`)
         return
     files_dir = wandb_files_dir(log, run_dir)
     _steps = LoggedSteps(run_dir, log.wandb_mode == "offline", files_dir, run_id_from_environment())
@@ -219,7 +224,8 @@ def _uri(location: Location) -> str:
 
 
 def log_metrics(accelerator: Accelerator, values: dict[str, float], step: int) -> None:
-    _log(accelerator, values, step, lambda new, at: accelerator.log(new, step=at))
+    log_to_run_folder(accelerator, values, step)
+    _log(accelerator, values, step, lambda new, at: _wandb(accelerator).log(new, step=at))
 
 
 def log_epoch(accelerator: Accelerator, record: dict[str, Any]) -> None:
@@ -236,14 +242,14 @@ def log_epoch(accelerator: Accelerator, record: dict[str, Any]) -> None:
 
 def log_summary(accelerator: Accelerator, values: dict[str, Any]) -> None:
     """Final results go to the run summary (not history): they describe the run, not a step."""
-    if accelerator.is_main_process and accelerator.trackers:
+    if _wandb_open(accelerator):
         run = accelerator.get_tracker(WANDB, unwrap=True)
         for key, value in values.items():
             run.summary[key] = value
 
 
 def log_image(accelerator: Accelerator, key: str, path: Path, step: int) -> None:
-    if accelerator.is_main_process and accelerator.trackers:
+    if _wandb_open(accelerator):
         with Image.open(path) as image:
             picture = image.convert("RGB")
         tracker = accelerator.get_tracker(WANDB)
@@ -253,13 +259,23 @@ def log_image(accelerator: Accelerator, key: str, path: Path, step: int) -> None
 def log_model(accelerator: Accelerator, export_dir: Path) -> None:
     """The exported best model as a W&B model artifact of this run (uploaded at sync when
     offline)."""
-    if accelerator.is_main_process and accelerator.trackers:
+    if _wandb_open(accelerator):
         import wandb
 
         run = accelerator.get_tracker(WANDB, unwrap=True)
         artifact = wandb.Artifact(f"model-{run.id}", type="model")
         artifact.add_dir(str(export_dir))
         run.log_artifact(artifact, aliases=["best"])
+
+
+def save_trace(accelerator: Accelerator, trace: Path) -> None:
+    """A torch.profiler trace (--profile-steps) into the W&B run's files, under pytorch_traces/
+    as W&B's own `wandb.profiler.torch_trace_handler` puts them (offline: kept with the run's
+    files, uploaded by `wandb sync`)."""
+    if _wandb_open(accelerator):
+        files = Path(accelerator.get_tracker(WANDB, unwrap=True).dir) / "pytorch_traces"
+        files.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(trace, files / trace.name)
 
 
 def finish_tracking(accelerator: Accelerator) -> None:
@@ -306,6 +322,15 @@ def _log(
         at = _steps.step_for(step)
         send(new, at)
         _steps.logged(new, step, at)
+
+
+def _wandb_open(accelerator: Accelerator) -> bool:
+    """The W&B run is open here: the main process, with W&B among --report-to's trackers."""
+    return accelerator.is_main_process and any(t.name == WANDB for t in accelerator.trackers)
+
+
+def _wandb(accelerator: Accelerator) -> Any:
+    return accelerator.get_tracker(WANDB)
 
 
 def _new_run_id() -> str:
