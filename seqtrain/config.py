@@ -134,6 +134,11 @@ class TrainConfig:
     seed: int = 0
     """Seed for model init (the same on every process), shuffling and dropout (each process
     draws its own stream derived from the seed and its rank)."""
+    seeds: tuple[int, ...] = ()
+    """Train one run per seed, one after another, each as with --seed in its own folder
+    `<run-name>-seed<k>` (needs --run-name), then print their table (`seqtrain report`). A
+    complete run is skipped (unless --overwrite): rerun the command with --resume auto after a
+    stop. Empty: one run, of --seed."""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     """Autocast precision. auto: bf16 where the device computes it natively (a GPU of compute
     capability >= 8.0; a CPU with avx512_bf16 or amx_bf16), else no (fp32). bf16 also runs
@@ -184,6 +189,11 @@ class TrainConfig:
         _require(self.checkpoint_every >= 0, "--checkpoint-every", "must be >= 0")
         _require(self.keep_checkpoints >= 0, "--keep-checkpoints", "must be >= 0")
         _require(self.dist_timeout > 0, "--dist-timeout", "must be > 0")
+        _require(len(set(self.seeds)) == len(self.seeds), "--seeds", "lists a seed twice")
+        _require(not self.seeds or bool(self.run_name), "--seeds", "needs --run-name (the runs "
+                 "are <run-name>-seed<k>, found again when the command is rerun)")  # fmt: skip
+        _require(self.resume in (None, "auto") or not self.seeds, "--seeds",
+                 "resumes with --resume auto only (each seed from its own folder)")  # fmt: skip
 
 
 @dataclass
