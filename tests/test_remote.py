@@ -216,7 +216,7 @@ def test_missing_store_client_names_the_extra() -> None:
     code = "import sys; sys.modules['s3fs'] = None; from data_gen.cli import main; main()"
     done = run_cli([sys.executable, "-c", code, "verify", "s3://b/data"], {})
     assert done.returncode == 2
-    assert 'pip install "seqtrain[s3]"' in done.stderr
+    assert 'install seqtrain with its [s3] extra (pip install ".[s3]")' in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 

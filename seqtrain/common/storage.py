@@ -98,7 +98,9 @@ def join(root: Location, relpath: str) -> Location:
 def _filesystem(url: str) -> Any:
     """The fsspec filesystem of `url`'s scheme; a missing back end names the extra."""
     scheme = urlsplit(url).scheme
-    extra = f'pip install "seqtrain[{EXTRAS[scheme]}]"'
+    name = EXTRAS[scheme]
+    # seqtrain is not on PyPI: the extra is installed from a clone, a git URL or a wheel.
+    extra = f'install seqtrain with its [{name}] extra (pip install ".[{name}]")'
     try:
         import fsspec
 
