@@ -8,6 +8,7 @@ import csv
 import json
 import shutil
 import statistics
+import subprocess
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from seqtrain.cli import main
 from seqtrain.compare import CURVES_PNG, GROUPS_CSV, RUNS_CSV, TABLES_MD, curves_figure, read_groups
 from seqtrain.models import build_model
 from seqtrain.models.flops import flops_per_sample
+from support.distributed import cpu_env, launch_argv
 from support.training import read_jsonl, run_in_process, train_argv
 
 BATCH = 16  # train_argv's --batch-size
@@ -68,6 +70,25 @@ def test_seeds_rerun_skips_complete_runs_and_resumes_the_other(
     # It ends with the group's table: both runs, one group with its mean.
     assert "| job-seed0 | job |" in printed and "| job-seed1 | job |" in printed
     assert "| job | 2 |" in printed
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_two_ranks_take_the_same_seeds(runs: Path, tiny_shards: Path, tmp_path: Path) -> None:
+    # Seed 0 is complete (skipped on both ranks together), seed 1 is trained by both.
+    shutil.copytree(runs / "job-seed0", tmp_path / "job-seed0", symlinks=True)
+    argv = seeds_argv(tiny_shards, tmp_path, "--resume", "auto")
+    done = subprocess.run([*launch_argv(), *argv], env=cpu_env(), capture_output=True,
+                          text=True, timeout=240, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "job-seed1" / "ranks" / f"{i}.json").read_text())
+             for i in range(2)]  # fmt: skip
+    assert [(r["process_index"], r["num_processes"]) for r in ranks] == [(0, 2), (1, 2)]
+    assert read_jsonl(tmp_path / "job-seed0" / "metrics.jsonl") == read_jsonl(
+        runs / "job-seed0" / "metrics.jsonl"
+    )
+    # The main process alone reports: one skip line, one table.
+    assert done.stdout.count("seed 0:") == 1 and done.stdout.count("| job-seed1 | job |") == 1
 
 
 def test_report_of_several_runs_writes_their_numbers(runs: Path, tmp_path: Path) -> None:
