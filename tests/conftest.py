@@ -1,4 +1,6 @@
-"""Shared fixtures: the offline MNIST copy and tiny generated shard sets."""
+"""Shared fixtures: the offline MNIST copy, tiny generated shard sets and one tiny trained run.
+
+Helpers (plain functions) live in tests/support/; every folder below sees these fixtures."""
 
 from __future__ import annotations
 
@@ -7,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+# Helpers' asserts explain themselves as the test modules' do.
+pytest.register_assert_rewrite("support")
+
+from support import REPO  # noqa: E402
+from support.generate import tiny_generate_argv  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -22,23 +28,6 @@ def mnist_dir() -> Path:
     return path
 
 
-def tiny_generate_argv(mnist_dir: Path, out: Path, workers: int = 1) -> list[str]:
-    """`generate` of a tiny set: shard counts uneven vs ranks x workers, a short last shard."""
-    return [
-        "generate",
-        "--mnist-dir", str(mnist_dir),
-        "--out", str(out),
-        "--train-size", "600",
-        "--val-size", "250",
-        "--test-size", "250",
-        "--epochs", "2",
-        "--shard-size", "100",
-        "--chunk-size", "32",
-        "--workers", str(workers),
-        "--seed", "0",
-    ]  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def tiny_shards(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated, finalized tiny shard folder shared by the whole session: treat as read-only."""
@@ -47,3 +36,23 @@ def tiny_shards(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("tiny_shards")
     main(tiny_generate_argv(mnist_dir, out))
     return out
+
+
+@pytest.fixture(scope="session")
+def inference_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 3-epoch tiny run (W&B off) that the export, evaluate, predict and report tests
+    share, trained once per session: treat as read-only."""
+    from support.training import run_in_process, train_argv
+
+    out = tmp_path_factory.mktemp("inference-runs")
+    run_in_process(train_argv(tiny_shards, out, "tiny-for-inference", "--epochs", "3",
+                              "--wandb-mode", "disabled"))  # fmt: skip
+    return out / "tiny-for-inference"
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory):
+    """The loader tests' id-encoded shard set (support.loaders.loader_manifest)."""
+    from support.loaders import loader_manifest
+
+    return loader_manifest(tmp_path_factory.mktemp("shards"))

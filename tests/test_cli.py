@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import run_in_process, train_argv
+
+from support.training import run_in_process, train_argv
 
 
 def bad_version(shards: Path, tmp: Path) -> list[str]:

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import shard_test_images
-from test_predict import run_predict, write_pngs
-from test_train import run_in_process
 
 from seqtrain.data.format import iter_shard_chunks, load_manifest, sequence_text
+from support.inference import run_predict, shard_test_images, write_pngs
+from support.training import run_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "experiments" / "models"

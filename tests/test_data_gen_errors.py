@@ -13,20 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_generate_argv
 
-from data_gen.cli import main
 from seqtrain.data.format import iter_shard_chunks
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from support import REPO
+from support.generate import run_data_gen, tiny_generate_argv
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
@@ -53,7 +43,7 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
 )
 def test_bad_flags(flags, needle, mnist_dir, tmp_path, capsys):
     argv = [*tiny_generate_argv(mnist_dir, tmp_path / "out"), *flags]
-    assert_one_line_error(*run_cli(argv, capsys)[::2], needle)
+    assert_one_line_error(*run_data_gen(argv, capsys)[::2], needle)
     assert not (tmp_path / "out").exists()
 
 
@@ -87,7 +77,7 @@ def _remove_one(folder: Path) -> None:
 )
 def test_bad_mnist(damage, needle, mnist_dir, tmp_path, capsys):
     broken = _broken_copy(mnist_dir, tmp_path / "mnist", damage)
-    code, _, err = run_cli(tiny_generate_argv(broken, tmp_path / "out"), capsys)
+    code, _, err = run_data_gen(tiny_generate_argv(broken, tmp_path / "out"), capsys)
     assert_one_line_error(code, err, needle)
 
 
@@ -101,7 +91,7 @@ def test_offline_without_mnist_says_what_to_pass(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("SEQTRAIN_MNIST_DIR", raising=False)
     monkeypatch.setattr(torchvision.datasets, "MNIST", offline_mnist)
     argv = ["generate", "--out", str(tmp_path / "out"), "--download-dir", str(tmp_path / "dl")]
-    code, out, err = run_cli(argv, capsys)
+    code, out, err = run_data_gen(argv, capsys)
     assert_one_line_error(code, err, "--mnist-dir", "SEQTRAIN_MNIST_DIR")
     assert out == ""
 
@@ -114,21 +104,21 @@ def test_mnist_dir_from_env_and_torchvision_layout(mnist_dir, tmp_path, monkeypa
     monkeypatch.setenv("SEQTRAIN_MNIST_DIR", str(tmp_path / "root"))
     argv = tiny_generate_argv(mnist_dir, tmp_path / "out")
     del argv[1:3]  # no --mnist-dir
-    code, _, err = run_cli(argv, capsys)
+    code, _, err = run_data_gen(argv, capsys)
     assert code == 0, err
 
 
 def test_unwritable_output(mnist_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")
-    code, _, err = run_cli(tiny_generate_argv(mnist_dir, tmp_path / "file" / "out"), capsys)
+    code, _, err = run_data_gen(tiny_generate_argv(mnist_dir, tmp_path / "file" / "out"), capsys)
     assert_one_line_error(code, err, "cannot write")
 
 
 def test_other_config_needs_overwrite(mnist_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_cli(tiny_generate_argv(mnist_dir, out), capsys)[0] == 0
+    assert run_data_gen(tiny_generate_argv(mnist_dir, out), capsys)[0] == 0
     reseeded = [*tiny_generate_argv(mnist_dir, out), "--seed", "1"]
-    assert_one_line_error(*run_cli(reseeded, capsys)[::2], "--overwrite")
+    assert_one_line_error(*run_data_gen(reseeded, capsys)[::2], "--overwrite")
     fewer = [
         *tiny_generate_argv(mnist_dir, out),
         "--seed",
@@ -137,16 +127,16 @@ def test_other_config_needs_overwrite(mnist_dir, tmp_path, capsys):
         "1",
         "--overwrite",
     ]
-    code, out_text, err = run_cli(fewer, capsys)
+    code, out_text, err = run_data_gen(fewer, capsys)
     assert code == 0, err
     assert "18 written" not in out_text and not list(out.glob("train/train-e001-*"))
-    assert run_cli(["verify", str(out)], capsys)[0] == 0
+    assert run_data_gen(["verify", str(out)], capsys)[0] == 0
 
 
 def test_foreign_folder_needs_overwrite(mnist_dir, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
-    code, _, err = run_cli(tiny_generate_argv(mnist_dir, tmp_path / "out"), capsys)
+    code, _, err = run_data_gen(tiny_generate_argv(mnist_dir, tmp_path / "out"), capsys)
     assert_one_line_error(code, err, "not made by seqtrain-data")
 
 
@@ -157,7 +147,7 @@ def test_sibling_node_claim_in_progress_is_not_foreign(mnist_dir, tmp_path, caps
     (out / "train").mkdir(parents=True)
     (out / ".generate.json.k3j2.tmp").write_text("{")
     argv = [*tiny_generate_argv(mnist_dir, out), "--num-nodes", "2", "--node-rank", "1"]
-    code, _, err = run_cli(argv, capsys)
+    code, _, err = run_data_gen(argv, capsys)
     assert code == 0, err
     assert json.loads((out / "generate.json").read_text())["num_nodes"] == 2
     assert list((out / "records").rglob("*.json"))
@@ -175,7 +165,7 @@ def test_disk_full_keeps_finished_shards(mnist_dir, tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(os, "fsync", fsync)
     out = tmp_path / "out"
-    code, _, err = run_cli(tiny_generate_argv(mnist_dir, out), capsys)
+    code, _, err = run_data_gen(tiny_generate_argv(mnist_dir, out), capsys)
     assert_one_line_error(code, err, "No space left")
     shards = list(out.glob("*/*.tar"))
     assert len(shards) == 1  # fsyncs: generate.json, shard 1, its record, shard 2 -> failed

@@ -8,21 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_generate_argv
-from test_data_gen_errors import run_cli
 
-from seqtrain.data.format import MANIFEST_NAME, SPLITS, iter_shard_chunks
-
-
-def shard_bytes_of(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for s in SPLITS for p in (out / s).glob("*")}
+from seqtrain.data.format import MANIFEST_NAME, iter_shard_chunks
+from support import REPO
+from support.generate import run_data_gen, shard_bytes_of, tiny_generate_argv
 
 
 def test_two_workers_write_the_same_bytes(tiny_shards, mnist_dir, tmp_path, capsys):
-    assert run_cli(tiny_generate_argv(mnist_dir, tmp_path, workers=2), capsys)[0] == 0
+    assert run_data_gen(tiny_generate_argv(mnist_dir, tmp_path, workers=2), capsys)[0] == 0
     assert shard_bytes_of(tmp_path) == shard_bytes_of(tiny_shards)
     assert (tmp_path / MANIFEST_NAME).read_bytes() == (tiny_shards / MANIFEST_NAME).read_bytes()
 
@@ -49,13 +44,13 @@ def test_nodes_write_disjoint_parts_then_finalize(tiny_shards, mnist_dir, tmp_pa
     parts = []
     for rank in (2, 0):
         before = set(shard_bytes_of(tmp_path))
-        assert run_cli(node(rank), capsys)[0] == 0
+        assert run_data_gen(node(rank), capsys)[0] == 0
         parts.append(set(shard_bytes_of(tmp_path)) - before)
     assert not parts[0] & parts[1] and not (tmp_path / MANIFEST_NAME).exists()
-    code, _, err = run_cli(["finalize", str(tmp_path)], capsys)
+    code, _, err = run_data_gen(["finalize", str(tmp_path)], capsys)
     assert code == 2 and "--node-rank 1 of --num-nodes 3" in err and err.count("\n") == 1
-    assert run_cli(node(1), capsys)[0] == 0
-    assert run_cli(["finalize", str(tmp_path)], capsys)[0] == 0
+    assert run_data_gen(node(1), capsys)[0] == 0
+    assert run_data_gen(["finalize", str(tmp_path)], capsys)[0] == 0
     assert shard_bytes_of(tmp_path) == shard_bytes_of(tiny_shards)
     assert (tmp_path / MANIFEST_NAME).read_bytes() == (tiny_shards / MANIFEST_NAME).read_bytes()
 
@@ -68,7 +63,7 @@ def test_rerun_regenerates_only_missing_or_corrupt(tiny_shards, mnist_dir, tmp_p
         f.seek(3000)
         f.write(b"\xff")
     (out / "records/test/test-e000-s00000.tar.json").unlink()
-    code, text, _ = run_cli(tiny_generate_argv(mnist_dir, out), capsys)
+    code, text, _ = run_data_gen(tiny_generate_argv(mnist_dir, out), capsys)
     assert code == 0 and "(3 written, 15 already complete)" in text
     assert shard_bytes_of(out) == shard_bytes_of(tiny_shards)
 
@@ -78,7 +73,7 @@ def test_resume_after_sigkill(mnist_dir, tmp_path, capsys):
     """Kill a 2-worker run mid-way (whole process group), rerun: only the rest is written."""
     size = ["--train-size", "3000", "--epochs", "4", "--shard-size", "50"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    assert run_cli([*tiny_generate_argv(mnist_dir, reference), *size], capsys)[0] == 0
+    assert run_data_gen([*tiny_generate_argv(mnist_dir, reference), *size], capsys)[0] == 0
     argv = [*tiny_generate_argv(mnist_dir, killed, workers=2), *size]
     proc = subprocess.Popen([sys.executable, "-m", "data_gen", *argv], cwd=REPO,
                             start_new_session=True, stdout=subprocess.DEVNULL)  # fmt: skip
@@ -93,14 +88,14 @@ def test_resume_after_sigkill(mnist_dir, tmp_path, capsys):
     assert 20 <= done < total, "the run was not interrupted mid-way"
     for shard in killed.glob("*/*.tar"):  # every file under a final name is complete
         assert shard.read_bytes() == (reference / shard.relative_to(killed)).read_bytes()
-    code, text, _ = run_cli(argv, capsys)
+    code, text, _ = run_data_gen(argv, capsys)
     assert code == 0 and f"({total - done} written, {done} already complete)" in text
     assert shard_bytes_of(killed) == shard_bytes_of(reference)
     assert not list(killed.rglob("*.tmp"))
 
 
 def test_verify_passes_then_names_a_flipped_byte(tiny_shards, tmp_path, capsys):
-    code, text, _ = run_cli(["verify", str(tiny_shards)], capsys)
+    code, text, _ = run_data_gen(["verify", str(tiny_shards)], capsys)
     assert code == 0 and "train: 12/12 shards ok" in text
     out = tmp_path / "out"
     shutil.copytree(tiny_shards, out)
@@ -109,20 +104,20 @@ def test_verify_passes_then_names_a_flipped_byte(tiny_shards, tmp_path, capsys):
     data[len(data) // 2] ^= 0x01
     bad.write_bytes(bytes(data))
     (out / "val/val-e000-s00000.tar").unlink()
-    code, text, err = run_cli(["verify", str(out)], capsys)
+    code, text, err = run_data_gen(["verify", str(out)], capsys)
     assert code == 1
     assert f"BAD {bad}: sha256" in err and "val-e000-s00000.tar: missing" in err
     assert "test: 2/3 shards ok" in text
 
 
 def test_verify_without_manifest_is_one_line(tmp_path, capsys):
-    code, _, err = run_cli(["verify", str(tmp_path)], capsys)
+    code, _, err = run_data_gen(["verify", str(tmp_path)], capsys)
     assert code == 2 and err.count("\n") == 1 and "manifest.json" in err
 
 
 def test_preview_draws_a_png(tiny_shards, tmp_path, capsys):
     png = tmp_path / "grid.png"
-    assert run_cli(["preview", str(tiny_shards), "--split", "val", "-n", "6", "-o", str(png)],
+    assert run_data_gen(["preview", str(tiny_shards), "--split", "val", "-n", "6", "-o", str(png)],
                    capsys)[0] == 0  # fmt: skip
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(len(c[2]) for c in iter_shard_chunks(tiny_shards / "val/val-e000-s00000.tar")) == 100
@@ -130,7 +125,7 @@ def test_preview_draws_a_png(tiny_shards, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["generate", "finalize", "verify", "preview"])
 def test_every_command_has_help(command, capsys):
-    assert run_cli([command, "--help"], capsys)[0] == 0
+    assert run_data_gen([command, "--help"], capsys)[0] == 0
 
 
 def test_module_entry_point_reports_one_line(tmp_path):

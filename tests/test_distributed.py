@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import run_in_process, train_argv
 from torch.distributed import DistBackendError
 
 import seqtrain.distributed
@@ -24,6 +23,7 @@ from seqtrain.distributed import (
     resolved_precision,
     seed_rank_streams,
 )
+from support.training import run_in_process, train_argv
 
 AUTO_ON_GPU = RunConfig(train=TrainConfig(mixed_precision="auto"))
 AUTO_ON_CPU = RunConfig(train=TrainConfig(mixed_precision="auto", cpu=True))

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import run_in_process, train_argv
 from torch.utils.data import dataloader
 
 from seqtrain import train as train_module
 from seqtrain.config import DataConfig
 from seqtrain.data.format import load_manifest
 from seqtrain.data.stream import eval_loader
+from support.training import run_in_process, train_argv
 
 
 @pytest.fixture

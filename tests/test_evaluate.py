@@ -8,35 +8,21 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_export import trained_run_dir
-from test_train import run_in_process
-from trainutil import launch_argv
 
 from seqtrain.data.format import load_manifest
+from support.distributed import launch_argv
+from support.inference import evaluate_argv
+from support.training import run_in_process
 
 COUNTERS = ("count", "exact_match", "position_accuracy", "length_accuracy", "length_count")
 
 
-@pytest.fixture(scope="module")
-def trained_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_run_dir(tiny_shards, tmp_path_factory)
-
-
-def evaluate_argv(run: Path, shards: Path, out: Path, *extra: str) -> list[str]:
-    # Batches of 25: each of two ranks gets 125 test samples, so both runs see the same
-    # batches and the loss sums differ only in their summation order.
-    return [
-        "evaluate", "--checkpoint", str(run), "--shards", str(shards), "--json", str(out),
-        "--batch-size", "25", "--num-workers", "0", *extra,
-    ]  # fmt: skip
-
-
 def test_one_process_matches_training_test_metrics(
-    trained_run: Path, tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inference_run: Path, tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_in_process(evaluate_argv(trained_run, tiny_shards, tmp_path / "eval.json"))
+    run_in_process(evaluate_argv(inference_run, tiny_shards, tmp_path / "eval.json"))
     result = json.loads((tmp_path / "eval.json").read_text())
-    trained = json.loads((trained_run / "test_metrics.json").read_text())
+    trained = json.loads((inference_run / "test_metrics.json").read_text())
     for key in (*COUNTERS, "confusion"):
         assert result[key] == trained[key], key
     assert result["loss"] == pytest.approx(trained["loss"], rel=1e-6)
@@ -47,11 +33,11 @@ def test_one_process_matches_training_test_metrics(
 
 
 def test_two_processes_give_the_numbers_of_one(
-    trained_run: Path, tiny_shards: Path, tmp_path: Path
+    inference_run: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
-    run_in_process(evaluate_argv(trained_run, tiny_shards, tmp_path / "one.json"))
+    run_in_process(evaluate_argv(inference_run, tiny_shards, tmp_path / "one.json"))
     launch = launch_argv()
-    argv = evaluate_argv(trained_run, tiny_shards, tmp_path / "two.json")
+    argv = evaluate_argv(inference_run, tiny_shards, tmp_path / "two.json")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [*launch, *argv], env=env, capture_output=True, text=True, timeout=180, check=False
@@ -67,10 +53,12 @@ def test_two_processes_give_the_numbers_of_one(
     assert done.stdout.count("confusion over all slots") == 1, "only the main process prints"
 
 
-def test_val_split_and_export_folder(trained_run: Path, tiny_shards: Path, tmp_path: Path) -> None:
+def test_val_split_and_export_folder(
+    inference_run: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
     from seqtrain.export import export_model
 
-    export_model(trained_run, tmp_path / "export")
+    export_model(inference_run, tmp_path / "export")
     out = tmp_path / "val.json"
     run_in_process(evaluate_argv(tmp_path / "export", tiny_shards, out, "--split", "val"))
     result = json.loads(out.read_text())
@@ -79,13 +67,13 @@ def test_val_split_and_export_folder(trained_run: Path, tiny_shards: Path, tmp_p
 
 
 def test_an_ensemble_of_one_model_twice_predicts_as_the_model(
-    trained_run: Path, tiny_shards: Path, tmp_path: Path
+    inference_run: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
     """Averaging equal softmaxes changes nothing but the cost; the loss is the mean softmax's
     cross-entropy, which for equal members is the model's own."""
-    run_in_process(evaluate_argv(trained_run, tiny_shards, tmp_path / "one.json"))
-    argv = evaluate_argv(trained_run, tiny_shards, tmp_path / "two.json", "--ensemble",
-                         str(trained_run))  # fmt: skip
+    run_in_process(evaluate_argv(inference_run, tiny_shards, tmp_path / "one.json"))
+    argv = evaluate_argv(inference_run, tiny_shards, tmp_path / "two.json", "--ensemble",
+                         str(inference_run))  # fmt: skip
     run_in_process(argv)
     one = json.loads((tmp_path / "one.json").read_text())
     two = json.loads((tmp_path / "two.json").read_text())
@@ -97,11 +85,11 @@ def test_an_ensemble_of_one_model_twice_predicts_as_the_model(
 
 
 def test_tta_shift_averages_over_shifted_views(
-    trained_run: Path, tiny_shards: Path, tmp_path: Path
+    inference_run: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
-    run_in_process(evaluate_argv(trained_run, tiny_shards, tmp_path / "one.json"))
+    run_in_process(evaluate_argv(inference_run, tiny_shards, tmp_path / "one.json"))
     run_in_process(
-        evaluate_argv(trained_run, tiny_shards, tmp_path / "tta.json", "--tta-shift", "1")
+        evaluate_argv(inference_run, tiny_shards, tmp_path / "tta.json", "--tta-shift", "1")
     )
     one = json.loads((tmp_path / "one.json").read_text())
     tta = json.loads((tmp_path / "tta.json").read_text())
@@ -122,7 +110,7 @@ def test_tta_shift_averages_over_shifted_views(
     ],
 )
 def test_bad_input_is_one_line(
-    trained_run: Path,
+    inference_run: Path,
     tiny_shards: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -130,7 +118,7 @@ def test_bad_input_is_one_line(
     message: str,
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        run_in_process(evaluate_argv(trained_run, tiny_shards, tmp_path / "x.json", *flags))
+        run_in_process(evaluate_argv(inference_run, tiny_shards, tmp_path / "x.json", *flags))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_export import trained_run_dir
 
 from experiments.ensemble_select import choose, parse_candidates, parse_member_pflop, within_budget
 from experiments.time_to_accuracy import samples_trained
@@ -27,9 +26,9 @@ def run_select(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_chooses_on_val_and_reads_test_for_the_chosen_only(
-    tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+    tiny_shards: Path, inference_run: Path, tmp_path: Path
 ) -> None:
-    run = trained_run_dir(tiny_shards, tmp_path_factory)
+    run = inference_run
     out = tmp_path / "select.json"
     done = run_select(
         "--shards", str(tiny_shards), "--candidate", f"one={run}",

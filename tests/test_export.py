@@ -1,5 +1,4 @@
-"""Export and `seqtrain.load_model`; also home of the trained-run fixture the evaluate, predict
-and report tests share (one tiny training run per test session)."""
+"""Export and `seqtrain.load_model`, on the session's tiny trained run (`inference_run`)."""
 
 from __future__ import annotations
 
@@ -13,46 +12,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_train import run_in_process, train_argv
 
 import seqtrain
 from seqtrain.cli import main
 from seqtrain.common.errors import UserError
-from seqtrain.data.format import IMAGE_SHAPE, iter_shard_chunks, load_manifest
-from seqtrain.data.stream import images_to_float
+from seqtrain.data.format import IMAGE_SHAPE
 from seqtrain.export import CONFIG_NAME, WEIGHTS_NAME, export_model, load_model
 from seqtrain.models import build_model
-
-RUN_NAME = "tiny-for-inference"
-
-
-def trained_run_dir(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 3-epoch tiny run, trained once per session whichever test module asks first
-    (module fixtures importing one session fixture would each train again)."""
-    out = tmp_path_factory.getbasetemp() / "inference-runs"
-    run = out / RUN_NAME
-    if not (run / "test_metrics.json").is_file():
-        shutil.rmtree(run, ignore_errors=True)
-        argv = train_argv(shards, out, RUN_NAME, "--epochs", "3", "--wandb-mode", "disabled")
-        run_in_process(argv)
-    return run
-
-
-def shard_test_images(shards: Path, count: int = 64) -> np.ndarray:
-    """The first `count` test images of a shard set, uint8 [count, 28, 84]."""
-    first = load_manifest(shards).shards("test")[0].path
-    images = np.concatenate([chunk[1] for chunk in iter_shard_chunks(first)])
-    return images[:count]
-
-
-def logits_of(model: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
-    with torch.no_grad():
-        return model(images_to_float(torch.from_numpy(images).unsqueeze(1)))
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_run_dir(tiny_shards, tmp_path_factory)
+from support.inference import logits_of, shard_test_images
 
 
 def checkpoint_model(run: Path) -> torch.nn.Module:
@@ -63,12 +30,12 @@ def checkpoint_model(run: Path) -> torch.nn.Module:
 
 
 def test_export_loads_to_identical_outputs(
-    trained_run: Path, tiny_shards: Path, tmp_path: Path
+    inference_run: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
-    main(["export", "--checkpoint", str(trained_run), "--out", str(tmp_path / "export")])
+    main(["export", "--checkpoint", str(inference_run), "--out", str(tmp_path / "export")])
     images = shard_test_images(tiny_shards)
-    expected = logits_of(checkpoint_model(trained_run), images)
-    for source in (tmp_path / "export", trained_run, trained_run / "checkpoints" / "best"):
+    expected = logits_of(checkpoint_model(inference_run), images)
+    for source in (tmp_path / "export", inference_run, inference_run / "checkpoints" / "best"):
         model = seqtrain.load_model(source)
         assert not model.training
         assert next(model.parameters()).device.type == "cpu"
@@ -77,8 +44,8 @@ def test_export_loads_to_identical_outputs(
     assert files == [CONFIG_NAME, WEIGHTS_NAME], "only the two files, no temporaries"
 
 
-def test_export_description(trained_run: Path, tmp_path: Path) -> None:
-    export_model(trained_run, tmp_path)
+def test_export_description(inference_run: Path, tmp_path: Path) -> None:
+    export_model(inference_run, tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert config["model"] == "tiny"
     assert config["seqtrain_version"] == seqtrain.__version__
@@ -88,8 +55,8 @@ def test_export_description(trained_run: Path, tmp_path: Path) -> None:
     assert set(load_file(tmp_path / WEIGHTS_NAME)) == set(build_model("tiny").state_dict())
 
 
-def test_load_model_needs_no_training_stack(trained_run: Path, tmp_path: Path) -> None:
-    export_model(trained_run, tmp_path)
+def test_load_model_needs_no_training_stack(inference_run: Path, tmp_path: Path) -> None:
+    export_model(inference_run, tmp_path)
     code = (
         "import sys, seqtrain; seqtrain.load_model(sys.argv[1]); "
         "print(sorted({'accelerate', 'webdataset', 'wandb', 'tyro'} & set(sys.modules)))"
@@ -100,24 +67,24 @@ def test_load_model_needs_no_training_stack(trained_run: Path, tmp_path: Path) -
     assert done.stdout.strip() == "[]"
 
 
-def test_checkpoint_saved_under_ddp_loads(trained_run: Path, tmp_path: Path) -> None:
+def test_checkpoint_saved_under_ddp_loads(inference_run: Path, tmp_path: Path) -> None:
     # A multi-process run saves the DDP-wrapped state dict: keys start with `module.`.
     checkpoint = tmp_path / "ddp-best"
-    shutil.copytree(trained_run / "checkpoints" / "best", checkpoint)
+    shutil.copytree(inference_run / "checkpoints" / "best", checkpoint)
     state = load_file(checkpoint / WEIGHTS_NAME)
     save_file({f"module.{k}": v for k, v in state.items()}, checkpoint / WEIGHTS_NAME)
     images = np.zeros((2, *IMAGE_SHAPE), dtype=np.uint8)
-    expected = logits_of(checkpoint_model(trained_run), images)
+    expected = logits_of(checkpoint_model(inference_run), images)
     assert torch.equal(logits_of(load_model(checkpoint), images), expected)
 
 
 def test_bad_sources_are_one_line_errors(
-    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inference_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(UserError, match="not a seqtrain run, checkpoint or export folder"):
         load_model(tmp_path)
     wrong = tmp_path / "wrong-model"
-    shutil.copytree(trained_run / "checkpoints" / "best", wrong)
+    shutil.copytree(inference_run / "checkpoints" / "best", wrong)
     meta = json.loads((wrong / "seqtrain_checkpoint.json").read_text())
     (wrong / "seqtrain_checkpoint.json").write_text(json.dumps({**meta, "model": "reference"}))
     with pytest.raises(UserError, match="does not hold 'reference' weights"):

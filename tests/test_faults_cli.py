@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from trainutil import cpu_env
+
+from support.distributed import cpu_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

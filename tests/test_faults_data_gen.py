@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_generate_argv
-from test_data_gen_errors import run_cli
-from test_data_gen_runs import shard_bytes_of
 
 from seqtrain.data.format import MANIFEST_NAME
+from support import REPO
+from support.generate import run_data_gen, shard_bytes_of, tiny_generate_argv
 
 pytestmark = pytest.mark.faults
 
@@ -56,7 +55,7 @@ def assert_nothing_torn(out: Path, reference: Path) -> None:
 @pytest.mark.slow
 def test_killed_at_seeded_moments_then_rerun_is_byte_identical(mnist_dir, tmp_path, capsys):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    assert run_cli([*tiny_generate_argv(mnist_dir, reference), *SIZE], capsys)[0] == 0
+    assert run_data_gen([*tiny_generate_argv(mnist_dir, reference), *SIZE], capsys)[0] == 0
     argv = [*tiny_generate_argv(mnist_dir, killed, workers=2), *SIZE]
 
     moments = sorted(random.Random(KILL_SEED).sample(range(1, TOTAL_SHARDS), 3))
@@ -67,7 +66,7 @@ def test_killed_at_seeded_moments_then_rerun_is_byte_identical(mnist_dir, tmp_pa
         done.append(records_done(killed))
     assert done == sorted(done) and done[-1] < TOTAL_SHARDS, (moments, done)
 
-    code, text, _ = run_cli(argv, capsys)
+    code, text, _ = run_data_gen(argv, capsys)
     assert code == 0 and f"({TOTAL_SHARDS - done[-1]} written, {done[-1]} already" in text
     assert shard_bytes_of(killed) == shard_bytes_of(reference)
     assert (killed / MANIFEST_NAME).read_bytes() == (reference / MANIFEST_NAME).read_bytes()

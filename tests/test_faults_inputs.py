@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_train import read_jsonl, run_in_process, train_argv
 
 from seqtrain.components.tracking import read_offline_run
+from support.training import read_jsonl, run_in_process, train_argv
 
 pytestmark = pytest.mark.faults
 

@@ -12,106 +12,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
-from test_train_resume import ENV, assert_same_weights, resume_argv, run_to_end
-from trainutil import cpu_env, launch_argv
 
 import seqtrain
-from seqtrain.components.checkpoint import META_NAME, find_checkpoint
+from seqtrain.components.checkpoint import META_NAME
+from support.distributed import cpu_env, launch_argv
+from support.processes import kill_when, process_tree, rank_process, survivors_of_sigkill
+from support.training import (
+    ENV,
+    assert_checkpoints_loadable,
+    assert_same_result,
+    epoch_of,
+    error_line,
+    resume_argv,
+    run_to_end,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
-
-
-def process_tree(pid: int) -> list[psutil.Process]:
-    """The process and all its descendants (torchrun's ranks run in sessions of their own)."""
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def survivors_of_sigkill(tree: list[psutil.Process]) -> list[psutil.Process]:
-    """SIGKILL (and SIGCONT, should any be stopped) each of `tree`; those still running after
-    10 s, zombies waiting to be reaped aside."""
-    for p in tree:
-        try:
-            p.send_signal(signal.SIGKILL)
-            p.send_signal(signal.SIGCONT)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=10)
-    survivors = []
-    for p in alive:
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE:
-                survivors.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return survivors
-
-
-def rank_process(pid: int, rank: int) -> list[psutil.Process]:
-    """The rank `rank` worker below launcher `pid`."""
-    return [p for p in process_tree(pid)[1:] if p.environ().get("RANK") == str(rank)]
-
-
-def kill_when(
-    argv: list[str],
-    ready: Callable[[], bool],
-    env: dict[str, str] = ENV,
-    victims: Callable[[int], list[psutil.Process]] = process_tree,
-    sig: signal.Signals = signal.SIGKILL,
-) -> subprocess.Popen:
-    """Start `argv`; once `ready()` holds, send `sig` (default SIGKILL) to `victims(pid)`
-    (default: the whole tree).
-
-    Polls the file system every millisecond: a checkpoint folder appears and is swapped in
-    within tens of milliseconds. Returns the started process (still running if only some of
-    its tree was killed)."""
-    proc = subprocess.Popen(argv, env=env, start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 200
-    while not ready() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.001)
-    chosen = victims(proc.pid) if proc.poll() is None else []
-    for victim in chosen:
-        victim.send_signal(sig)
-    if not chosen:
-        for p in process_tree(proc.pid) if proc.poll() is None else []:
-            p.kill()
-        proc.communicate()
-        pytest.fail("the run ended before the moment to kill it")
-    return proc
-
-
-def epoch_of(checkpoint: Path) -> int | None:
-    try:
-        return json.loads((checkpoint / META_NAME).read_text())["epoch"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def error_line(stderr: str) -> str:
-    """The one error line of a failed run's stderr (progress bars aside), no traceback."""
-    assert "Traceback" not in stderr, stderr[-3000:]
-    errors = [ln.split("\r")[-1] for ln in stderr.splitlines() if "error" in ln]
-    assert len(errors) == 1, stderr[-3000:]
-    return errors[0]
-
-
-def assert_checkpoints_loadable(run: Path) -> None:
-    """best and last are each absent (not written yet) or complete: `load_model` reads them."""
-    for name in ("best", "last"):
-        found = find_checkpoint(run / "checkpoints" / name)
-        if found is not None:
-            seqtrain.load_model(found)
-
-
-def assert_same_result(unbroken: Path, broken: Path) -> None:
-    for checkpoint in ("last", "best"):
-        assert_same_weights(unbroken / "checkpoints" / checkpoint,
-                            broken / "checkpoints" / checkpoint)  # fmt: skip
-    want = json.loads((unbroken / "test_metrics.json").read_text())
-    assert json.loads((broken / "test_metrics.json").read_text()) == want
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.utils.constants import SCALER_NAME
-from test_stream import fresh_plan
-from test_train import read_jsonl, run_in_process, train_argv
 
 from seqtrain import load_model
 from seqtrain.components.tracking import read_offline_run
@@ -28,6 +26,8 @@ from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import train_loader
 from seqtrain.distributed import make_accelerator
 from seqtrain.step import build_model_and_optimizer
+from support.loaders import fresh_plan
+from support.training import read_jsonl, run_in_process, train_argv
 
 pytestmark = [
     pytest.mark.gpu,

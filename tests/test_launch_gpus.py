@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_launch import LAUNCH, dry_run, option, run_script
+
+from support.launch import LAUNCH, dry_run, option, run_script
 
 INSTALLED = 8
 

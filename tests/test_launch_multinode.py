@@ -13,8 +13,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_train import train_argv
-from trainutil import FORCED_EARLY_STOP, assert_ranks_agree, cpu_env
+
+from support.distributed import FORCED_EARLY_STOP, assert_ranks_agree, cpu_env
+from support.training import train_argv
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_faults_train import epoch_of, process_tree, survivors_of_sigkill
-from test_run_folder import cli_argv
-from test_train import read_jsonl
-from trainutil import cpu_env, launch_argv
 
 from seqtrain.components.parent_watch import POLL_SECONDS
+from support.distributed import cpu_env, launch_argv
+from support.processes import process_tree, survivors_of_sigkill
+from support.training import cli_argv, epoch_of, read_jsonl
 
 BOUND_SECONDS = 30  # generous: the watch polls every POLL_SECONDS; the machine is shared
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_stream import fresh_plan
-from test_train import run_in_process, train_argv
 
 from seqtrain.config import DataConfig
 from seqtrain.data.format import load_manifest
 from seqtrain.data.stream import eval_loader, train_loader
+from support.loaders import fresh_plan
+from support.training import run_in_process, train_argv
 
 
 @pytest.fixture

@@ -9,18 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_export import logits_of, shard_test_images, trained_run_dir
 
-from seqtrain.cli import main
 from seqtrain.data.format import IMAGE_SHAPE, sequence_text
 from seqtrain.export import load_model
 from seqtrain.models.averaged import AveragedPredictor, cross_shifts
 from seqtrain.predict import to_model_layout
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_run_dir(tiny_shards, tmp_path_factory)
+from support.inference import logits_of, run_predict, shard_test_images, write_pngs
 
 
 @pytest.fixture(scope="module")
@@ -33,50 +27,29 @@ def direct_predictions(run: Path, images: np.ndarray) -> list[str]:
     return [sequence_text(row) for row in labels]
 
 
-def write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{i:03d}.png" for i in range(len(images))]
-    for path, image in zip(paths, images, strict=True):
-        Image.fromarray(image, mode="L").save(path)
-    return paths
-
-
-def run_predict(
-    capsys: pytest.CaptureFixture[str], run: Path, *args: str
-) -> tuple[list[str], list[str], int]:
-    """stdout lines, stderr lines and exit code of `seqtrain predict` run in this process."""
-    code = 0
-    try:
-        main(["predict", "--checkpoint", str(run), *args])
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return captured.out.splitlines(), captured.err.splitlines(), code
-
-
 def test_png_files_predict_as_the_arrays_do(
-    trained_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inference_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = write_pngs(tmp_path, images)
-    out, err, code = run_predict(capsys, trained_run, *map(str, paths))
+    out, err, code = run_predict(capsys, inference_run, *map(str, paths))
     assert (code, err) == (0, [])
-    expected = direct_predictions(trained_run, images)
+    expected = direct_predictions(inference_run, images)
     assert out == [f"{p}\t{digits}" for p, digits in zip(paths, expected, strict=True)]
 
 
 def test_folder_glob_and_json(
-    trained_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inference_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = write_pngs(tmp_path / "scans", images[:5])
     (tmp_path / "scans" / "notes.txt").write_text("not an image, not listed")
-    expected = direct_predictions(trained_run, images[:5])
-    out, _, code = run_predict(capsys, trained_run, "--json", str(tmp_path / "scans"))
+    expected = direct_predictions(inference_run, images[:5])
+    out, _, code = run_predict(capsys, inference_run, "--json", str(tmp_path / "scans"))
     records = [json.loads(line) for line in out]
     assert code == 0
     assert [r["path"] for r in records] == [str(p) for p in paths]
     assert [r["digits"] for r in records] == expected
     assert all(0 < r["confidence"] <= 1 for r in records)
-    out, _, _ = run_predict(capsys, trained_run, str(tmp_path / "scans" / "00[13].png"))
+    out, _, _ = run_predict(capsys, inference_run, str(tmp_path / "scans" / "00[13].png"))
     assert out == [f"{paths[i]}\t{expected[i]}" for i in (1, 3)]
 
 
@@ -102,21 +75,21 @@ def test_other_modes_and_sizes_reach_the_training_layout(images: np.ndarray) -> 
 
 
 def test_dark_on_light_scan_predicts_as_the_original(
-    trained_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inference_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     originals = write_pngs(tmp_path / "light", images[:6])
     inverted = write_pngs(tmp_path / "dark", 255 - images[:6])
-    out, _, _ = run_predict(capsys, trained_run, *map(str, originals))
-    out_inverted, _, _ = run_predict(capsys, trained_run, *map(str, inverted))
+    out, _, _ = run_predict(capsys, inference_run, *map(str, originals))
+    out_inverted, _, _ = run_predict(capsys, inference_run, *map(str, inverted))
     digits = [line.split("\t")[1] for line in out]
     assert [line.split("\t")[1] for line in out_inverted] == digits
-    out_yes, _, _ = run_predict(capsys, trained_run, "--invert", "yes", *map(str, inverted))
+    out_yes, _, _ = run_predict(capsys, inference_run, "--invert", "yes", *map(str, inverted))
     assert [line.split("\t")[1] for line in out_yes] == digits
     assert np.array_equal(to_model_layout(Image.open(inverted[0]), invert="no"), 255 - images[0])
 
 
 def test_bad_files_fail_alone(
-    trained_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inference_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = write_pngs(tmp_path, images[:2])
     wide = tmp_path / "wide.png"
@@ -125,7 +98,7 @@ def test_bad_files_fail_alone(
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     missing = tmp_path / "missing.png"
     args = [str(good[0]), str(wide), str(broken), str(missing), str(good[1])]
-    out, err, code = run_predict(capsys, trained_run, *args)
+    out, err, code = run_predict(capsys, inference_run, *args)
     assert code == 1
     assert [line.split("\t")[0] for line in out] == [str(good[0]), str(good[1])]
     assert len(err) == 3
@@ -134,26 +107,26 @@ def test_bad_files_fail_alone(
 
 
 def test_ensemble_with_views_predicts_as_the_averaged_model(
-    trained_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inference_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = write_pngs(tmp_path, images[:8])
-    args = ["--ensemble", str(trained_run), "--tta-shift", "1", "--json", *map(str, paths)]
-    out, err, code = run_predict(capsys, trained_run, *args)
+    args = ["--ensemble", str(inference_run), "--tta-shift", "1", "--json", *map(str, paths)]
+    out, err, code = run_predict(capsys, inference_run, *args)
     assert (code, err) == (0, [])
-    model = load_model(trained_run)
+    model = load_model(inference_run)
     averaged = AveragedPredictor([model, model], cross_shifts(1))
     top, labels = logits_of(averaged, images[:8]).exp().max(-1)
     records = [json.loads(line) for line in out]
     assert [r["digits"] for r in records] == [sequence_text(row) for row in labels.numpy()]
     assert [r["confidence"] for r in records] == pytest.approx(top.prod(-1).tolist(), rel=1e-5)
-    plain, _, _ = run_predict(capsys, trained_run, "--json", *map(str, paths))
+    plain, _, _ = run_predict(capsys, inference_run, "--json", *map(str, paths))
     assert [json.loads(line)["confidence"] for line in plain] != [r["confidence"] for r in records]
 
 
 def test_negative_shift_is_a_one_line_error(
-    trained_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inference_run: Path, images: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = write_pngs(tmp_path, images[:1])
-    out, err, code = run_predict(capsys, trained_run, "--tta-shift", "-1", str(paths[0]))
+    out, err, code = run_predict(capsys, inference_run, "--tta-shift", "-1", str(paths[0]))
     assert (out, code) == ([], 2)
     assert len(err) == 1 and "--tta-shift must be >= 0" in err[0], err

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_train import run_in_process
 
 from data_gen.mnist import load_mnist
 from seqtrain.data.format import DIGIT_SIZE, IMAGE_SHAPE
+from support.training import run_in_process
 
 SEQUENCES = 60
 SEED = 5

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_faults_train import assert_same_result, epoch_of, process_tree
-from test_train_resume import ENV, resume_argv, run_to_end
-from trainutil import cpu_env, free_port
 
+from bench.stores import free_port
 from seqtrain.common.stop_signals import STOP_FLAG, stop_signals
 from seqtrain.components.checkpoint import META_NAME
 from seqtrain.components.preemption import EXIT_PREEMPTED, Decision, PreemptionWatch
 from seqtrain.config import PreemptConfig
+from support.distributed import cpu_env
+from support.processes import process_tree
+from support.training import ENV, assert_same_result, epoch_of, resume_argv, run_to_end
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -7,10 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-from test_train import read_jsonl, run_in_process, train_argv
-from test_train_resume import assert_same_weights, kill_mid_second_epoch, resume_argv, run_to_end
 
 from seqtrain.components.tracking import read_offline_run
+from support.training import (
+    assert_same_weights,
+    kill_mid_second_epoch,
+    read_jsonl,
+    resume_argv,
+    run_in_process,
+    run_to_end,
+    train_argv,
+)
 
 STEPS = ["--epochs", "3", "--steps-per-epoch", "6", "--log-every", "1"]
 

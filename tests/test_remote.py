@@ -17,12 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_generate_argv
-from test_faults_train import assert_checkpoints_loadable, epoch_of, error_line
-from test_train import train_argv
-from trainutil import cpu_env, free_port, launch_argv
 
-from bench.stores import BUCKET, FAST_RETRIES, http_server, moto_server, s3_env
+from bench.stores import BUCKET, FAST_RETRIES, free_port, http_server, moto_server, s3_env
 from data_gen.cli import main as data_main
 from data_gen.verify import verify
 from seqtrain.common.errors import UserError
@@ -35,6 +31,9 @@ from seqtrain.data.format import (
     shard_problems,
 )
 from seqtrain.data.stream import eval_loader
+from support.distributed import cpu_env, launch_argv
+from support.generate import tiny_generate_argv
+from support.training import assert_checkpoints_loadable, epoch_of, error_line, train_argv
 
 s3fs = pytest.importorskip("s3fs")
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_export import trained_run_dir
 
 from seqtrain.cli import main
 from seqtrain.components.run_paths import METRICS as METRICS_NAME
@@ -24,11 +23,6 @@ from seqtrain.report import (
     lr_reductions,
     read_epochs,
 )
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_run_dir(tiny_shards, tmp_path_factory)
 
 
 def epochs_with_cuts() -> list[dict]:
@@ -47,12 +41,12 @@ def epochs_with_cuts() -> list[dict]:
 
 
 def test_run_report_pictures(
-    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inference_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
     run.mkdir()
     for name in (METRICS_NAME, TEST_NAME, "config.yaml"):
-        shutil.copy(trained_run / name, run / name)
+        shutil.copy(inference_run / name, run / name)
     main(["report", str(run)])
     for name in (CURVES_PNG, LENGTH_PNG, CONFUSION_PNG):
         with Image.open(run / name) as image:
@@ -62,8 +56,8 @@ def test_run_report_pictures(
     ]
 
 
-def test_curves_show_the_metrics_and_mark_lr_cuts(trained_run: Path) -> None:
-    epochs = read_epochs(trained_run)
+def test_curves_show_the_metrics_and_mark_lr_cuts(inference_run: Path) -> None:
+    epochs = read_epochs(inference_run)
     loss, exact, lr = learning_curves_figure(epochs).axes[:3]
     train_line, val_line = loss.get_lines()[:2]
     assert list(train_line.get_ydata()) == [e["train_loss"] for e in epochs]
@@ -80,8 +74,8 @@ def test_curves_show_the_metrics_and_mark_lr_cuts(trained_run: Path) -> None:
     assert [t.get_text() for t in lr_axes.texts] == ["LR cut", "LR cut"]
 
 
-def test_length_and_confusion_show_the_test_numbers(trained_run: Path) -> None:
-    test = json.loads((trained_run / TEST_NAME).read_text())
+def test_length_and_confusion_show_the_test_numbers(inference_run: Path) -> None:
+    test = json.loads((inference_run / TEST_NAME).read_text())
     bars = length_accuracy_figure(test).axes[0].patches
     assert [b.get_height() for b in bars] == [test["length_accuracy"][n] for n in "123"]
     figure = confusion_figure(test)
@@ -92,9 +86,9 @@ def test_length_and_confusion_show_the_test_numbers(trained_run: Path) -> None:
 
 
 def test_unfinished_run_draws_curves_only(
-    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    inference_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shutil.copy(trained_run / METRICS_NAME, tmp_path / METRICS_NAME)
+    shutil.copy(inference_run / METRICS_NAME, tmp_path / METRICS_NAME)
     main(["report", str(tmp_path)])
     assert (tmp_path / CURVES_PNG).is_file() and not (tmp_path / CONFUSION_PNG).exists()
     assert "skipped" in capsys.readouterr().out

@@ -7,12 +7,12 @@ import copy
 from pathlib import Path
 
 import pytest
-from conftest import tiny_generate_argv
-from test_train import run_in_process, train_argv
 
 from seqtrain.components.resume_guard import data_fingerprint, identity_changes, run_identity
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, load_manifest
+from support.generate import tiny_generate_argv
+from support.training import run_in_process, train_argv
 
 
 def test_fingerprint_follows_the_shard_bytes_not_the_folder(tiny_shards: Path) -> None:

@@ -7,27 +7,16 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from test_faults_train import epoch_of, error_line, kill_when
-from test_train import read_jsonl, train_argv
-from trainutil import cpu_env
 
 from seqtrain.components.run_paths import LOCK as LOCK_NAME
-
-
-def cli_argv(shards: Path, out: Path, *extra: str) -> list[str]:
-    """A tiny 3-epoch run named `job` through the real command line (W&B off)."""
-    return [
-        sys.executable, "-m", "seqtrain",
-        *train_argv(shards, out, "job", "--wandb-mode", "disabled", "--epochs", "3",
-                    "--steps-per-epoch", "4", "--eval-batch-size", "250"),
-        *extra,
-    ]  # fmt: skip
+from support.distributed import cpu_env
+from support.processes import kill_when
+from support.training import cli_argv, epoch_of, error_line, read_jsonl
 
 
 def run_cli(argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess:

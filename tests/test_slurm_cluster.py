@@ -1,4 +1,4 @@
-"""launch/slurm/ on a real one-node SLURM cluster (tests/slurmcluster.py), through SLURM's own
+"""launch/slurm/ on a real one-node SLURM cluster (tests/support/slurm.py), through SLURM's own
 mechanisms and with the settings users run (two ranks of the default model, the default loader
 workers, W&B offline): the time limit's warning, partition preemption with GraceTime (with and
 without preempt_send_user_signal), an administrator's requeue and a node failure each end
@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import tiny_generate_argv
-from slurmcluster import SlurmCluster, job_fields, missing_reason, sbatch, slurm_cluster
-from test_data_gen_runs import shard_bytes_of
-from test_faults_train import assert_same_result, epoch_of
-from trainutil import free_port
 
+from bench.stores import free_port
 from seqtrain.components.checkpoint import META_NAME
 from seqtrain.data.format import MANIFEST_NAME
+from support.generate import shard_bytes_of, tiny_generate_argv
+from support.slurm import SlurmCluster, job_fields, missing_reason, sbatch, slurm_cluster
+from support.training import assert_same_result, epoch_of
 
 pytestmark = [
     pytest.mark.slow,

@@ -10,15 +10,6 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from test_stream import (  # noqa: F401 (fixture)
-    BATCH,
-    check_batch,
-    config,
-    fresh_plan,
-    ids_of,
-    manifest,
-    train_batches,
-)
 
 from seqtrain.data import staged
 from seqtrain.data.position import SHARD_ORDER, Position, plan_epoch
@@ -30,16 +21,17 @@ from seqtrain.data.stream import (
     train_layout,
     train_steps_per_epoch,
 )
+from support.loaders import BATCH, check_batch, config, fresh_plan, ids_of, train_batches
 
 CPU = torch.device("cpu")
 
 
-def staged_config(manifest):  # noqa: F811
+def staged_config(manifest):
     return replace(config(manifest, 0), stage_on_device=True)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_each_rank_gets_the_loaders_samples_in_the_same_steps(manifest, world_size):  # noqa: F811
+def test_each_rank_gets_the_loaders_samples_in_the_same_steps(manifest, world_size):
     steps = train_steps_per_epoch(manifest, BATCH, world_size)
     plan = fresh_plan(staged_config(manifest), 0, steps, world_size, seed=3)
     seen = []
@@ -56,7 +48,7 @@ def test_each_rank_gets_the_loaders_samples_in_the_same_steps(manifest, world_si
     assert len(set(seen)) == len(seen) == steps * BATCH * world_size  # each sample once
 
 
-def test_staged_batches_are_seeded_and_skip_gives_the_tail(manifest):  # noqa: F811
+def test_staged_batches_are_seeded_and_skip_gives_the_tail(manifest):
     def ids(skip: int = 0, seed: int = 5, epoch: int = 0) -> list[int]:
         plan = fresh_plan(staged_config(manifest), epoch, 10, 1, seed, skip)
         return ids_of(staged_train_loader(manifest, plan, 0, CPU))
@@ -68,7 +60,7 @@ def test_staged_batches_are_seeded_and_skip_gives_the_tail(manifest):  # noqa: F
     assert ids(epoch=1) != full
 
 
-def test_staging_reads_shards_in_parallel_threads(manifest, monkeypatch):  # noqa: F811
+def test_staging_reads_shards_in_parallel_threads(manifest, monkeypatch):
     readers = set()
 
     def recording(pieces):
@@ -88,7 +80,7 @@ def test_staging_reads_shards_in_parallel_threads(manifest, monkeypatch):  # noq
 
 
 @pytest.mark.parametrize("old, new", [(2, 1), (2, 3), (1, 2)])
-def test_staged_resume_on_other_ranks_trains_the_rest_of_the_epoch(manifest, old, new):  # noqa: F811
+def test_staged_resume_on_other_ranks_trains_the_rest_of_the_epoch(manifest, old, new):
     """Staged and resized, from a streamed segment: every sample of the epoch once at most."""
     streamed, staged = config(manifest, 2, shuffle_buffer=12), staged_config(manifest)
     steps = train_steps_per_epoch(manifest, BATCH, old)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from data_gen.synthetic import decode_ids, sample_id, tiny_labels, write_tiny_dataset
+from data_gen.synthetic import sample_id, write_tiny_dataset
 from seqtrain.common.errors import UserError
 from seqtrain.config import DataConfig
 from seqtrain.data.format import load_manifest
-from seqtrain.data.position import EpochPlan, Position, plan_epoch
+from seqtrain.data.position import Position, plan_epoch
 from seqtrain.data.stream import (
     eval_loader,
     images_to_float,
@@ -18,56 +17,15 @@ from seqtrain.data.stream import (
     train_loader,
     train_steps_per_epoch,
 )
-
-TRAIN_SHARDS = [10, 3, 17, 8, 12, 5, 9]  # 64 samples, 7 uneven shards
-VAL_SHARDS = [7, 6]  # fewer shards than most rank x worker layouts
-BATCH = 4
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shards")
-    write_tiny_dataset(
-        root, {"train": TRAIN_SHARDS, "val": VAL_SHARDS, "test": [5]}, chunk_size=4, epochs=2
-    )
-    return load_manifest(root)
-
-
-def config(manifest, num_workers: int, shuffle_buffer: int = 8) -> DataConfig:
-    return DataConfig(
-        shards=manifest.root,
-        batch_size=BATCH,
-        eval_batch_size=5,
-        num_workers=num_workers,
-        shuffle_buffer=shuffle_buffer,
-    )
-
-
-def fresh_plan(
-    cfg: DataConfig, epoch: int, steps: int, world_size: int, seed: int, skip: int = 0
-) -> EpochPlan:
-    """The plan of a fresh epoch of `steps` global steps, resumed after `skip` of them."""
-    plan, _ = plan_epoch(Position(), epoch, train_layout(cfg, world_size), seed, steps)
-    return EpochPlan(plan.seed, epoch, 0, plan.positions, plan.layout, skip)
-
-
-def train_batches(
-    manifest, cfg, epoch: int, steps: int, rank: int, world_size: int, seed: int, skip: int = 0
-):
-    """`train_loader` of rank `rank` in a fresh epoch of `steps` steps (from `skip` on)."""
-    return train_loader(manifest, cfg, fresh_plan(cfg, epoch, steps, world_size, seed, skip), rank)
-
-
-def ids_of(batches) -> list[int]:
-    return [int(i) for images, _ in batches for i in decode_ids(images)]
-
-
-def check_batch(images: torch.Tensor, labels: torch.Tensor, size: int) -> None:
-    assert images.shape == (size, 1, 28, 84) and images.dtype == torch.uint8
-    assert labels.shape == (size, 3) and labels.dtype == torch.int64
-    # Images and labels stay paired through the shuffle.
-    expected = tiny_labels(decode_ids(images)).astype(np.int64)
-    assert torch.equal(labels, torch.from_numpy(expected))
+from support.loaders import (
+    BATCH,
+    TRAIN_SHARDS,
+    VAL_SHARDS,
+    check_batch,
+    config,
+    ids_of,
+    train_batches,
+)
 
 
 @pytest.mark.parametrize("world_size, num_workers", [(1, 0), (2, 2), (3, 2)])

@@ -16,9 +16,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from test_faults_train import kill_when
-from test_train import read_jsonl, run_in_process, train_argv
-from trainutil import cpu_env
 
 from seqtrain.components.preemption import EXIT_PREEMPTED
 from seqtrain.components.run_paths import WANDB_RUN as RUN_STATE_NAME
@@ -29,6 +26,9 @@ from seqtrain.components.tracking import (
     read_offline_run,
     read_offline_segments,
 )
+from support.distributed import cpu_env
+from support.processes import kill_when
+from support.training import read_jsonl, run_in_process, train_argv
 
 
 def test_offline_run_reads_back_config_history_summary_media(tmp_path: Path) -> None:

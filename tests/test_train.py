@@ -6,40 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState
 
-from seqtrain.cli import main
 from seqtrain.components.tracking import read_offline_run
-
-
-def train_argv(shards: Path, out: Path, name: str, *extra: str) -> list[str]:
-    """A fast tiny-model run; `extra` flags override."""
-    return [
-        "train",
-        "--shards", str(shards),
-        "--model", "tiny",
-        "--batch-size", "16",
-        "--eval-batch-size", "100",
-        "--num-workers", "0",
-        "--lr", "1e-2",
-        "--epochs", "8",
-        "--log-every", "10",
-        "--output-dir", str(out),
-        "--run-name", name,
-        *extra,
-    ]  # fmt: skip
-
-
-def run_in_process(argv: list[str]) -> None:
-    try:
-        main(argv)
-    finally:
-        # Accelerate's state is a per-process singleton; a fresh run needs a fresh one.
-        AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+from support.training import read_jsonl, run_in_process, train_argv
 
 
 @pytest.fixture(scope="module")

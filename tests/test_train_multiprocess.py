@@ -6,8 +6,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_train import train_argv
-from trainutil import FORCED_EARLY_STOP, assert_ranks_agree, cpu_env, launch_argv
+
+from support.distributed import FORCED_EARLY_STOP, assert_ranks_agree, cpu_env, launch_argv
+from support.training import train_argv
 
 
 @pytest.mark.multiprocess

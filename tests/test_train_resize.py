@@ -14,10 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_faults_train import kill_when
-from test_train import read_jsonl, train_argv
-from test_train_resume import run_to_end
-from trainutil import cpu_env, launch_argv
 
 from seqtrain.components.checkpoint import META_NAME
 from seqtrain.data.format import load_manifest
@@ -25,6 +21,9 @@ from seqtrain.data.position import LEDGER_ENV, Position
 from seqtrain.distributed import seed_resumed_rank
 from seqtrain.export import WEIGHTS_NAME
 from seqtrain.models.state import WRAPPER_PREFIXES, prefix_free
+from support.distributed import cpu_env, launch_argv
+from support.processes import kill_when
+from support.training import read_jsonl, run_to_end, train_argv
 
 BATCH, LR = 16, 1e-2
 

@@ -3,61 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
-from test_train import read_jsonl, train_argv
 
-ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-
-
-def resume_argv(shards: Path, out: Path) -> list[str]:
-    # The reference model has dropout, so equality also proves the RNG state was restored.
-    return [
-        sys.executable, "-m", "seqtrain",
-        *train_argv(shards, out, "job", "--wandb-mode", "disabled"),
-        "--model", "reference", "--lr", "1e-3", "--epochs", "2", "--steps-per-epoch", "6",
-        "--checkpoint-every", "2", "--eval-batch-size", "250",
-    ]  # fmt: skip
-
-
-def run_to_end(argv: list[str], env: dict[str, str] = ENV) -> str:
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
-def kill_mid_second_epoch(argv: list[str], run: Path) -> None:
-    """SIGKILL as soon as a checkpoint from inside epoch 2 exists."""
-    meta = run / "checkpoints" / "last" / "seqtrain_checkpoint.json"
-    process = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                position = json.loads(meta.read_text())
-            except (FileNotFoundError, ValueError):
-                position = {}
-            if position.get("epoch") == 1 and position.get("samples_done", 0) > 0:
-                break
-            time.sleep(0.01)
-        assert process.poll() is None, "the run ended before it could be killed"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    left, right = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    assert left.keys() == right.keys()
-    for name, tensor in left.items():
-        assert right[name].equal(tensor), name
+from support.training import (
+    assert_same_weights,
+    kill_mid_second_epoch,
+    read_jsonl,
+    resume_argv,
+    run_to_end,
+)
 
 
 @pytest.mark.slow

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_evaluate import evaluate_argv
-from test_train import read_jsonl, run_in_process, train_argv
 from torch import nn
-from trainutil import assert_ranks_agree, cpu_env, launch_argv
 
 from seqtrain.cli import main
 from seqtrain.components.weight_average import AVERAGE_NAME, WeightAverage
+from support.distributed import assert_ranks_agree, cpu_env, launch_argv
+from support.inference import evaluate_argv
+from support.training import read_jsonl, run_in_process, train_argv
 
 
 def small_model() -> nn.Module:

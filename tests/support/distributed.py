@@ -8,10 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from test_train import read_jsonl
-
 from bench.stores import free_port  # one port picker for servers and launches
 from seqtrain.data.format import load_manifest
+from support.training import read_jsonl
 
 # An LR far below float32 resolution leaves the weights unchanged, so val loss plateaus exactly:
 # the LR drops after epoch 2 (plateau patience 0) and early stopping (patience 1) ends the run

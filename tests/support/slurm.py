@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.stores import free_port
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 GRACE_TIME_S = 60
 SLURMD_TIMEOUT_S = 10  # a node silent this long is DOWN and its jobs requeued (default 300)
@@ -36,12 +38,6 @@ def missing_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _node_lines(host: str, cpus: int, names: list[str]) -> str:
     """One node: this machine under its own name. Several: one slurmd each on this machine
     (`slurmd -N NAME`), named n1, n2, ..., each with its own port and a share of the CPUs."""
@@ -49,7 +45,7 @@ def _node_lines(host: str, cpus: int, names: list[str]) -> str:
         return f"NodeName={host} CPUs={cpus} State=UNKNOWN"
     share = max(1, cpus // len(names))
     return "\n".join(
-        f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
+        f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} "
         f"CPUs={share} State=UNKNOWN"
         for name in names
     )
@@ -67,8 +63,8 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={root}/munge.socket
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/slurmctld.pid
