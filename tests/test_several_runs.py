@@ -18,6 +18,7 @@ from PIL import Image
 
 from seqtrain.cli import main
 from seqtrain.compare import CURVES_PNG, GROUPS_CSV, RUNS_CSV, TABLES_MD, curves_figure, read_groups
+from seqtrain.components.run_summary import summarize
 from seqtrain.models import build_model
 from seqtrain.models.flops import flops_per_sample
 from support.distributed import cpu_env, launch_argv
@@ -142,6 +143,18 @@ def test_curves_overlay_every_run_coloured_by_group(runs: Path) -> None:
         ]
         colours = [line.get_color() for line in lines]
         assert colours[0] == colours[1] != colours[2]
+
+
+def test_compute_without_the_manifest_says_how_it_counted(runs: Path, tmp_path: Path) -> None:
+    run = tmp_path / "moved"
+    shutil.copytree(runs / "job-seed0", run, symlinks=True)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["shards"] = str(tmp_path / "gone")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = summarize(run, read_jsonl(run / "metrics.jsonl"))
+    assert "equal length weights" in summary.note and str(tmp_path / "gone") in summary.note
+    per_sample = flops_per_sample(partial(build_model, "tiny"), length_weights=(1.0, 1.0, 1.0))
+    assert summary.train_flops == pytest.approx(summary.samples_trained * per_sample)
 
 
 def test_a_folder_that_is_not_a_run_is_one_line(
