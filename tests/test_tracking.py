@@ -124,6 +124,8 @@ def test_a_damaged_segment_is_left_out_of_the_logged_steps_with_one_warning(
     with pytest.raises(UnreadableLogError, match=str(bad)):
         read_offline_segments(tmp_path / "wandb")
 
+    # As a resume finds it: the run folder names its W&B run, whose segments are read.
+    (tmp_path / RUN_STATE_NAME).write_text(json.dumps({"id": "abcd1234", "last_steps": {}}))
     assert LoggedSteps(tmp_path, offline=True).last_steps == {"val/loss": 2}
     (warning,) = capsys.readouterr().err.splitlines()
     assert warning.startswith(f"seqtrain: warning: left out unreadable W&B offline records {bad}")
