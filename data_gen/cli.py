@@ -1,50 +1,64 @@
-"""`seqtrain-data`: generate, finalize, verify, preview; each subcommand parses its dataclass."""
+"""`seqtrain-data`: generate, finalize, verify, preview; each subcommand parses its dataclass.
+
+Each command imports its module when it runs: they load torch and PIL (seconds), which
+`seqtrain-data --help` and `--version` do not need.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TypeVar
 
-from data_gen.config import GenConfig
-from data_gen.finalize import FinalizeConfig, finalize
-from data_gen.generate import generate
-from data_gen.preview import PreviewConfig, preview
-from data_gen.verify import VerifyConfig, verify
-from seqtrain.common.cliparse import parse_config
 from seqtrain.common.errors import report_user_errors
-from seqtrain.common.storage import locate
 from seqtrain.common.subcommands import Commands, dispatch
 
 PROG = "seqtrain-data"
+T = TypeVar("T")
 
 
-def _verify(cfg: VerifyConfig) -> None:
+def _parse(cls: type[T], argv: list[str], name: str) -> T:
+    """argv parsed into `cls` (flags = its fields), as `seqtrain-data <name>`."""
+    from seqtrain.common.cliparse import parse_config
+
+    return parse_config(cls, argv, f"{PROG} {name}", cls.__doc__ or "")
+
+
+def _generate(argv: list[str]) -> None:
+    from data_gen.config import GenConfig
+    from data_gen.generate import generate
+
+    generate(_parse(GenConfig, argv, "generate"))
+
+
+def _finalize(argv: list[str]) -> None:
+    from data_gen.finalize import FinalizeConfig, finalize
+    from seqtrain.common.storage import locate
+
+    finalize(locate(_parse(FinalizeConfig, argv, "finalize").out))
+
+
+def _verify(argv: list[str]) -> None:
+    from data_gen.verify import VerifyConfig, verify
+
+    cfg = _parse(VerifyConfig, argv, "verify")
     bad = verify(cfg.out)
     if bad:
         print(f"{PROG}: {bad} bad shard(s) in {cfg.out}", file=sys.stderr)
         raise SystemExit(1)
 
 
-def _parsed(cls: type, action: Callable[[Any], object], name: str) -> Callable[[list[str]], object]:
-    """A command that parses argv into `cls` (flags = its fields), then runs `action`."""
-    return lambda argv: action(parse_config(cls, argv, f"{PROG} {name}", cls.__doc__ or ""))
+def _preview(argv: list[str]) -> None:
+    from data_gen.preview import PreviewConfig, preview
+
+    preview(_parse(PreviewConfig, argv, "preview"))
 
 
 COMMANDS: Commands = {
-    "generate": (
-        _parsed(GenConfig, generate, "generate"),
-        "render shards (this node's part) and, alone, the manifest",
-    ),
-    "finalize": (
-        _parsed(FinalizeConfig, lambda c: finalize(locate(c.out)), "finalize"),
-        "merge all nodes' parts: manifest",
-    ),
-    "verify": (_parsed(VerifyConfig, _verify, "verify"), "check every shard against the manifest"),
-    "preview": (
-        _parsed(PreviewConfig, preview, "preview"),
-        "draw a PNG grid of samples with their labels",
-    ),
+    "generate": (_generate, "render shards (this node's part) and, alone, the manifest"),
+    "finalize": (_finalize, "merge all nodes' parts: manifest"),
+    "verify": (_verify, "check every shard against the manifest"),
+    "preview": (_preview, "draw a PNG grid of samples with their labels"),
 }
 
 

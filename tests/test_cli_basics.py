@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +36,17 @@ def test_version(main: Main, prog: str, capsys: pytest.CaptureFixture[str]) -> N
     assert run(main, ["--version"], capsys) == (0, f"{prog} {seqtrain.__version__}\n")
     code, overview = run(main, ["--help"], capsys)
     assert code == 0 and f"{prog} --version" in overview
+
+
+@pytest.mark.parametrize("module", ["seqtrain.cli", "data_gen.cli"])
+def test_version_and_overview_load_no_torch(module: str) -> None:
+    """Each command imports its heavy modules when it runs, so these answer at once."""
+    code = (
+        f"import sys; from {module} import main; main(['--version']); main(['--help']); "
+        "print(*sorted({'torch', 'tyro', 'PIL'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == ""
 
 
 @pytest.mark.parametrize(("main", "command"), [(main, "train"), (data_main, "generate")])
