@@ -38,7 +38,8 @@ def check_installed(cfg: RunConfig) -> None:
     ):
         raise UserError(
             "--report-to tensorboard needs the tensorboard package "
-            '(pip install "seqtrain[tensorboard]"); or leave it out of --report-to'
+            '(install seqtrain with its [tensorboard] extra: pip install ".[tensorboard]"); '
+            "or leave it out of --report-to"
         )
 
 
