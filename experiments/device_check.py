@@ -29,8 +29,8 @@ skipped (recorded as such).
 
 OUT/<step>.json holds each step's figures, OUT/summary.json every step's status and seconds.
 --quick shrinks every size (tiny data and model, few steps) so the whole check runs on a CPU in
-a couple of minutes: tests/test_device_check.py runs it that way. Only the standard library is
-imported here, so the check runs before seqtrain is installed.
+a couple of minutes: tests/integration/experiments/test_device_check.py runs it that way. Only
+the standard library is imported here, so the check runs before seqtrain is installed.
 """
 
 from __future__ import annotations

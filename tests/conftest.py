@@ -1,6 +1,5 @@
-"""Shared fixtures: the offline MNIST copy, tiny generated shard sets and one tiny trained run.
-
-Helpers (plain functions) live in tests/support/; every folder below sees these fixtures."""
+"""Shared fixtures (the offline MNIST copy, a tiny generated shard set, one tiny trained run) and
+the tiers: each top folder marks its tests (see tests/README.md). Helpers live in tests/support/."""
 
 from __future__ import annotations
 
@@ -14,6 +13,24 @@ pytest.register_assert_rewrite("support")
 
 from support import REPO  # noqa: E402
 from support.generate import tiny_generate_argv  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+# The markers each top folder gives its tests; unit/ is the fast tier (`-m "not slow"`).
+FOLDER_MARKERS = {
+    "unit": (),
+    "integration": ("slow",),
+    "faults": ("slow", "faults"),
+    "distributed": ("slow", "multiprocess"),
+    "cluster": ("slow", "multiprocess"),
+    "gpu": ("gpu",),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(TESTS).parts[0]
+        for name in FOLDER_MARKERS[folder]:
+            item.add_marker(name)
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +65,3 @@ def inference_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -
     run_in_process(train_argv(tiny_shards, out, "tiny-for-inference", "--epochs", "3",
                               "--wandb-mode", "disabled"))  # fmt: skip
     return out / "tiny-for-inference"
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory):
-    """The loader tests' id-encoded shard set (support.loaders.loader_manifest)."""
-    from support.loaders import loader_manifest
-
-    return loader_manifest(tmp_path_factory.mktemp("shards"))

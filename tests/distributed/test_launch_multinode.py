@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from support import REPO
 from support.distributed import FORCED_EARLY_STOP, assert_ranks_agree, cpu_env
 from support.training import train_argv
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NODES = 2
 TIMEOUT_S = 90

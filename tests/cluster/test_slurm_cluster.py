@@ -24,6 +24,7 @@ import pytest
 from bench.stores import free_port
 from seqtrain.components.checkpoint import META_NAME
 from seqtrain.data.format import MANIFEST_NAME
+from support import REPO
 from support.generate import shard_bytes_of, tiny_generate_argv
 from support.slurm import SlurmCluster, job_fields, missing_reason, sbatch, slurm_cluster
 from support.training import assert_same_result, epoch_of
@@ -34,7 +35,6 @@ pytestmark = [
     pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 JOB_TIMEOUT_S = 300
 STEPS = 30  # per epoch: long enough to stop a job mid-epoch from outside

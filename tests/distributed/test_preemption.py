@@ -22,11 +22,11 @@ from seqtrain.common.stop_signals import STOP_FLAG, stop_signals
 from seqtrain.components.checkpoint import META_NAME
 from seqtrain.components.preemption import EXIT_PREEMPTED, Decision, PreemptionWatch
 from seqtrain.config import PreemptConfig
+from support import REPO
 from support.distributed import cpu_env
 from support.processes import process_tree
 from support.training import ENV, assert_same_result, epoch_of, resume_argv, run_to_end
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STEPS = 6  # --steps-per-epoch of resume_argv
 EXIT_BOUND_S = 90  # from the signal to the exit: at most K steps, a checkpoint, shutdown

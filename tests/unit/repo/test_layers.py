@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
+
 FLOORS = [
     ("seqtrain.common", "seqtrain.version"),
     ("seqtrain.config",),

@@ -11,8 +11,9 @@ import yaml
 
 from seqtrain.common.cliparse import parse_config
 from seqtrain.config import RunConfig
+from support import REPO
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 
 def test_there_are_recipes() -> None:

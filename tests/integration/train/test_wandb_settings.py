@@ -19,9 +19,8 @@ from seqtrain.components.tracking import data_artifact, dataset_summary, read_of
 from seqtrain.components.wandb_settings import resolved_log_config, resolved_run_name
 from seqtrain.config import RunConfig
 from seqtrain.data.format import load_manifest
+from support import REPO
 from support.training import run_in_process, train_argv
-
-REPO = Path(__file__).resolve().parents[1]
 
 # field, its flag's value, its WANDB_* variable and value, the value each resolves to, default.
 SETTINGS = [

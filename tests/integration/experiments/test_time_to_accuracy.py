@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
 
 
 def run_record(mnist_dir: Path, work: Path, out: Path, *extra: str) -> dict:

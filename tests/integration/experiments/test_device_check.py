@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
 
 
 def seqtrain_wheel(tmp_path: Path) -> Path:

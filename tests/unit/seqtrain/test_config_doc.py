@@ -9,8 +9,9 @@ from data_gen.config_doc import GENERATE_TABLE
 from seqtrain.common.config_doc import ConfigBlock, field_docs, main
 from seqtrain.config import TrainConfig
 from seqtrain.config_doc import TRAIN_TABLE
+from support import REPO
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+PAGE = REPO / "docs" / "configuration.md"
 
 
 @pytest.mark.parametrize("block", [TRAIN_TABLE, GENERATE_TABLE], ids=["train", "generate"])

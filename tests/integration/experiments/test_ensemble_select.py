@@ -14,8 +14,7 @@ from experiments.ensemble_select import choose, parse_candidates, parse_member_p
 from experiments.time_to_accuracy import samples_trained
 from seqtrain.models import build_model
 from seqtrain.models.flops import flops_per_sample
-
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO
 
 
 def run_select(*args: str) -> subprocess.CompletedProcess:

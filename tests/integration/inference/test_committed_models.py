@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from seqtrain.data.format import iter_shard_chunks, load_manifest, sequence_text
+from support import REPO
 from support.inference import run_predict, shard_test_images, write_pngs
 from support.training import run_in_process
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "experiments" / "models"
 # experiments/models/<recipe>/ holds one model, or an ensemble's members in <recipe>/<member>/
 COMMITTED = sorted(p.parent for p in MODELS.glob("**/model.json"))
