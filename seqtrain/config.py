@@ -94,15 +94,37 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1e-3
-    """Learning rate (with `--sched onecycle`: the peak learning rate)."""
+    """Learning rate at a global batch of --lr-base-batch (with `--sched onecycle`: the peak),
+    scaled by --lr-scale for the global batch the run steps with."""
+    lr_scale: Literal["none", "linear", "sqrt"] = "none"
+    """How --lr follows the global batch G (samples per optimizer step): `linear` trains at
+    --lr x G / --lr-base-batch (SGD-like; with a warm-up), `sqrt` at --lr x sqrt(G /
+    --lr-base-batch) (Adam's usual rule), `none` at --lr whatever G (the reference). The LR
+    trained with is printed at start and saved in the W&B summary and ranks/*.json."""
+    lr_base_batch: int = 128
+    """The global batch --lr was tuned for (the reference recipe's 128); used by --lr-scale."""
     optimizer: Literal["adam", "adamw"] = "adam"
     """`adam` (weight decay added to the gradient, the reference) or `adamw` (decoupled)."""
     weight_decay: float = 0.0
     """Weight decay of the optimizer."""
-    sched: Literal["plateau", "onecycle"] = "plateau"
-    """LR schedule: `plateau` (ReduceLROnPlateau on the val loss once per epoch, the reference)
-    or `onecycle` (OneCycleLR's curve up to --lr and down over --epochs, planned in samples
-    trained, so it stays continuous when a resumed run changes the global batch)."""
+    sched: Literal["plateau", "onecycle", "cosine"] = "plateau"
+    """LR schedule: `plateau` (ReduceLROnPlateau on the val loss once per epoch, the reference),
+    `onecycle` (OneCycleLR's curve up to --lr and down over --epochs, with its own warm-up) or
+    `cosine` (after any warm-up, a cosine from --lr down to --lr x --lr-floor at the last step).
+    onecycle and cosine are planned in samples trained, so they stay continuous when a resumed
+    run changes the global batch."""
+    warmup_steps: int = 0
+    """Raise the LR linearly from --lr/N to --lr over the first N optimizer steps (plateau or
+    cosine; a plateau LR decision waits until the warm-up is over). 0: no warm-up."""
+    warmup_epochs: float = 0.0
+    """The warm-up as epochs instead of steps (e.g. 0.5; its length is fixed in samples at the
+    run's start). Not with --warmup-steps."""
+    lr_floor: float = 0.0
+    """`--sched cosine`: the LR the decay ends at, as a fraction of --lr."""
+    clip_grad_norm: float = 0.0
+    """Scale the gradients down to this global L2 norm (over all parameters and processes, after
+    unscaling fp16) when it is larger; the norm before clipping is logged as train/grad_norm
+    (the mean over each --log-every window). 0: no clipping."""
     label_smoothing: float = 0.0
     """Label smoothing of each head's cross-entropy."""
     ema_decay: float = 0.0
@@ -121,14 +143,28 @@ class OptimConfig:
         _require(0 <= self.ema_decay < 1, "--ema-decay", "must be in [0, 1)")
         _require(0 < self.plateau_factor < 1, "--plateau-factor", "must be in (0, 1)")
         _require(self.plateau_patience >= 0, "--plateau-patience", "must be >= 0")
+        _require(self.lr_base_batch > 0, "--lr-base-batch", "must be > 0")
+        _require(self.warmup_steps >= 0, "--warmup-steps", "must be >= 0")
+        _require(self.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0")
+        _require(not (self.warmup_steps and self.warmup_epochs), "--warmup-steps",
+                 "and --warmup-epochs exclude each other: give one")  # fmt: skip
+        _require(
+            self.sched != "onecycle" or not (self.warmup_steps or self.warmup_epochs),
+            "--warmup-steps/--warmup-epochs",
+            "do not apply to --sched onecycle: it warms up itself (its first 30 %)",
+        )
+        _require(0 <= self.lr_floor < 1, "--lr-floor", "must be in [0, 1)")
+        _require(self.clip_grad_norm >= 0, "--clip-grad-norm", "must be >= 0")
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 20
     """Maximum number of epochs (early stopping may end sooner)."""
-    early_stop_patience: int = 5
-    """Stop after this many epochs without a better --best-metric."""
+    early_stop_patience: int | None = None
+    """Stop after this many epochs without a better --best-metric (0: never). Default: 5 with
+    `--sched plateau`, 0 with onecycle and cosine, whose LR is planned to the last epoch (an
+    early stop would end them while the LR is still high)."""
     steps_per_epoch: int | None = None
     """Optimizer steps per epoch; default: the epoch's training samples / global batch."""
     seed: int = 0
@@ -179,7 +215,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "--epochs", "must be > 0")
-        _require(self.early_stop_patience > 0, "--early-stop-patience", "must be > 0")
+        _require(
+            self.early_stop_patience is None or self.early_stop_patience >= 0,
+            "--early-stop-patience",
+            "must be >= 0",
+        )
         _require(
             self.steps_per_epoch is None or self.steps_per_epoch > 0,
             "--steps-per-epoch",
@@ -298,3 +338,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     preempt: PreemptConfig = field(default_factory=PreemptConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        # Resolved here, so config.yaml and the resume check record the patience trained with.
+        if self.train.early_stop_patience is None:
+            planned_to_the_end = self.optim.sched != "plateau"
+            self.train.early_stop_patience = 0 if planned_to_the_end else 5

@@ -34,6 +34,7 @@ from seqtrain.components.checkpoint import (
     save_checkpoint,
 )
 from seqtrain.components.checkpoint_history import epoch_end_folders, prune_epoch_checkpoints
+from seqtrain.components.grad_clip import GradClip
 from seqtrain.components.loss_window import LossWindow
 from seqtrain.components.preemption import Decision, Preempted, PreemptionWatch
 from seqtrain.components.profiling import StepProfiler
@@ -48,12 +49,13 @@ from seqtrain.components.run_files import (
 )
 from seqtrain.components.run_folder import claim_run_folder, release_run_folder
 from seqtrain.components.run_paths import RunPaths
-from seqtrain.components.schedules import EarlyStopping, LRSchedule
+from seqtrain.components.schedules import EarlyStopping, LRSchedule, lr_rule_line
 from seqtrain.components.wandb_settings import settle_run_settings
 from seqtrain.components.weight_average import WeightAverage
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, checked_manifest, load_manifest, shard_problems
-from seqtrain.data.position import EpochPlan, Layout, plan_epoch, record_batches, resize_note
+from seqtrain.data.global_batch import BatchSizes, batch_sizes
+from seqtrain.data.position import EpochPlan, Layout, plan_epoch, planned_batches, resize_note
 from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import (
     Batches,
@@ -70,6 +72,7 @@ from seqtrain.distributed import (
     resolved_precision,
     seed_rank_streams,
     shared_across_processes,
+    syncs_batchnorm,
 )
 from seqtrain.evaluate import evaluate_model
 from seqtrain.export import export_model
@@ -91,7 +94,8 @@ class Session:
     scheduler: LRSchedule
     stopper: EarlyStopping
     position: Position
-    layout: Layout  # how this run deals out each epoch's samples
+    layout: Layout  # the order of each epoch's samples
+    sizes: BatchSizes  # global batch, per process, micro-batches
     preemption: PreemptionWatch
     profiler: StepProfiler  # --profile-steps
     identity: dict[str, Any] = field(default_factory=dict)
@@ -101,6 +105,7 @@ class Session:
     lr_history: list[float] = field(default_factory=list)
     val_batches: Batches | None = None  # built once: its workers persist between epochs
     average: WeightAverage | None = None  # --ema-decay
+    clip: GradClip | None = None  # --clip-grad-norm
 
     @property
     def paths(self) -> RunPaths:
@@ -151,7 +156,8 @@ def _closing_tracking_when_stopped(accelerator: Accelerator) -> Iterator[None]:
 
 
 def _build(cfg: RunConfig) -> Session:
-    join_processes(cfg)
+    sizes = batch_sizes(cfg.data, join_processes(cfg).num_processes)  # or a one-line error
+    cfg.data.batch_size = sizes.per_process  # saved as trained (config.yaml)
     cfg.train.mixed_precision = resolved_precision(cfg)  # on this rank's GPU; saved as decided
     run_dir = settle_run_settings(cfg)  # run name, W&B settings: flag > WANDB_* > default
     tracking.check_tracker_installed(cfg)
@@ -161,31 +167,36 @@ def _build(cfg: RunConfig) -> Session:
     manifest, skipped = _usable_shards(manifest, cfg)
     accelerator = make_accelerator(cfg, run_dir)
     model, optimizer = build_model_and_optimizer(cfg, accelerator)
-    seed_rank_streams(cfg.train.seed, accelerator.process_index)  # own dropout masks per rank
+    seed_rank_streams(cfg.train.seed, accelerator.process_index)  # dropout is keyed per sample
     scheduler = LRSchedule(optimizer, cfg.optim)
     stopper = EarlyStopping(cfg.train.early_stop_patience, cfg.train.best_metric)
     accelerator.register_for_checkpointing(scheduler, stopper)
-    layout = train_layout(cfg.data, accelerator.num_processes)
+    layout = train_layout(cfg.data, sizes)
     preemption = PreemptionWatch(cfg.preempt, accelerator.device)
     run = Session(
         cfg, run_dir, manifest, accelerator, model, optimizer, scheduler, stopper, Position(),
-        layout, preemption, _profiler(cfg, run_dir, accelerator),
+        layout, sizes, preemption, _profiler(cfg, run_dir, accelerator),
     )  # fmt: skip
     if cfg.optim.ema_decay:
         run.average = WeightAverage(model, cfg.optim.ema_decay)
+    if cfg.optim.clip_grad_norm:
+        run.clip = GradClip(cfg.optim.clip_grad_norm, accelerator.device)
     run.flops_per_sample = flops_per_sample(
         partial(build_model, cfg.model.model), length_weights=manifest.length_weights
     )
     run.peak_flops, peak_line = mfu_peak(accelerator.device, cfg.train.mixed_precision)
     run.log(peak_line)
+    run.log(sizes.describe() + ("; BatchNorm synchronized" if syncs_batchnorm(model) else ""))
     claim_run_folder(cfg, run_dir)  # after the checks of the input: a bad start leaves no folder
     run.identity = run_identity(cfg, manifest)
     run.resumed_from = decide_resume(cfg, run_dir, run.identity)
     if run.resumed_from is not None:
         run.position = _load(run, run.resumed_from)
         _log_resume(run)
-    scheduler.plan(_samples_left(run), layout.global_batch)
+    scheduler.plan(_samples_left(run), layout.global_batch, _epoch_samples(run))
+    run.log(lr_rule_line(cfg.optim, layout.global_batch))
     _start_outputs(run)
+    tracking.log_summary(accelerator, {"effective_lr": scheduler.lr})
     if skipped:
         run.log(f"skipped {len(skipped)} corrupt shard(s): " + "; ".join(skipped))
         tracking.log_summary(accelerator, {"data/skipped_shards": len(skipped)})
@@ -250,7 +261,8 @@ def train_epoch(run: Session, epoch: int) -> float:
     fresh_steps = _steps_in_epoch(cfg, run.manifest, accelerator.num_processes, epoch)
     plan, run.position = plan_epoch(run.position, epoch, run.layout, cfg.train.seed, fresh_steps)
     rank = accelerator.process_index
-    loader = record_batches(_epoch_loader(run, plan), plan, rank, lambda: run.lr)
+    world = accelerator.num_processes
+    loader = planned_batches(_epoch_loader(run, plan), plan, rank, world, lambda: run.lr)
     run.model.train()
     window = LossWindow(accelerator.device)
     epoch_loss = LossWindow(accelerator.device)
@@ -263,8 +275,10 @@ def train_epoch(run: Session, epoch: int) -> float:
         dynamic_ncols=True,
     )
     with progress as bar:  # closed on errors too, so an error line starts on a clean line
-        for batch_index, (images, labels) in enumerate(loader, start=plan.skip + 1):
-            loss = train_step(accelerator, run.model, run.optimizer, (images, labels), cfg)
+        for batch_index, batch in enumerate(loader, start=plan.skip + 1):
+            loss = train_step(
+                accelerator, run.model, run.optimizer, batch, cfg, run.clip, run.sizes.accumulation
+            )
             if run.average is not None:
                 run.average.update(run.model)
             run.scheduler.after_step()
@@ -274,7 +288,7 @@ def train_epoch(run: Session, epoch: int) -> float:
             epoch_loss.add(loss, run.position.step)
             bar.update()
             if run.position.step % cfg.train.log_every == 0:
-                _log_window(run, window, len(labels), bar)
+                _log_window(run, window, len(batch.labels), bar)
             # The epoch's last step is left to the epoch-end checkpoint, saved after val.
             last_step = batch_index == plan.steps
             agreed = Decision() if last_step else run.preemption.poll(run.position.step)
@@ -296,10 +310,10 @@ def train_epoch(run: Session, epoch: int) -> float:
 
 
 def _epoch_loader(run: Session, plan: EpochPlan) -> Iterable[Batch]:
-    rank = run.accelerator.process_index
+    rank, world = run.accelerator.process_index, run.accelerator.num_processes
     if run.cfg.data.stage_on_device:
-        return staged_train_loader(run.manifest, plan, rank, run.accelerator.device)
-    return train_loader(run.manifest, run.cfg.data, plan, rank, device=run.accelerator.device)
+        return staged_train_loader(run.manifest, plan, rank, world, run.accelerator.device)
+    return train_loader(run.manifest, run.cfg.data, plan, rank, world, run.accelerator.device)
 
 
 def _samples_left(run: Session) -> int:
@@ -317,9 +331,17 @@ def _samples_left(run: Session) -> int:
     )
 
 
+def _epoch_samples(run: Session) -> int:
+    """Samples of the epoch the run starts in (sizes --warmup-epochs)."""
+    world = run.accelerator.num_processes
+    steps = _steps_in_epoch(run.cfg, run.manifest, world, run.position.epoch)
+    return run.layout.global_batch * steps
+
+
 def _steps_in_epoch(cfg: RunConfig, manifest: Manifest, world_size: int, epoch: int) -> int:
+    # --batch-size holds the per-process batch the run trains with (see `_build`).
     return cfg.train.steps_per_epoch or train_steps_per_epoch(
-        manifest, cfg.data.batch_size, world_size, epoch
+        manifest, cfg.data.batch_size * world_size, epoch
     )
 
 
@@ -344,7 +366,7 @@ def _check_finite(accelerator: Accelerator, window: LossWindow) -> float:
 
 def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) -> None:
     """The one host sync every --log-every steps: global train loss, lr, the job's samples/s
-    and model TFLOP/s, and MFU per device (on a GPU of known peak)."""
+    and model TFLOP/s, MFU per device (on a GPU of known peak), the pre-clip gradient norm."""
     accelerator = run.accelerator
     loss = _check_finite(accelerator, window)
     batches = int(window.values[1].item())
@@ -356,6 +378,7 @@ def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) ->
             "train/loss": loss,
             "train/lr": run.lr,
             "train/samples_per_s": samples_per_s,
+            **(run.clip.window_metrics() if run.clip else {}),
             **throughput_metrics(
                 samples_per_s, run.flops_per_sample, accelerator.num_processes, run.peak_flops
             ),
@@ -463,7 +486,8 @@ def _finish(run: Session) -> dict[str, Any]:
     _load(run, best)
     test = evaluate(run, "test")
     sources = {"resumed_from": run.resumed_from, "tested": best}
-    write_rank_record(run.run_dir, accelerator, run.lr_history, run.position.epoch, sources)
+    write_rank_record(run.run_dir, accelerator, run.lr_history, run.position.epoch, sources,
+                      effective_lr=run.scheduler.lr)  # fmt: skip
     if accelerator.is_main_process:
         atomic_write_json(run.paths.test_metrics, test)
         picture = run.paths.predictions

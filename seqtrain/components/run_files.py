@@ -94,13 +94,15 @@ def write_rank_record(
     lr_history: list[float],
     epochs: int,
     sources: dict[str, Path | None] | None = None,
+    effective_lr: float | None = None,
 ) -> None:
     """Each rank's own view (world size, LR per epoch, last epoch, the checkpoints it resumed
-    from and tested in `sources`): proof that all ranks formed one group and took the same
-    decisions. One file per rank, so no rank writes another's."""
+    from and tested in `sources`, the LR --lr-scale set): proof that all ranks formed one group
+    and took the same decisions. One file per rank, so no rank writes another's."""
     record = {
         "process_index": accelerator.process_index,
         "num_processes": accelerator.num_processes,
+        "effective_lr": effective_lr,
         "lr_history": lr_history,
         "epochs": epochs,
         **{name: None if path is None else str(path) for name, path in (sources or {}).items()},

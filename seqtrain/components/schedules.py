@@ -1,13 +1,18 @@
-"""LR schedules behind `--sched`: one object the loop steps after every optimizer step and
-after every validation, whichever schedule it holds; and early stopping, which reads the same
-global val summary (its --best-metric, which also picks checkpoints/best).
+"""LR schedules behind `--sched`, the LR rule behind `--lr-scale`, and early stopping: one
+schedule object the loop steps after every optimizer step and after every validation, whichever
+schedule it holds; early stopping reads the same global val summary (its --best-metric, which
+also picks checkpoints/best).
 
-`plateau` (the reference) is ReduceLROnPlateau on the global val loss once per epoch;
-`onecycle` has OneCycleLR's shape up to --lr and down again over all epochs, planned in
-*samples* trained rather than steps: a run resumed on another number of processes (another
-global batch) continues the curve from where it was, with no jump at the join, and still ends
-at the minimum. Both are kept out of `accelerator.prepare` (a prepared scheduler steps once per
-process per call) and registered for checkpointing, so a resumed run continues the schedule.
+The LR trained with is --lr scaled for the global batch (`effective_lr`), fixed when the run
+(or a resumed segment) is planned. `plateau` (the reference) is ReduceLROnPlateau on the global
+val loss once per epoch; `onecycle` has OneCycleLR's shape up to that LR and down again over all
+epochs; `cosine` decays from it to --lr-floor of it. A warm-up (plateau, cosine) raises the LR
+linearly over its first samples; plateau decisions wait until it is over. Every curve is
+planned in *samples* trained rather than steps: a run resumed on another number of processes
+(another global batch) continues the curve from where it was, with no jump at the join (beyond
+what --lr-scale asks for the new batch), and still ends at the minimum. The schedule is kept
+out of `accelerator.prepare` (a prepared scheduler steps once per process per call) and
+registered for checkpointing, so a resumed run continues it exactly.
 """
 
 from __future__ import annotations
@@ -19,12 +24,30 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from seqtrain.common.errors import UserError
 from seqtrain.config import OptimConfig
 
 # OneCycleLR's defaults: start at max/25, peak at 30 %, end at start/1e4, cosine; Adam's beta1
 # moves the other way between 0.95 and 0.85.
 _DIV, _FINAL_DIV, _PEAK_AT = 25.0, 1e4, 0.3
 _MAX_BETA1, _MIN_BETA1 = 0.95, 0.85
+
+
+def effective_lr(cfg: OptimConfig, global_batch: int) -> float:
+    """--lr scaled by --lr-scale from --lr-base-batch to `global_batch` samples per step."""
+    ratio = global_batch / cfg.lr_base_batch
+    factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.lr_scale]
+    return cfg.lr * factor
+
+
+def lr_rule_line(cfg: OptimConfig, global_batch: int) -> str:
+    """The start-up line saying which LR the run trains with, and why."""
+    lr = effective_lr(cfg, global_batch)
+    if cfg.lr_scale == "none":
+        return f"LR {lr:.3g} at global batch {global_batch} (--lr-scale none)"
+    rule = f"{global_batch}/{cfg.lr_base_batch}"
+    rule = rule if cfg.lr_scale == "linear" else f"sqrt({rule})"
+    return f"LR {lr:.3g} = --lr {cfg.lr:.3g} x {rule} (--lr-scale {cfg.lr_scale})"
 
 
 def one_cycle(max_lr: float, fraction: float) -> tuple[float, float]:
@@ -41,32 +64,28 @@ def _cosine(begin: float, finish: float, t: float) -> float:
     return finish + (begin - finish) / 2 * (math.cos(math.pi * t) + 1)
 
 
-class OneCycleInSamples:
-    """The one-cycle over the samples a run trains. The cycle's position is
-    `join_fraction` + the rest of the cycle in proportion to the samples trained since
-    `join_samples`, reaching the end at the planned last step. A new plan (other samples left,
-    e.g. after a resize) starts at the current position: the LR is continuous."""
+class SampleClock:
+    """Where a run is in a curve planned over the samples it trains, as a fraction from 0 to 1.
+    The fraction is `join_fraction` + the rest of the curve in proportion to the samples trained
+    since `join_samples`, reaching 1 at the planned last step. A new plan (other samples left,
+    e.g. after a resize) starts at the current fraction: the curve is continuous. The curve
+    starts at `begin` samples (after a warm-up): the fraction is 0 until then."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, max_lr: float) -> None:
-        self.optimizer = optimizer
-        self.max_lr = max_lr
+    def __init__(self) -> None:
         self.samples = 0  # trained so far
         self.global_batch = 0
         self.last_step_at: int | None = None  # samples trained before the planned last step
         self.join_samples, self.join_fraction = 0, 0.0
 
-    def plan(self, samples_left: int, global_batch: int) -> None:
+    def plan(self, samples_left: int, global_batch: int, begin: int = 0) -> None:
         last_step_at = self.samples + samples_left - global_batch
-        if self.last_step_at is None:
-            self.join_samples, self.join_fraction = self.samples, 0.0
-        elif last_step_at != self.last_step_at:
-            self.join_samples, self.join_fraction = self.samples, self.fraction()
+        if last_step_at != self.last_step_at:
+            self.join_samples, self.join_fraction = max(self.samples, begin), self.fraction()
         self.last_step_at, self.global_batch = last_step_at, global_batch
-        self._apply()
 
     def fraction(self) -> float:
-        if self.last_step_at is None:  # not planned yet
-            return 0.0
+        if self.last_step_at is None or self.samples <= self.join_samples:
+            return self.join_fraction  # 0 until planned, and during a warm-up
         span = self.last_step_at - self.join_samples
         if span <= 0:
             return 1.0
@@ -75,14 +94,6 @@ class OneCycleInSamples:
 
     def step(self) -> None:
         self.samples += self.global_batch
-        self._apply()
-
-    def _apply(self) -> None:
-        lr, beta1 = one_cycle(self.max_lr, self.fraction())
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-            if "betas" in group:
-                group["betas"] = (beta1, group["betas"][1])
 
     _STATE = ("samples", "global_batch", "last_step_at", "join_samples", "join_fraction")
 
@@ -95,42 +106,107 @@ class OneCycleInSamples:
 
 
 class LRSchedule:
-    """The chosen scheduler; its state dict is the scheduler's own."""
+    """The LR of every step under --sched, --lr-scale and the warm-up."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig):
-        self.per_step = cfg.sched == "onecycle"
-        if self.per_step:
-            self.scheduler: OneCycleInSamples | ReduceLROnPlateau = OneCycleInSamples(
-                optimizer, cfg.lr
-            )
-        else:
+        self.optimizer, self.cfg = optimizer, cfg
+        self.clock = SampleClock()
+        self.lr: float | None = None  # the effective LR, once planned
+        self.warmup_samples = 0  # fixed at the first plan
+        self.plateau: ReduceLROnPlateau | None = None
+        if cfg.sched == "plateau":
             # eps=0: torch's default skips reductions below 1e-8, freezing a tiny LR silently.
-            self.scheduler = ReduceLROnPlateau(
+            self.plateau = ReduceLROnPlateau(
                 optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience, eps=0.0
             )
 
-    def plan(self, samples_left: int, global_batch: int) -> None:
+    def plan(self, samples_left: int, global_batch: int, epoch_samples: int) -> None:
         """Call once before training, after any resume: the samples the run will still train,
-        `global_batch` per step. Step i of the plan runs at the cycle's LR for the samples
-        before it, so the last step runs at the minimum, where the LR then stays."""
-        if isinstance(self.scheduler, OneCycleInSamples):
-            self.scheduler.plan(samples_left, global_batch)
+        `global_batch` per step, and an epoch's samples (to size --warmup-epochs). Step i of the
+        plan runs at the curve's LR for the samples before it, so the last step runs at the
+        minimum, where the LR then stays."""
+        lr = effective_lr(self.cfg, global_batch)
+        fresh = self.lr is None
+        if fresh:
+            self.warmup_samples = self._warmup_samples(samples_left, global_batch, epoch_samples)
+        elif self.plateau is not None:
+            # The plateau's reductions live in the optimizer's LR: keep them, on the new scale.
+            self._set(self.optimizer.param_groups[0]["lr"] * lr / self.lr)
+        self.lr = lr
+        self.clock.plan(samples_left, global_batch, begin=self.warmup_samples)
+        if self.plateau is None or fresh or self._warming_up():
+            self._apply()
+
+    def _warmup_samples(self, samples_left: int, global_batch: int, epoch_samples: int) -> int:
+        cfg = self.cfg
+        if cfg.warmup_epochs:
+            warmup = max(global_batch, round(cfg.warmup_epochs * epoch_samples))
+        else:
+            warmup = cfg.warmup_steps * global_batch
+        if warmup and warmup >= samples_left:
+            flag = "--warmup-epochs" if cfg.warmup_epochs else "--warmup-steps"
+            raise UserError(
+                f"{flag}: the warm-up ({math.ceil(warmup / global_batch)} steps) must end before "
+                f"the run's last step (it trains {samples_left // global_batch} steps)"
+            )
+        return warmup
+
+    def _warming_up(self) -> bool:
+        """The next step's LR is still below the planned one."""
+        return self.clock.samples + self.clock.global_batch < self.warmup_samples
 
     def after_step(self) -> None:
         """Call after each optimizer step (no host sync)."""
-        if isinstance(self.scheduler, OneCycleInSamples):
-            self.scheduler.step()
+        warming_up = self._warming_up()
+        self.clock.step()
+        if self.plateau is None or warming_up:  # the warm-up's last step sets the plateau's LR
+            self._apply()
 
     def after_epoch(self, val_loss: float) -> None:
         """Call once per epoch with the global val loss (the same value on every rank)."""
-        if not self.per_step:
-            self.scheduler.step(val_loss)
+        if self.plateau is not None and not self._warming_up():
+            self.plateau.step(val_loss)
+
+    def _apply(self) -> None:
+        assert self.lr is not None, "plan() first"
+        if self.cfg.sched == "onecycle":
+            lr, beta1 = one_cycle(self.lr, self.clock.fraction())
+            self._set(lr, beta1)
+            return
+        ramp = 1.0
+        if self.warmup_samples:
+            ramp = min(1.0, (self.clock.samples + self.clock.global_batch) / self.warmup_samples)
+        if self.cfg.sched == "cosine":
+            self._set(ramp * _cosine(self.lr, self.lr * self.cfg.lr_floor, self.clock.fraction()))
+        else:
+            self._set(ramp * self.lr)
+
+    def _set(self, lr: float, beta1: float | None = None) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if beta1 is not None and "betas" in group:
+                group["betas"] = (beta1, group["betas"][1])
 
     def state_dict(self) -> dict[str, Any]:
-        return self.scheduler.state_dict()
+        return {
+            "clock": self.clock.state_dict(),
+            "lr": self.lr,
+            "warmup_samples": self.warmup_samples,
+            "plateau": None if self.plateau is None else self.plateau.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scheduler.load_state_dict(state)
+        if "clock" not in state:  # saved before warm-up and --lr-scale: the scheduler's own
+            state = {
+                "clock": self.clock.state_dict() if self.plateau else state,
+                "lr": self.cfg.lr,
+                "warmup_samples": 0,
+                "plateau": state if self.plateau else None,
+            }
+        self.clock.load_state_dict(state["clock"])
+        self.lr, self.warmup_samples = state["lr"], state["warmup_samples"]
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
 
 
 # --best-metric: the key of the val summary it reads, and whether higher is better.
@@ -139,9 +215,9 @@ _BEST_METRICS = {"val_loss": ("loss", False), "val_exact_match": ("exact_match",
 
 @dataclass
 class EarlyStopping:
-    """Stop after `patience` epochs without a better value of `metric` (--best-metric); fed the
-    same global val summary on every rank, so every rank reaches the same decision without
-    further communication. Its "new best" also picks checkpoints/best."""
+    """Stop after `patience` epochs without a better value of `metric` (--best-metric; patience
+    0: never); fed the same global val summary on every rank, so every rank reaches the same
+    decision without further communication. Its "new best" also picks checkpoints/best."""
 
     patience: int
     metric: str = "val_loss"
@@ -170,7 +246,7 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return self.bad_epochs >= self.patience
+        return 0 < self.patience <= self.bad_epochs
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad_epochs": self.bad_epochs, "metric": self.metric}

@@ -1,0 +1,47 @@
+"""--clip-grad-norm: the gradients scaled down to a global L2 norm, and that norm logged.
+
+Called between the backward pass and the optimizer step. Under DDP the backward pass leaves
+every rank the same all-reduced (averaged) gradients, so each rank's norm over its full copy of
+the parameters *is* the global norm, the same number on every rank: every rank scales by the
+same factor and the replicas stay identical, with no communication of its own.
+`accelerator.clip_grad_norm_` unscales fp16 gradients (the GradScaler) first, so the limit
+applies to the true gradients; a step whose fp16 gradients overflowed (norm inf) is then
+skipped by the scaler, as without clipping. bf16 and fp32 have no scaler.
+
+The norms before clipping stay on the device (one add per step); the loop reads their mean once
+per --log-every window, in the host sync it takes there anyway.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+
+class GradClip:
+    """Clips to `max_norm` and keeps the sum of the pre-clip norms since the last read."""
+
+    def __init__(self, max_norm: float, device: torch.device) -> None:
+        self.max_norm = max_norm
+        self._norm_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._steps = 0
+
+    def __call__(self, accelerator: Accelerator, model: nn.Module) -> None:
+        """Clip `model`'s gradients before an optimizer step; a micro step whose gradients are
+        not synchronised yet (accumulation) is left alone: its norm is no global one."""
+        if not accelerator.sync_gradients:
+            return
+        norm = accelerator.clip_grad_norm_(model.parameters(), self.max_norm)
+        self._norm_sum += norm
+        self._steps += 1
+
+    def window_metrics(self) -> dict[str, float]:
+        """{"train/grad_norm": the mean pre-clip norm of the steps since the last call} (one
+        host read), {} when no step was clipped."""
+        if not self._steps:
+            return {}
+        mean = self._norm_sum.item() / self._steps
+        self._norm_sum.zero_()
+        self._steps = 0
+        return {"train/grad_norm": mean}
