@@ -25,16 +25,17 @@ from bench.stores import BUCKET, Server, http_server, moto_server, s3_env
 from data_gen.synthetic import write_tiny_dataset
 from seqtrain.config import DataConfig
 from seqtrain.data.format import load_manifest
+from seqtrain.data.global_batch import batch_sizes
 from seqtrain.data.position import Position, plan_epoch
 from seqtrain.data.stream import train_layout, train_loader, train_steps_per_epoch
 
 
 def epoch_rate(manifest, cfg: DataConfig, epoch: int) -> float:
     """Samples/s of one full training epoch of the loader, consuming the batches."""
-    steps = train_steps_per_epoch(manifest, cfg.batch_size, world_size=1)
-    plan, _ = plan_epoch(Position(), epoch, train_layout(cfg, 1), 0, steps)
+    steps = train_steps_per_epoch(manifest, cfg.batch_size)
+    plan, _ = plan_epoch(Position(), epoch, train_layout(cfg, batch_sizes(cfg, 1)), 0, steps)
     start = time.perf_counter()
-    samples = sum(len(labels) for _, labels in train_loader(manifest, cfg, plan, 0))
+    samples = sum(len(labels) for _, labels in train_loader(manifest, cfg, plan, 0, 1))
     return samples / (time.perf_counter() - start)
 
 

@@ -31,6 +31,7 @@ from data_gen.synthetic import write_tiny_dataset
 from seqtrain.components.loss_window import CAPACITY, LossWindow
 from seqtrain.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from seqtrain.data.format import load_manifest
+from seqtrain.data.global_batch import batch_sizes
 from seqtrain.data.position import Position, plan_epoch
 from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import (
@@ -126,16 +127,14 @@ def loader_startup(args: argparse.Namespace, root: Path, device: torch.device) -
     cfg = DataConfig(
         shards=root, batch_size=args.batch_size, eval_batch_size=1000, num_workers=args.workers
     )
-    steps = train_steps_per_epoch(manifest, args.batch_size, world_size=1)
-    plan, _ = plan_epoch(Position(), 0, train_layout(cfg, 1), 0, steps)
-    train_first, train_total = first_and_total(train_loader(manifest, cfg, plan, 0, device=device))
+    steps = train_steps_per_epoch(manifest, args.batch_size)
+    plan, _ = plan_epoch(Position(), 0, train_layout(cfg, batch_sizes(cfg, 1)), 0, steps)
+    train_first, train_total = first_and_total(train_loader(manifest, cfg, plan, 0, 1, device))
     evaluation = eval_loader(manifest, cfg, "val", 0, 1, device=device, persistent=True)
     eval_first, eval_total = first_and_total(evaluation)
     again_first, again_total = first_and_total(evaluation)
     start = time.perf_counter()
-    staged_cfg = DataConfig(shards=root, batch_size=args.batch_size, stage_on_device=True)
-    staged_plan, _ = plan_epoch(Position(), 0, train_layout(staged_cfg, 1), 0, steps)
-    staged = staged_train_loader(manifest, staged_plan, 0, device)
+    staged = staged_train_loader(manifest, plan, 0, 1, device)  # the same order: the same plan
     synchronize(device)
     staged_load = time.perf_counter() - start
     _, staged_total = first_and_total(staged)

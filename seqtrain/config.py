@@ -29,20 +29,45 @@ class DataConfig:
     """Folder or URL (s3://, gs://, http(s)://, file://) written by `seqtrain-data generate`
     (holds manifest.json). Remote shards are streamed, never downloaded whole first."""
     batch_size: int = 128
-    """Training batch size per process."""
+    """Training batch size per process, when --global-batch-size is not given (the global
+    batch is then this x the number of processes). With --global-batch-size, config.yaml saves
+    the per-process batch the run trained with here."""
+    global_batch_size: int | None = None
+    """Samples per optimizer step over all processes, whatever their number: each process
+    trains global / processes of them (which must divide), and step k of an epoch trains the
+    same samples on 1, 2, 4 ... processes, with any loader workers and accumulation, also
+    after a resume on another number of processes. Default: --batch-size per process. The
+    reference recipe: 128."""
+    micro_batch_size: int | None = None
+    """Samples per forward/backward pass on each process: the per-process batch is trained in
+    passes of this many whose gradients are accumulated (all-reduced after the last only) into
+    one optimizer step, the step one pass of the whole batch takes (BatchNorm statistics
+    aside: they see one micro-batch). Must divide the per-process batch. Default: the
+    per-process batch (no accumulation)."""
+    canonical_streams: int | None = None
+    """Contiguous runs each epoch's samples are dealt into, each shuffled in windows; every
+    step takes global-batch / this many samples from each, and each process reads only the
+    streams its share of the step covers. Must divide the global batch; numbers of processes
+    that divide it keep each stream on one process (otherwise a process also reads the one or
+    two streams it shares). Default: the largest power of two up to 64 dividing the global
+    batch."""
     eval_batch_size: int = 1000
     """Batch size per process for validation and test."""
     num_workers: int = 2
-    """Loader worker processes per training process (0 loads in the main process)."""
+    """Loader worker processes per training process (0 loads in the main process); at most one
+    per canonical stream the process reads. Does not change the sample order."""
     shuffle_buffer: int = 8192
-    """Samples mixed in the in-memory shuffle buffer of each loader worker."""
+    """Samples shuffled together in memory: each canonical stream permutes windows of this /
+    --canonical-streams samples (rounded up to whole chunks), so a process holds about this x
+    its share of the streams. Part of the sample order, the same on any number of processes
+    and with or without --stage-on-device."""
     pin_memory: bool = True
     """Pin host batches for faster, asynchronous copies to a CUDA device (only when training
     on one: CPU ranks, --cpu on a GPU node too, pin nothing)."""
     stage_on_device: bool = False
     """Load each epoch's training samples of this process (uint8) into device memory at the
-    epoch's start and serve shuffled batches from there instead of the loader workers (same
-    samples per process, same steps; about 2.4 KB per sample)."""
+    epoch's start and serve batches from there instead of the loader workers (the same batches
+    in the same order; about 2.4 KB per sample)."""
     verify_shards: bool = True
     """At start, hash every shard (sha256) and decode it, checking it against the manifest:
     catches any flipped byte (as `seqtrain-data verify` does). The processes split the shards,
@@ -64,6 +89,12 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "--batch-size", "must be > 0")
+        for flag, size in (
+            ("--global-batch-size", self.global_batch_size),
+            ("--micro-batch-size", self.micro_batch_size),
+            ("--canonical-streams", self.canonical_streams),
+        ):
+            _require(size is None or size > 0, flag, "must be > 0")
         _require(self.eval_batch_size > 0, "--eval-batch-size", "must be > 0")
         _require(self.num_workers >= 0, "--num-workers", "must be >= 0")
         _require(self.shuffle_buffer >= 0, "--shuffle-buffer", "must be >= 0")
@@ -89,6 +120,11 @@ class ModelConfig:
     (bench/train_throughput.py); --no-channels-last keeps NCHW."""
     compile: bool = False
     """Compile the model with torch.compile."""
+    sync_batchnorm: Literal["auto", "on", "off"] = "auto"
+    """BatchNorm statistics over the micro-batches of all processes (torch's SyncBatchNorm, one
+    all-reduce per BatchNorm layer and pass; GPUs only) instead of each process's own. auto: on
+    for a BatchNorm model on several GPU processes whose micro-batch is under 32 samples, where
+    per-process statistics get noisy; off otherwise (and always on CPU, where torch has none)."""
 
 
 @dataclass

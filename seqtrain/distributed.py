@@ -26,9 +26,13 @@ from seqtrain.common.errors import UserError
 from seqtrain.components import trackers
 from seqtrain.components.parent_watch import end_with_parent
 from seqtrain.config import RunConfig
+from seqtrain.data.global_batch import batch_sizes
 from seqtrain.data.stream import images_to_float
 
 T = TypeVar("T")
+# --sync-batchnorm auto syncs a BatchNorm model's statistics on several GPU processes whose
+# micro-batch is below this many samples: under it, per-process statistics get noisy.
+SYNC_BATCHNORM_BELOW = 32
 
 
 def use_cpu(cfg: RunConfig) -> bool:
@@ -243,6 +247,32 @@ def prepare_model(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.
             # In-place compile keeps state-dict keys unchanged, so checkpoints stay portable.
             model.compile()
     return model
+
+
+def with_sync_batchnorm(
+    model: nn.Module, cfg: RunConfig, processes: int, device: torch.device
+) -> nn.Module:
+    """The model with torch's SyncBatchNorm in place of its BatchNorm layers where
+    --sync-batchnorm asks for it (see its --help); `on` off a GPU is a UserError. Before
+    `accelerator.prepare`: the conversion needs the bare model."""
+    choice = cfg.model.sync_batchnorm
+    if choice == "on" and device.type != "cuda":
+        raise UserError(
+            "--sync-batchnorm on needs GPU processes: torch's SyncBatchNorm does not run on CPU "
+            "(use --sync-batchnorm auto or off)"
+        )
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if choice == "auto":
+        small = batch_sizes(cfg.data, processes).micro < SYNC_BATCHNORM_BELOW
+        choice = "on" if small and device.type == "cuda" else "off"
+    if choice == "off" or not has_batchnorm or processes == 1:
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def syncs_batchnorm(model: nn.Module) -> bool:
+    """The (prepared) model synchronizes BatchNorm statistics across processes."""
+    return any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
 
 
 def _compile_unsupported(device: torch.device) -> str | None:

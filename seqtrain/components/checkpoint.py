@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from seqtrain.common.atomic import atomic_write_json, fsync_dir, fsync_tree
 from seqtrain.common.errors import UserError
 from seqtrain.components.run_paths import RunPaths
-from seqtrain.data.position import Position
+from seqtrain.data.position import Position, per_process_order
 from seqtrain.models.state import prefix_free
 
 if TYPE_CHECKING:  # keeps Accelerate out of `seqtrain.load_model`, which reads checkpoints too
@@ -162,6 +162,12 @@ def load_checkpoint(
 
 
 def _position(folder: Path, meta: dict) -> Position:
+    if per_process_order(meta):
+        raise UserError(
+            f"checkpoint {folder} is from inside an epoch, saved by an older seqtrain whose sample "
+            "order depended on the number of processes: resume it with that version, or from an "
+            "epoch-end checkpoint"
+        )
     if "segments" in meta:
         return Position.from_json(meta)
     # Written before positions were global: only an epoch boundary can be placed.

@@ -5,7 +5,9 @@ entries: path, generator epoch, count, sha256; not the folder they live in, so a
 another disk is the same data) and the settings that shape the sample stream and the
 optimisation. A resume whose data or settings differ is refused with one line naming each
 difference (old -> new) unless --accept-changes. The number of processes is not part of it:
-a job may resume on another number of processes.
+a job may resume on another number of processes. With --global-batch-size the global batch is
+guarded and the per-process --batch-size is not (it follows the number of processes); without
+it, --batch-size is.
 
 Which checkpoint to resume from, and the check, are decided on the main process only and
 broadcast, so all ranks resume from the same one or fail with the same line.
@@ -28,14 +30,16 @@ from seqtrain.data.format import SPLITS, Manifest
 from seqtrain.distributed import decided_on_main_process
 
 # (section, field) of the settings that change what an optimizer step does with its samples, or
-# how an epoch is shuffled. Speed options (precision, compile, channels-last, loader workers) and
-# the number of processes are left out on purpose: a resume deals the rest of the epoch out
-# over any of those (`seqtrain.data.position`). Every optimizer setting counts. The model is
-# checked apart: another model's checkpoint cannot be loaded, so it cannot be accepted.
+# how an epoch is shuffled. Speed options (precision, compile, channels-last, loader workers,
+# micro-batches, --stage-on-device) and the number of processes are left out on purpose: the
+# sample order does not depend on them (`seqtrain.data.position`). Every optimizer setting
+# counts. The model is checked apart: another model's checkpoint cannot be loaded, so it cannot
+# be accepted.
 GUARDED_SETTINGS = (
     ("data", "batch_size"),
+    ("data", "global_batch_size"),
+    ("data", "canonical_streams"),
     ("data", "shuffle_buffer"),
-    ("data", "stage_on_device"),
     *(("optim", f.name) for f in dataclasses.fields(OptimConfig)),
     ("train", "epochs"),
     ("train", "steps_per_epoch"),
@@ -60,6 +64,8 @@ def run_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, Any]:
     settings = {
         _flag(name): getattr(getattr(cfg, section), name) for section, name in GUARDED_SETTINGS
     }
+    if cfg.data.global_batch_size is not None:
+        del settings["--batch-size"]  # G / processes: free to follow the number of processes
     return {"data": data_fingerprint(manifest), "settings": settings}
 
 

@@ -1,31 +1,40 @@
-"""The global data position: which samples of a training epoch are trained, by which rank and
-in which order, and which remain after an interruption, whatever the number of processes.
+"""The global data position: which samples make each optimizer step of an epoch, whatever the
+number of processes, loader workers or accumulation steps, and which remain after an interruption.
 
 An epoch's samples are positions 0, 1, ... of one sequence: the epoch's shards in a seeded
 order, pass after pass (see `seqtrain.data.stream`). An epoch starts as `epoch_samples`
-positions (its steps x global batch). A *segment* is a stretch of the epoch trained with one
-`Layout` (processes, per-process batch, loader streams, shuffle window); a resize starts a new
-segment. Every segment deals out the positions the earlier ones left, in sorted order:
+positions (its steps x global batch G). The order is fixed by a `Layout` that names no process:
+G, a number C of *canonical streams* and a shuffle window:
 
-    positions left → rank r: its contiguous run of `steps * batch_size` → stream w (a loader
-    worker): its contiguous share → windows of `window` positions, each a seeded permutation
-    → batches; the rank's batch k is batch k // streams of stream k % streams (DataLoader's
-    round robin)
+    positions → canonical stream c (of C): its contiguous run of `steps * G / C` positions →
+    windows of `window` positions, each a seeded permutation → chunks of G / C positions;
+    global step k = chunk k of stream 0, chunk k of stream 1, ..., chunk k of stream C - 1
 
-Design choice: per-rank runs with the unconsumed remainder re-split, rather than one global
-order sliced per step. Each rank reads its own part of the shards sequentially (no rank reads
-what another trains on), and since the shuffle is a permutation of *positions*, computed before
-any byte is read, the samples of the first k steps of a segment are a pure function of
-(seed, epoch, segment index, layout, positions left, k). So the checkpointed position is a few
-integers: the epoch, its size, and for each segment its layout and the global steps trained
-(`Segment`). Resuming with the same layout continues the segment (the same batches as an
-unbroken run); with another, the positions left are re-split over the new ranks, so over the
-segments every sample of the epoch is trained exactly once, less than one global batch
-dropped per segment. Only the few windows a segment left half-used leave holes that a reader
-skips over.
+The processes then only split each step's G samples: rank r of W trains the r-th slice of G / W
+(`rank_shares`), i.e. the chunks of C / W streams when W divides C; its loader workers split
+those streams further (`worker_shares`) and yield, per step, their streams' chunks, which the
+main process concatenates in worker order. So step k's samples (and their order within the
+global batch) are a pure function of (seed, epoch, layout, k), the same on 1, 2, 4 ... processes,
+with any number of workers, and gradient accumulation only cuts a rank's slice into micro-batches.
+The checkpointed position is a few integers: the epoch, its size and, per *segment* (a stretch of
+the epoch trained with one layout), the layout and the global steps trained (`Segment`). A resume
+on another number of processes continues the segment at its next step: the unbroken run's order.
 
-Not offered: with a fixed global batch, the samples of a global step still depend on the
-number of processes (a resized run does not follow an unbroken run's order).
+Costs, and what happens where a layout does not fit:
+- Each process reads only its streams, each sequentially; its loader holds about
+  `--shuffle-buffer` x (its streams / C) samples in windows, and one open shard per stream
+  (C / W per process, e.g. 64 on one process: many small sequential reads, fine on local disks,
+  more connections for remote shards). A stream starting inside a shard reads that shard's
+  earlier chunks and drops them (at most one shard per stream and epoch).
+- W not dividing C: a process also reads the one or two streams whose chunks it shares with its
+  neighbours, keeping its part of each chunk (up to two extra streams read per process).
+- More loader workers than streams a process reads: only that many workers start.
+- A resume that changes the layout (G, C or the window: refused unless --accept-changes) starts
+  a new segment: the positions the earlier segments left are dealt out anew, in sorted order,
+  under the new layout; every sample of the epoch is still trained at most once, less than one
+  global batch dropped per segment.
+- Checkpoints from inside an epoch written by the older per-process order cannot be placed in
+  this one and are refused (`per_process_order`); epoch-end checkpoints load.
 """
 
 from __future__ import annotations
@@ -33,10 +42,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import IO, NamedTuple
 
 import numpy as np
+import torch
 
 # Domain tags keep the random streams apart (shard order: 0, sample shuffle: 1).
 SHARD_ORDER, SAMPLE_ORDER = 0, 1
@@ -45,22 +57,20 @@ LEDGER_ENV = "SEQTRAIN_SAMPLE_LEDGER"
 
 @dataclass(frozen=True)
 class Layout:
-    """How a segment deals out its samples: everything that shapes who trains which sample when."""
+    """The order of an epoch's samples: global batch, canonical streams, shuffle window. It names
+    no process: any number of processes trains the same steps from it."""
 
-    world_size: int
-    batch_size: int
-    streams: int  # loader streams per rank (workers, at least 1)
-    window: int  # positions permuted together per stream, a multiple of batch_size; 0: all
+    global_batch: int
+    streams: int  # canonical streams; divides global_batch
+    window: int  # positions permuted together per stream, a multiple of `chunk`
 
     @property
-    def global_batch(self) -> int:
-        return self.world_size * self.batch_size
+    def chunk(self) -> int:
+        """Positions each stream gives every global step."""
+        return self.global_batch // self.streams
 
     def describe(self) -> str:
-        return (
-            f"{self.world_size} process(es) x batch {self.batch_size} "
-            f"(global batch {self.global_batch})"
-        )
+        return f"global batch {self.global_batch} ({self.streams} canonical streams)"
 
 
 @dataclass(frozen=True)
@@ -120,25 +130,33 @@ class Position:
 
     @classmethod
     def from_json(cls, meta: dict) -> Position:
+        """The position `to_json` wrote; from an epoch end of the per-process order (see
+        `per_process_order`), the epoch and step without a last layout."""
+        if per_process_order(meta):
+            raise ValueError("a position inside an epoch of the per-process order")
         segments = tuple(Segment(_layout(s), s["steps"]) for s in meta["segments"])
         last = meta.get("last_layout")
+        known = last is not None and "global_batch" in last
         return cls(
-            meta["epoch"],
-            meta["step"],
-            meta["epoch_samples"],
-            segments,
-            _layout(last) if last else None,
-        )
+            meta["epoch"], meta["step"], meta["epoch_samples"], segments,
+            _layout(last) if known else None,
+        )  # fmt: skip
+
+
+def per_process_order(meta: dict) -> bool:
+    """A checkpoint record saved inside an epoch by a seqtrain whose order depended on the
+    number of processes (its segments name a world size): it cannot be placed in this order."""
+    return any("world_size" in s for s in meta.get("segments", ()))
 
 
 def _layout(fields: dict) -> Layout:
-    return Layout(fields["world_size"], fields["batch_size"], fields["streams"], fields["window"])
+    return Layout(fields["global_batch"], fields["streams"], fields["window"])
 
 
 @dataclass(frozen=True)
 class Stream:
-    """One loader stream's share of a segment: its positions (sorted) and, per window, the
-    order in which to train them (indices into the window)."""
+    """One canonical stream of a segment: its positions (sorted) and, per window, the order in
+    which to train them (indices into the window)."""
 
     positions: np.ndarray
     windows: list[np.ndarray]
@@ -149,6 +167,35 @@ class Stream:
             return np.zeros(0, dtype=np.int64)
         starts = np.cumsum([0] + [len(w) for w in self.windows[:-1]])
         return np.concatenate([w + s for w, s in zip(self.windows, starts, strict=True)])
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one process trains of canonical stream `stream` each step: its chunk's [lo, hi)."""
+
+    stream: int
+    lo: int
+    hi: int
+
+
+def rank_shares(layout: Layout, rank: int, world_size: int) -> list[Share]:
+    """Rank `rank`'s slice of every global step (samples [r G/W, (r+1) G/W) of it), as the
+    streams it covers in order: whole chunks where W divides C, else partial ones at its ends."""
+    per_rank = layout.global_batch // world_size
+    start, stop = rank * per_rank, (rank + 1) * per_rank
+    chunk = layout.chunk
+    return [
+        Share(c, max(start - c * chunk, 0), min(stop - c * chunk, chunk))
+        for c in range(start // chunk, (stop - 1) // chunk + 1)
+    ]
+
+
+def worker_shares(shares: list[Share], workers: int) -> list[list[Share]]:
+    """A rank's shares split over its loader workers in order (contiguous groups, sizes differing
+    by at most one): concatenating each step's parts in worker order gives the rank's batch. At
+    most one worker per share; 0 workers (loading in the main process) is one group."""
+    parts = max(1, min(workers, len(shares)))
+    return [shares[len(shares) * w // parts : len(shares) * (w + 1) // parts] for w in range(parts)]
 
 
 @dataclass(frozen=True)
@@ -169,45 +216,36 @@ class EpochPlan:
         """Global steps of this segment (every rank runs this many)."""
         return len(self.positions) // self.layout.global_batch
 
-    def streams(self, rank: int) -> list[Stream]:
-        """Rank `rank`'s streams: its run of the positions, cut in proportion to the batches
-        each stream delivers, each shuffled window by window."""
-        layout = self.layout
-        run = layout.batch_size * self.steps
-        start = rank * run
-        streams = []
-        for w in range(layout.streams):
-            length = layout.batch_size * len(range(w, self.steps, layout.streams))
-            positions = self.positions[start : start + length]
-            start += length
-            # A later segment adds its index: segment 0 keeps the order unresized runs had
-            # before segments existed.
-            later = [self.index] if self.index else []
-            rng = np.random.default_rng([self.seed, self.epoch, SAMPLE_ORDER, rank, w, *later])
-            window = layout.window or max(length, 1)
-            windows = [rng.permutation(min(window, length - lo)) for lo in range(0, length, window)]
-            streams.append(Stream(positions, windows))
-        return streams
+    def stream(self, index: int) -> Stream:
+        """Canonical stream `index`: its contiguous run of the positions, shuffled window by
+        window."""
+        run = self.steps * self.layout.chunk
+        positions = self.positions[index * run : (index + 1) * run]
+        # A later segment adds its index: each segment shuffles anew.
+        later = [self.index] if self.index else []
+        rng = np.random.default_rng([self.seed, self.epoch, SAMPLE_ORDER, index, *later])
+        window = self.layout.window
+        windows = [rng.permutation(min(window, run - lo)) for lo in range(0, run, window)]
+        return Stream(positions, windows)
 
-    def batch_positions(self, rank: int, batch: int) -> np.ndarray:
-        """Positions of rank `rank`'s batch `batch` (from 0) of this segment."""
-        layout = self.layout
-        stream = batch % layout.streams
-        if (rank, stream) not in self._orders:
-            chosen = self.streams(rank)[stream]
-            self._orders[rank, stream] = chosen.positions[chosen.batch_order()]
-        lo = batch // layout.streams * layout.batch_size
-        return self._orders[rank, stream][lo : lo + layout.batch_size]
+    def _ordered(self, index: int) -> np.ndarray:
+        """Stream `index`'s positions in training order (cached)."""
+        if index not in self._orders:
+            chosen = self.stream(index)
+            self._orders[index] = chosen.positions[chosen.batch_order()]
+        return self._orders[index]
+
+    def batch_positions(self, step: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """Positions rank `rank` of `world_size` trains in step `step` (from 0) of the segment,
+        in batch order; with the defaults, the whole global batch."""
+        lo = step * self.layout.chunk
+        shares = rank_shares(self.layout, rank, world_size)
+        return np.concatenate([self._ordered(s.stream)[lo + s.lo : lo + s.hi] for s in shares])
 
     def consumed(self, steps: int) -> np.ndarray:
-        """Positions trained by the segment's first `steps` global steps, over all ranks."""
-        layout = self.layout
-        taken = []
-        for rank in range(layout.world_size):
-            for w, stream in enumerate(self.streams(rank)):
-                batches = len(range(w, steps, layout.streams))
-                taken.append(stream.positions[stream.batch_order()[: batches * layout.batch_size]])
-        return np.concatenate(taken) if taken else np.zeros(0, dtype=np.int64)
+        """Positions trained by the segment's first `steps` global steps."""
+        taken = steps * self.layout.chunk
+        return np.concatenate([self._ordered(c)[:taken] for c in range(self.layout.streams)])
 
     def remaining(self, steps: int) -> np.ndarray:
         """Positions left (sorted) after the segment's first `steps` global steps."""
@@ -219,8 +257,9 @@ def plan_epoch(
 ) -> tuple[EpochPlan, Position]:
     """The segment of `epoch` to train now with `layout`, and the position it starts from.
 
-    A new epoch holds `fresh_steps` global steps. Resumed mid-epoch with the checkpoint's layout,
-    the last segment continues; with another layout, a new segment deals out what is left."""
+    A new epoch holds `fresh_steps` global steps. Resumed mid-epoch with the checkpoint's layout
+    (on any number of processes), the last segment continues; with another layout, a new segment
+    deals out what is left."""
     if position.epoch != epoch or not position.segments:
         size = fresh_steps * layout.global_batch
         start = Position(epoch, position.step, size).start_segment(layout)
@@ -237,37 +276,86 @@ def plan_epoch(
 
 
 def resize_note(position: Position, layout: Layout) -> str | None:
-    """One line when the checkpoint's last layout differs from this run's, else None."""
+    """One line when the checkpoint's last layout (the sample order) differs from this run's,
+    else None: a change of the number of processes alone keeps the order."""
     old = position.last_layout
     if old is None or old == layout:
         return None
-    line = f"resuming on {layout.describe()}; the checkpoint was trained on {old.describe()}"
+    line = f"resuming with {layout.describe()}; the checkpoint was trained with {old.describe()}"
     if old.global_batch != layout.global_batch:
         line += f": the global batch changes from {old.global_batch} to {layout.global_batch}"
-    return line
+    return line + " (the rest of the epoch is dealt out anew)"
 
 
-def record_batches(
-    batches: Iterable, plan: EpochPlan, rank: int, lr: Callable[[], float]
-) -> Iterator:
-    """`batches` as is; with $SEQTRAIN_SAMPLE_LEDGER=<dir> set (a debugging and test hook),
-    each batch's positions and LR are also appended, one JSON line per batch, to
-    <dir>/rank<r>.jsonl before it is yielded (so before it is trained)."""
+class TrainBatch(NamedTuple):
+    """One process's batch of a step: uint8 images [B, 1, 28, 84], labels int64 [B, 3], and
+    each sample's dropout key (int64 [B], `sample_keys`), on the host or already on the device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    keys: torch.Tensor
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """A bijective 64-bit finalizer (xor-shift-multiply rounds) over uint64 arrays."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_keys(seed: int, epoch: int, positions: np.ndarray) -> np.ndarray:
+    """Each sample's key for per-sample randomness (dropout): a hash of (seed, epoch, position),
+    non-negative int64, so the same on whichever process trains the sample."""
+    base = _mix64(np.array([seed & _MASK64], dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+    base = _mix64(base ^ np.uint64(epoch))
+    keys = _mix64(base ^ np.asarray(positions, dtype=np.uint64))
+    return (keys >> np.uint64(1)).astype(np.int64)
+
+
+def planned_batches(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    plan: EpochPlan,
+    rank: int,
+    world_size: int,
+    lr: Callable[[], float],
+) -> Iterator[TrainBatch]:
+    """Rank `rank`'s loader batches with their samples' dropout keys. With
+    $SEQTRAIN_SAMPLE_LEDGER=<dir> set (a debugging and test hook), each batch's positions and LR
+    are also appended, one JSON line per batch, to <dir>/rank<r>.jsonl before it is yielded (so
+    before it is trained)."""
+    with _ledger(rank) as ledger:
+        for step, (images, labels) in enumerate(batches, start=plan.skip):
+            positions = plan.batch_positions(step, rank, world_size)
+            if ledger is not None:
+                _record(ledger, plan, step, world_size, lr(), positions)
+            keys = torch.from_numpy(sample_keys(plan.seed, plan.epoch, positions))
+            yield TrainBatch(images, labels, keys)
+
+
+def _ledger(rank: int) -> AbstractContextManager[IO[str] | None]:
+    """Rank `rank`'s ledger file, opened to append, or None without $SEQTRAIN_SAMPLE_LEDGER."""
     folder = os.environ.get(LEDGER_ENV)
     if not folder:
-        yield from batches
-        return
+        return nullcontext()
     Path(folder).mkdir(parents=True, exist_ok=True)
-    with open(Path(folder) / f"rank{rank}.jsonl", "a") as ledger:
-        for batch, item in enumerate(batches, start=plan.skip):
-            line = {
-                "epoch": plan.epoch,
-                "segment": plan.index,
-                "batch": batch,
-                "world_size": plan.layout.world_size,
-                "lr": lr(),
-                "samples": plan.batch_positions(rank, batch).tolist(),
-            }
-            ledger.write(json.dumps(line) + "\n")
-            ledger.flush()
-            yield item
+    return (Path(folder) / f"rank{rank}.jsonl").open("a")
+
+
+def _record(
+    ledger: IO[str], plan: EpochPlan, step: int, world_size: int, lr: float, positions: np.ndarray
+) -> None:
+    line = {
+        "epoch": plan.epoch,
+        "segment": plan.index,
+        "batch": step,
+        "world_size": world_size,
+        "lr": lr,
+        "samples": positions.tolist(),
+    }
+    ledger.write(json.dumps(line) + "\n")
+    ledger.flush()

@@ -1,11 +1,10 @@
 """Training batches served from device memory (`--stage-on-device`).
 
-At a segment's start the process reads its share of the epoch's samples (the positions the
-segment's plan deals it, see `seqtrain.data.position`; its layout has one stream whose whole
-run is one shuffle window) into one uint8 tensor on the device, then serves batches by
-indexing that tensor in the planned order: no loader workers, no host-to-device copy per step,
-a full shuffle of the rank's run instead of a shuffle buffer. Resumes and resizes work as with
-the streaming loader, from the same plan.
+At a segment's start the process reads the canonical streams its share of every step covers
+(see `seqtrain.data.position`) whole into one uint8 tensor on the device, then serves batches
+by indexing that tensor in the planned order: no loader workers, no host-to-device copy per
+step, and the same batches as the streaming loader (the same plan, the same windows). Resumes
+and resizes work as with the streaming loader.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from seqtrain.data.format import IMAGE_SHAPE, NUM_SLOTS, Manifest
-from seqtrain.data.position import EpochPlan
+from seqtrain.data.position import EpochPlan, rank_shares
 from seqtrain.data.stream import Batch, _Piece, epoch_sequence, read_chunks, stream_read
 
 READ_THREADS = 8  # shards read at once while staging an epoch
@@ -28,49 +27,55 @@ class StagedBatches:
     """One segment of a rank's training batches from a device tensor: iterable, with a length."""
 
     def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        order: torch.Tensor,
-        batch_size: int,
-        skip_batches: int,
+        self, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, skip: int
     ) -> None:
-        self.images, self.labels, self.order = images, labels, order
-        self.batch_size = batch_size
-        self.skip = skip_batches
+        self.images, self.labels = images, labels
+        self.order = order  # [steps, batch]: indices into images/labels
+        self.skip = skip
 
     def __len__(self) -> int:
-        return len(self.order) // self.batch_size - self.skip
+        return len(self.order) - self.skip
 
     def __iter__(self) -> Iterator[Batch]:
-        for index in range(self.skip, self.skip + len(self)):
-            chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        for chosen in self.order[self.skip :]:
             yield self.images[chosen].unsqueeze(1), self.labels[chosen].long()
 
 
 def staged_train_loader(
-    manifest: Manifest, plan: EpochPlan, rank: int, device: torch.device
+    manifest: Manifest, plan: EpochPlan, rank: int, world_size: int, device: torch.device
 ) -> StagedBatches:
-    """Rank `rank`'s batches of the segment `plan` (from `plan.skip` on), staged on `device`:
-    images uint8 [B, 1, 28, 84] and labels int64 [B, 3], already on the device."""
-    layout = plan.layout
-    if layout.streams != 1 or layout.window != 0:
-        raise ValueError(f"staged batches need one stream, one window per run, not {layout}")
-    (stream,) = plan.streams(rank)
-    read = stream_read(epoch_sequence(manifest, plan.seed, plan.epoch), stream, 1, skip=0)
-    images, labels = read_into_host(read.pieces, pinned=device.type == "cuda")
-    if read.keep is not None:  # holes: samples trained in an earlier segment
-        keep = torch.from_numpy(read.keep)
-        images, labels = images[keep], labels[keep]
-    order = torch.from_numpy(stream.batch_order()).to(device)
+    """Rank `rank` of `world_size`'s batches of the segment `plan` (from `plan.skip` on), staged
+    on `device`: images uint8 [B, 1, 28, 84] and labels int64 [B, 3], already on the device,
+    the batches `train_loader` yields."""
+    sequence = epoch_sequence(manifest, plan.seed, plan.epoch)
+    steps, chunk = plan.steps, plan.layout.chunk
+    pieces, keeps, columns = [], [], []
+    staged = 0  # samples staged before the current stream
+    for share in rank_shares(plan.layout, rank, world_size):
+        stream = plan.stream(share.stream)
+        read = stream_read(sequence, stream, chunk, skip=0)
+        pieces += read.pieces
+        # Holes (samples trained in an earlier segment) are read over, then dropped.
+        keeps.append(np.ones(_length(read.pieces), bool) if read.keep is None else read.keep)
+        order = stream.batch_order().reshape(steps, chunk)[:, share.lo : share.hi]
+        columns.append(order + staged)
+        staged += len(stream.positions)
+    images, labels = read_into_host(pieces, pinned=device.type == "cuda")
+    keep = np.concatenate(keeps)
+    if not keep.all():
+        images, labels = images[torch.from_numpy(keep)], labels[torch.from_numpy(keep)]
+    order = torch.from_numpy(np.concatenate(columns, axis=1)).to(device)
     # From pinned memory the copies run asynchronously: the first steps queue behind them.
     return StagedBatches(
         images.to(device, non_blocking=True),
         labels.to(device, non_blocking=True),
         order,
-        layout.batch_size,
         plan.skip,
     )
+
+
+def _length(pieces: list[_Piece]) -> int:
+    return sum(piece.stop - piece.start for piece in pieces)
 
 
 def read_into_host(pieces: list[_Piece], pinned: bool) -> tuple[torch.Tensor, torch.Tensor]:

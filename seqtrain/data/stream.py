@@ -1,19 +1,21 @@
 """Train and eval loaders: webdataset pipelines over the shards of `seqtrain.data.format`.
 
-Each loader is one explicit list of stages, built per epoch segment:
+Each training loader is one explicit list of stages, built per epoch segment:
 
-    plan (`seqtrain.data.position`: who trains which position when) → per worker, read its
-    span of the epoch's sample sequence (tar chunks) → gather each window, put it in its planned
-    order, cut batches → WebLoader.with_epoch
+    plan (`seqtrain.data.position`: which positions make each global step) → per worker, its
+    share of the rank's canonical streams, each read sequentially (tar chunks), each window
+    gathered and put in its planned order, cut into per-step chunks → per step, the worker's
+    part of the rank's batch → the main process joins the workers' parts (in worker order)
 
 The split is by *sample position*, not by whole shards. The shards of an epoch, in a seeded
 order shared by all ranks, form one sequence of samples (repeated, reshuffled, when an epoch
-needs more than the generator wrote); `seqtrain.data.position` deals its positions to ranks
-(contiguous runs), workers (contiguous shares) and shuffle windows. So every rank gets exactly
-`steps` batches whatever the number of shards, ranks and workers (no uneven-shard hang), and an
-epoch reads every sample once, losing fewer than one global batch (no shard is silently
-dropped, none read twice). Eval splits the same way without shuffling or repetition: every
-sample exactly once over all ranks.
+needs more than the generator wrote); `seqtrain.data.position` deals its positions to canonical
+streams and shuffle windows, and each step's global batch to ranks and workers. So every rank
+gets exactly `steps` batches whatever the number of shards, ranks and workers (no uneven-shard
+hang), the batches are the same for any number of ranks and workers, and an epoch reads every
+sample once, losing fewer than one global batch (no shard is silently dropped, none read
+twice). Eval splits by contiguous runs without shuffling or repetition: every sample exactly
+once over all ranks.
 
 Everything is a pure function of the arguments, so the same call gives the same batches in
 the same order: that is what makes mid-epoch resume exact.
@@ -46,7 +48,15 @@ from seqtrain.data.format import (
     check_chunk,
     load_npy,
 )
-from seqtrain.data.position import SHARD_ORDER, EpochPlan, Layout, Stream
+from seqtrain.data.global_batch import BatchSizes
+from seqtrain.data.position import (
+    SHARD_ORDER,
+    EpochPlan,
+    Layout,
+    Stream,
+    rank_shares,
+    worker_shares,
+)
 
 Batch = tuple[Tensor, Tensor]
 # Arrays, not tensors, cross from the workers: a pickled array through the pipe is about 3x
@@ -59,12 +69,10 @@ def images_to_float(images: Tensor) -> Tensor:
     return images.to(torch.float32).div_(255)
 
 
-def train_steps_per_epoch(
-    manifest: Manifest, batch_size: int, world_size: int, epoch: int = 0
-) -> int:
-    """Steps per rank in training epoch `epoch`: its samples // global batch, at least 1."""
+def train_steps_per_epoch(manifest: Manifest, global_batch: int, epoch: int = 0) -> int:
+    """Global steps in training epoch `epoch`: its samples // global batch, at least 1."""
     samples = manifest.num_samples("train", generator_epoch(manifest, epoch))
-    return max(1, samples // (batch_size * world_size))
+    return max(1, samples // global_batch)
 
 
 def train_loader(
@@ -72,42 +80,43 @@ def train_loader(
     cfg: DataConfig,
     plan: EpochPlan,
     rank: int,
+    world_size: int,
     device: torch.device | None = None,
 ) -> Batches:
-    """Rank `rank`'s training batches of the segment `plan`: exactly `plan.steps - plan.skip`.
+    """Rank `rank` of `world_size`'s training batches of the segment `plan`: exactly
+    `plan.steps - plan.skip`, batch k being its slice of the segment's global step k.
 
-    Yields (images uint8 [B, 1, 28, 84], labels int64 [B, 3]). Do not pass the loader through
-    `accelerator.prepare`: it is already split by rank. `plan.skip` resumes mid-segment: the
-    result equals the segment's batches from that index on. `cfg.num_workers` must match
-    `plan.layout.streams` (see `train_layout`). `device`: where the batches go (None: they
-    stay on the host), see `pins_memory`.
+    Yields (images uint8 [B, 1, 28, 84], labels int64 [B, 3]), B = global batch / world_size.
+    Do not pass the loader through `accelerator.prepare`: it is already split by rank.
+    `plan.skip` resumes mid-segment: the result equals the segment's batches from that index
+    on. The batches do not depend on `cfg.num_workers` (at most one worker per stream the rank
+    reads starts). `device`: where the batches go (None: they stay on the host), see
+    `pins_memory`.
     """
-    workers = plan.layout.streams
-    if workers != max(1, cfg.num_workers):
-        raise ValueError(f"the plan has {workers} streams, --num-workers is {cfg.num_workers}")
     sequence = epoch_sequence(manifest, plan.seed, plan.epoch)
-    # DataLoader takes batches round-robin from its workers: worker w delivers batches
-    # w, w + workers, ... of the rank's segment. Each worker skips its share of whole rounds
-    # itself (not reading windows it would skip whole); the main process drops the rest.
-    rounds, drop = divmod(plan.skip, workers)
-    reads = [
-        stream_read(sequence, stream, plan.layout.batch_size, skip=rounds)
-        for stream in plan.streams(rank)
+    chunk = plan.layout.chunk
+    # Each worker skips the steps already trained itself, not reading windows it would skip.
+    groups = [
+        [
+            ShareRead(stream_read(sequence, plan.stream(s.stream), chunk, plan.skip), s.lo, s.hi)
+            for s in group
+        ]
+        for group in worker_shares(rank_shares(plan.layout, rank, world_size), cfg.num_workers)
     ]
-    loader = _web_loader(_stages(reads), cfg.num_workers)
-    loader = loader.with_epoch(nbatches=plan.steps - rounds * workers)
-    return Batches(loader, drop, plan.steps - plan.skip, pins_memory(cfg, device))
+    workers = len(groups) if cfg.num_workers else 0
+    loader = _web_loader(_stages(groups, share_steps), workers)
+    return Batches(loader, len(groups), plan.steps - plan.skip, pins_memory(cfg, device))
 
 
-def train_layout(cfg: DataConfig, world_size: int) -> Layout:
-    """The layout `train_loader` (or, with --stage-on-device, `staged_train_loader`) deals an
-    epoch's samples with: one stream per loader worker, windows of --shuffle-buffer samples
-    rounded up to whole batches (staged: one stream, the whole run one window)."""
-    batch = cfg.batch_size
-    if cfg.stage_on_device:
-        return Layout(world_size, batch, streams=1, window=0)
-    window = -(-max(cfg.shuffle_buffer, batch) // batch) * batch
-    return Layout(world_size, batch, streams=max(1, cfg.num_workers), window=window)
+def train_layout(cfg: DataConfig, sizes: BatchSizes) -> Layout:
+    """The order `train_loader` (and, with --stage-on-device, `staged_train_loader`) deals an
+    epoch's samples in: `sizes`' global batch and canonical streams, each stream shuffling
+    windows of --shuffle-buffer / streams positions rounded up to whole chunks (at least one)."""
+    streams = sizes.streams
+    chunk = sizes.global_batch // streams
+    per_stream = -(-cfg.shuffle_buffer // streams)
+    window = -(-max(per_stream, chunk) // chunk) * chunk
+    return Layout(sizes.global_batch, streams, window)
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,15 @@ class StreamRead:
     windows: list[np.ndarray]
     batch_size: int
     skip: int = 0
+
+
+@dataclass(frozen=True)
+class ShareRead:
+    """A stream read of which each yielded chunk keeps samples [lo, hi) (a rank's share)."""
+
+    read: StreamRead
+    lo: int
+    hi: int
 
 
 def stream_read(sequence: EpochSequence, stream: Stream, batch_size: int, skip: int) -> StreamRead:
@@ -192,8 +210,8 @@ def eval_loader(
         in_order = [np.arange(min(batch, hi - b)) for b in range(lo, hi, batch)]
         pieces = sample_pieces(lambda _cycle: shards, total, lo, hi - lo)
         reads.append(StreamRead(pieces, None, in_order, batch))
-    loader = _web_loader(_stages(reads), workers, persistent)
-    return Batches(loader, 0, num_batches, pins_memory(cfg, device))
+    loader = _web_loader(_stages(reads, stream_batches), workers, persistent)
+    return Batches(loader, 1, num_batches, pins_memory(cfg, device))
 
 
 def pins_memory(cfg: DataConfig, device: torch.device | None) -> bool:
@@ -203,11 +221,13 @@ def pins_memory(cfg: DataConfig, device: torch.device | None) -> bool:
 
 
 class Batches:
-    """One epoch of batches: iterable (again and again, identically) with a known length."""
+    """One epoch of batches: iterable (again and again, identically) with a known length. Each
+    batch joins `parts` consecutive loader items: the workers' parts of it, in worker order
+    (DataLoader takes items from its workers round-robin)."""
 
-    def __init__(self, loader: Iterable, drop: int, length: int, pin_memory: bool) -> None:
+    def __init__(self, loader: Iterable, parts: int, length: int, pin_memory: bool) -> None:
         self._loader = loader
-        self._drop = drop
+        self._parts = parts
         self._length = length
         self._pin = pin_memory
 
@@ -220,18 +240,25 @@ class Batches:
         # mid-epoch resume, or an evaluation between epochs, shifts the training's randomness.
         # Workers start here (or once, when persistent): see `shielded_worker_start`.
         with torch.random.fork_rng(devices=[]), shielded_worker_start():
-            items = islice(self._loader, self._drop, None)
+            items = iter(self._loader)
             first = next(items, None)
         if first is None:
             return
-        for item in chain([first], items):
-            if isinstance(item, _LoaderError):
-                raise UserError(item.message)
-            images = torch.from_numpy(item[0]).unsqueeze(1)  # [B, 1, 28, 84]
-            labels = torch.from_numpy(item[1])
+        items = chain([first], items)
+        while parts := list(islice(items, self._parts)):
+            errors = [p for p in parts if isinstance(p, _LoaderError)]
+            if errors:
+                raise UserError(errors[0].message)
+            joined = parts[0] if len(parts) == 1 else _joined(parts)
+            images = torch.from_numpy(joined[0]).unsqueeze(1)  # [B, 1, 28, 84]
+            labels = torch.from_numpy(joined[1])
             if self._pin:
                 images, labels = images.pin_memory(), labels.pin_memory()
             yield images, labels
+
+
+def _joined(parts: list[Chunk]) -> Chunk:
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def generator_epoch(manifest: Manifest, epoch: int) -> int:
@@ -295,18 +322,19 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-class _WorkerStreams(IterableDataset):
-    """Pipeline source: the stream read planned for the worker that iterates it."""
+class _PerWorker(IterableDataset):
+    """Pipeline source: the item (a read, or a group of them) planned for the worker that
+    iterates it."""
 
-    def __init__(self, reads: list[StreamRead]) -> None:
+    def __init__(self, items: list) -> None:
         super().__init__()
-        self.reads = reads
+        self.items = items
 
-    def __iter__(self) -> Iterator[StreamRead]:
+    def __iter__(self) -> Iterator:
         worker, num_workers = _worker()
-        if num_workers != len(self.reads):
-            raise RuntimeError(f"planned {len(self.reads)} workers, running {num_workers}")
-        return iter([self.reads[worker]])
+        if num_workers != len(self.items):
+            raise RuntimeError(f"planned {len(self.items)} workers, running {num_workers}")
+        return iter([self.items[worker]])
 
 
 def read_chunks(pieces: Iterable[_Piece]) -> Iterator[Chunk]:
@@ -374,6 +402,17 @@ def stream_batches(reads: Iterable[StreamRead]) -> Iterator[Chunk]:
                 emitted += 1
 
 
+def share_steps(groups: Iterable[list[ShareRead]]) -> Iterator[Chunk]:
+    """Pipeline stage: a worker's group of share reads → per step, its part of the rank's
+    batch: each stream's chunk of the step, cut to the rank's share, joined in stream order."""
+    for group in groups:
+        chunks = [stream_batches([share.read]) for share in group]
+        for step in zip(*chunks, strict=True):
+            yield _joined(
+                [(c[0][s.lo : s.hi], c[1][s.lo : s.hi]) for c, s in zip(step, group, strict=True)]
+            )
+
+
 def _kept(chunks: Iterable[Chunk], keep: np.ndarray | None) -> Iterator[Chunk]:
     """The samples of `chunks` that `keep` (over all their samples in turn) marks."""
     if keep is None:
@@ -427,8 +466,8 @@ def _errors_as_items(items: Iterable[Chunk]) -> Iterator[Chunk | _LoaderError]:
         yield _LoaderError(str(e))
 
 
-def _stages(reads: list[StreamRead]) -> wds.DataPipeline:
-    return wds.DataPipeline(_WorkerStreams(reads), stream_batches, _errors_as_items)
+def _stages(items: list, stage: Callable[[Iterable], Iterator[Chunk]]) -> wds.DataPipeline:
+    return wds.DataPipeline(_PerWorker(items), stage, _errors_as_items)
 
 
 def _as_is(item: object) -> object:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from seqtrain.models.dropout import KeyedDropout
 from seqtrain.models.heads import SlotHeads
 
 
 class ReferenceNet(nn.Module):
     """Exactly the reference architecture (4,337,441 parameters).
 
-    Input float [B, 1, 28, 84] in [0, 1]; output logits [B, 3, 11].
+    Input float [B, 1, 28, 84] in [0, 1] and, in training, each sample's dropout key (see
+    `KeyedDropout`); output logits [B, 3, 11].
     """
 
     def __init__(self) -> None:
@@ -29,8 +31,9 @@ class ReferenceNet(nn.Module):
             nn.MaxPool2d(2),  # -> 3x10
             nn.Flatten(),
         )
-        self.hidden = nn.Sequential(nn.Linear(256 * 3 * 10, 512), nn.ReLU(), nn.Dropout(0.5))
+        self.hidden = nn.Sequential(nn.Linear(256 * 3 * 10, 512), nn.ReLU())
+        self.dropout = KeyedDropout(0.5)
         self.heads = SlotHeads(512)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.heads(self.hidden(self.features(x)))
+    def forward(self, x: Tensor, keys: Tensor | None = None) -> Tensor:
+        return self.heads(self.dropout(self.hidden(self.features(x)), keys))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from seqtrain.data.format import BLANK, DIGIT_SIZE, NUM_CLASSES, NUM_SLOTS
+from seqtrain.models.dropout import KeyedDropout, child_keys
 
 # (channels, 3x3 convs) per resolution stage, 28x28 -> 14x14 -> 7x7 (max pool in between).
 SLOTNET_STAGES: tuple[tuple[int, int], ...] = ((32, 1), (64, 2), (128, 1))
@@ -66,7 +67,8 @@ class SlotNet(nn.Module):
     """Shared per-slot classifier: [B, 1, 28, 84] -> 3 slots [3B, 1, 28, 28] -> [B, 3, 11].
 
     Per slot: the conv stages (default: conv 32 @28x28, pool, conv 64 + conv 64 @14x14, pool,
-    conv 128 @7x7), global average pool, dropout, linear 11.
+    conv 128 @7x7), global average pool, dropout (each slot's mask drawn from its sample's
+    key, see `KeyedDropout`), linear 11.
     """
 
     def __init__(
@@ -77,24 +79,30 @@ class SlotNet(nn.Module):
     ) -> None:
         super().__init__()
         self.features = _features(stages)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(stages[-1][0], NUM_CLASSES))
+        # A Sequential as before keyed dropout: checkpoints keep their `classifier.1.*` names.
+        self.classifier = nn.Sequential(
+            KeyedDropout(dropout), nn.Linear(stages[-1][0], NUM_CLASSES)
+        )
         self.skip_blank = skip_blank
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keys: Tensor | None = None) -> Tensor:
         batch = x.shape[0]
         # [B, C, 28, 84] -> [B, C, 28, 3, 28] -> [B, 3, C, 28, 28] -> [3B, C, 28, 28]
         slots = x.unflatten(3, (NUM_SLOTS, DIGIT_SIZE)).permute(0, 3, 1, 2, 4)
         slots = slots.reshape(batch * NUM_SLOTS, x.shape[1], DIGIT_SIZE, DIGIT_SIZE)
-        logits = self._classify_inked(slots) if self.skip_blank else self._classify(slots)
-        return logits.view(batch, NUM_SLOTS, NUM_CLASSES)
+        slot_keys = None if keys is None else child_keys(keys, NUM_SLOTS)
+        classify = self._classify_inked if self.skip_blank else self._classify
+        return classify(slots, slot_keys).view(batch, NUM_SLOTS, NUM_CLASSES)
 
-    def _classify(self, slots: Tensor) -> Tensor:
-        return self.classifier(self.features(slots))
+    def _classify(self, slots: Tensor, keys: Tensor | None) -> Tensor:
+        dropout, linear = self.classifier
+        return linear(dropout(self.features(slots), keys))
 
-    def _classify_inked(self, slots: Tensor) -> Tensor:
+    def _classify_inked(self, slots: Tensor, keys: Tensor | None) -> Tensor:
         inked = slots.flatten(1).amax(1) > 0
         logits = slots.new_zeros(slots.shape[0], NUM_CLASSES)
         logits[:, BLANK] = BLANK_LOGIT
         if inked.any():
-            logits[inked] = self._classify(slots[inked]).to(logits.dtype)
+            kept_keys = None if keys is None else keys[inked]
+            logits[inked] = self._classify(slots[inked], kept_keys).to(logits.dtype)
         return logits

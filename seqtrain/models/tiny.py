@@ -20,5 +20,6 @@ class TinyNet(nn.Module):
         )
         self.heads = SlotHeads(8 * 2 * 6)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keys: Tensor | None = None) -> Tensor:
+        """`keys` (dropout keys, see `KeyedDropout`) are accepted as by every model, unused."""
         return self.heads(self.features(x))

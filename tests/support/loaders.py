@@ -3,6 +3,7 @@ config, a fresh epoch plan, and the check that a batch's images and labels staye
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,13 @@ import torch
 from data_gen.synthetic import decode_ids, tiny_labels, write_tiny_dataset
 from seqtrain.config import DataConfig
 from seqtrain.data.format import Manifest, load_manifest
+from seqtrain.data.global_batch import batch_sizes
 from seqtrain.data.position import EpochPlan, Position, plan_epoch
 from seqtrain.data.stream import train_layout, train_loader
 
 TRAIN_SHARDS = [10, 3, 17, 8, 12, 5, 9]  # 64 samples, 7 uneven shards
 VAL_SHARDS = [7, 6]  # fewer shards than most rank x worker layouts
-BATCH = 4
+BATCH = 4  # per process (--batch-size)
 
 
 def loader_manifest(root: Path) -> Manifest:
@@ -27,10 +29,14 @@ def loader_manifest(root: Path) -> Manifest:
     return load_manifest(root)
 
 
-def config(manifest: Manifest, num_workers: int, shuffle_buffer: int = 8) -> DataConfig:
+def config(
+    manifest: Manifest, num_workers: int, shuffle_buffer: int = 8, global_batch: int | None = None
+) -> DataConfig:
+    """BATCH per process, or `global_batch` over all processes."""
     return DataConfig(
         shards=manifest.root,
         batch_size=BATCH,
+        global_batch_size=global_batch,
         eval_batch_size=5,
         num_workers=num_workers,
         shuffle_buffer=shuffle_buffer,
@@ -41,15 +47,17 @@ def fresh_plan(
     cfg: DataConfig, epoch: int, steps: int, world_size: int, seed: int, skip: int = 0
 ) -> EpochPlan:
     """The plan of a fresh epoch of `steps` global steps, resumed after `skip` of them."""
-    plan, _ = plan_epoch(Position(), epoch, train_layout(cfg, world_size), seed, steps)
-    return EpochPlan(plan.seed, epoch, 0, plan.positions, plan.layout, skip)
+    layout = train_layout(cfg, batch_sizes(cfg, world_size))
+    plan, _ = plan_epoch(Position(), epoch, layout, seed, steps)
+    return replace(plan, skip=skip)
 
 
 def train_batches(
     manifest, cfg, epoch: int, steps: int, rank: int, world_size: int, seed: int, skip: int = 0
 ):
     """`train_loader` of rank `rank` in a fresh epoch of `steps` steps (from `skip` on)."""
-    return train_loader(manifest, cfg, fresh_plan(cfg, epoch, steps, world_size, seed, skip), rank)
+    plan = fresh_plan(cfg, epoch, steps, world_size, seed, skip)
+    return train_loader(manifest, cfg, plan, rank, world_size)
 
 
 def ids_of(batches) -> list[int]:

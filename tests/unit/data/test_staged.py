@@ -1,4 +1,4 @@
-"""`--stage-on-device` batches: the loader's samples per rank and steps, served from a tensor."""
+"""`--stage-on-device` batches: the loader's batches, in its order, served from a tensor."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from seqtrain.data import staged
+from seqtrain.data.global_batch import batch_sizes
 from seqtrain.data.position import SHARD_ORDER, Position, plan_epoch
 from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import (
@@ -30,28 +31,30 @@ def staged_config(manifest):
     return replace(config(manifest, 0), stage_on_device=True)
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_each_rank_gets_the_loaders_samples_in_the_same_steps(manifest, world_size):
-    steps = train_steps_per_epoch(manifest, BATCH, world_size)
-    plan = fresh_plan(staged_config(manifest), 0, steps, world_size, seed=3)
+@pytest.mark.parametrize("world_size, global_batch", [(1, None), (2, None), (3, 12), (2, 12)])
+def test_each_rank_gets_the_loaders_batches_in_its_order(manifest, world_size, global_batch):
+    streamed = config(manifest, 2, shuffle_buffer=12, global_batch=global_batch)
+    cfg = replace(streamed, stage_on_device=True)
+    steps = train_steps_per_epoch(manifest, batch_sizes(cfg, world_size).global_batch)
+    plan = fresh_plan(cfg, 0, steps, world_size, seed=3)
     seen = []
     for rank in range(world_size):
-        staged = staged_train_loader(manifest, plan, rank, CPU)
+        staged = staged_train_loader(manifest, plan, rank, world_size, CPU)
         batches = list(staged)
         assert len(staged) == len(batches) == steps
         for images, labels in batches:
-            check_batch(images, labels, BATCH)
+            check_batch(images, labels, plan.layout.global_batch // world_size)
         ids = ids_of(batches)
-        streamed = train_batches(manifest, config(manifest, 0), 0, steps, rank, world_size, 3)
-        assert sorted(ids) == sorted(ids_of(streamed))  # the same samples, reshuffled
+        loader = train_batches(manifest, streamed, 0, steps, rank, world_size, 3)
+        assert ids == ids_of(loader)  # the same samples in the same steps and order
         seen += ids
-    assert len(set(seen)) == len(seen) == steps * BATCH * world_size  # each sample once
+    assert len(set(seen)) == len(seen) == steps * plan.layout.global_batch  # each sample once
 
 
 def test_staged_batches_are_seeded_and_skip_gives_the_tail(manifest):
     def ids(skip: int = 0, seed: int = 5, epoch: int = 0) -> list[int]:
         plan = fresh_plan(staged_config(manifest), epoch, 10, 1, seed, skip)
-        return ids_of(staged_train_loader(manifest, plan, 0, CPU))
+        return ids_of(staged_train_loader(manifest, plan, 0, 1, CPU))
 
     full = ids()
     assert ids() == full
@@ -83,16 +86,17 @@ def test_staging_reads_shards_in_parallel_threads(manifest, monkeypatch):
 def test_staged_resume_on_other_ranks_trains_the_rest_of_the_epoch(manifest, old, new):
     """Staged and resized, from a streamed segment: every sample of the epoch once at most."""
     streamed, staged = config(manifest, 2, shuffle_buffer=12), staged_config(manifest)
-    steps = train_steps_per_epoch(manifest, BATCH, old)
-    _plan, position = plan_epoch(Position(), 0, train_layout(streamed, old), 1, steps)
+    steps = train_steps_per_epoch(manifest, BATCH * old)
+    layout = train_layout(streamed, batch_sizes(streamed, old))
+    _plan, position = plan_epoch(Position(), 0, layout, 1, steps)
     done = steps // 2
     seen = []
     for rank in range(old):
         seen += ids_of(list(train_batches(manifest, streamed, 0, steps, rank, old, 1))[:done])
     for _ in range(done):
         position = position.after_step()
-    rest, _ = plan_epoch(position, 0, train_layout(staged, new), 1, steps)
+    rest, _ = plan_epoch(position, 0, train_layout(staged, batch_sizes(staged, new)), 1, steps)
     for rank in range(new):
-        seen += ids_of(staged_train_loader(manifest, rest, rank, CPU))
+        seen += ids_of(staged_train_loader(manifest, rest, rank, new, CPU))
     assert len(seen) == len(set(seen))
     assert steps * BATCH * old - len(seen) < BATCH * new

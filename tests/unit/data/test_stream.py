@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from data_gen.synthetic import sample_id, write_tiny_dataset
 from seqtrain.common.errors import UserError
 from seqtrain.config import DataConfig
 from seqtrain.data.format import load_manifest
+from seqtrain.data.global_batch import batch_sizes
 from seqtrain.data.position import Position, plan_epoch
 from seqtrain.data.stream import (
     eval_loader,
@@ -23,6 +26,7 @@ from support.loaders import (
     VAL_SHARDS,
     check_batch,
     config,
+    fresh_plan,
     ids_of,
     train_batches,
 )
@@ -33,7 +37,7 @@ def test_every_rank_gets_exactly_steps_batches_and_the_epoch_reads_each_sample_o
     manifest, world_size, num_workers
 ):
     cfg = config(manifest, num_workers)
-    steps = train_steps_per_epoch(manifest, BATCH, world_size)
+    steps = train_steps_per_epoch(manifest, BATCH * world_size)
     assert steps == sum(TRAIN_SHARDS) // (BATCH * world_size)
     seen = []
     for rank in range(world_size):
@@ -50,11 +54,13 @@ def test_every_rank_gets_exactly_steps_batches_and_the_epoch_reads_each_sample_o
 
 def test_more_steps_than_data_repeats_the_data_without_hanging(manifest):
     cfg = config(manifest, num_workers=2)
+    seen = []
     for rank in range(3):
         batches = list(train_batches(manifest, cfg, 0, 25, rank, 3, seed=0))
         assert len(batches) == 25
+        seen += ids_of(batches)
     # 25 * 4 * 3 = 300 samples: each of the 64 read 4 or 5 times.
-    assert len(set(ids_of(batches))) == 64
+    assert sorted(Counter(seen).values())[::63] == [4, 5] and len(set(seen)) == 64
 
 
 def test_a_single_shard_feeds_many_ranks_and_workers(tmp_path):
@@ -146,15 +152,47 @@ def test_a_bad_shard_is_a_one_line_user_error_naming_it(tmp_path, num_workers, d
     assert "\n" not in str(info.value)
 
 
-def trained_ids(manifest, cfg, plan, steps: int | None = None) -> list[int]:
+def trained_ids(manifest, cfg, plan, world_size: int, steps: int | None = None) -> list[int]:
     """Ids every rank's loader delivers in the plan's global steps from `plan.skip` to `steps`."""
     stop = plan.steps if steps is None else steps
     ids = []
-    for rank in range(plan.layout.world_size):
-        batches = list(train_loader(manifest, cfg, plan, rank))[: stop - plan.skip]
-        assert all(len(labels) == plan.layout.batch_size for _, labels in batches)
+    for rank in range(world_size):
+        batches = list(train_loader(manifest, cfg, plan, rank, world_size))[: stop - plan.skip]
+        assert all(len(labels) == plan.layout.global_batch // world_size for _, labels in batches)
         ids += ids_of(batches)
     return ids
+
+
+def layout(cfg, world_size: int):
+    return train_layout(cfg, batch_sizes(cfg, world_size))
+
+
+def global_batches(manifest, cfg, steps: int, world_size: int, skip: int = 0) -> list[list[int]]:
+    """Each global step's sample ids: the ranks' batches of the step joined in rank order."""
+    plan = fresh_plan(cfg, 1, steps, world_size, seed=5, skip=skip)
+    ranks = [list(train_loader(manifest, cfg, plan, r, world_size)) for r in range(world_size)]
+    for batches in ranks:
+        assert len(batches) == steps - skip
+        for images, labels in batches:
+            check_batch(images, labels, plan.layout.global_batch // world_size)
+    return [ids_of(step) for step in zip(*ranks, strict=True)]
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 12])
+@pytest.mark.parametrize("num_workers", [0, 3])
+def test_a_global_batch_trains_the_same_samples_on_any_ranks_and_workers(
+    manifest, world_size, num_workers
+):
+    """--global-batch-size 12 (4 canonical streams of chunks of 3): every step's samples, in
+    order, are those of one process without workers, also where ranks share a stream (3, 6,
+    12 ranks) and from any step a resume skips to."""
+    steps = sum(TRAIN_SHARDS) // 12
+    one = global_batches(manifest, config(manifest, 0, global_batch=12), steps, 1)
+    cfg = config(manifest, num_workers, global_batch=12)
+    assert global_batches(manifest, cfg, steps, world_size) == one
+    assert global_batches(manifest, cfg, steps, world_size, skip=2) == one[2:]
+    seen = [i for step in one for i in step]
+    assert len(seen) == len(set(seen)) == steps * 12
 
 
 @pytest.mark.parametrize(
@@ -168,15 +206,15 @@ def test_a_resized_resume_reads_every_sample_of_the_epoch_once(
     than one new global batch never trained."""
     before = config(manifest, old_workers, shuffle_buffer=12)
     after = DataConfig(shards=manifest.root, batch_size=3, num_workers=new_workers)
-    steps = train_steps_per_epoch(manifest, BATCH, old)
-    plan, position = plan_epoch(Position(), 1, train_layout(before, old), 5, steps)
+    steps = train_steps_per_epoch(manifest, BATCH * old)
+    plan, position = plan_epoch(Position(), 1, layout(before, old), 5, steps)
     done = steps // 2 + 1
-    seen = trained_ids(manifest, before, plan, done)
+    seen = trained_ids(manifest, before, plan, old, done)
     for _ in range(done):
         position = position.after_step()
-    rest, _ = plan_epoch(position, 1, train_layout(after, new), 5, steps)
+    rest, _ = plan_epoch(position, 1, layout(after, new), 5, steps)
     assert rest.index == 1 and rest.skip == 0
-    seen += trained_ids(manifest, after, rest)
+    seen += trained_ids(manifest, after, rest, new)
     epoch_ids = {sample_id("train", 1, i) for i in range(sum(TRAIN_SHARDS))}
     assert len(seen) == len(set(seen)) and set(seen) <= epoch_ids
     assert steps * BATCH * old - len(seen) < 3 * new
@@ -185,14 +223,14 @@ def test_a_resized_resume_reads_every_sample_of_the_epoch_once(
 def test_a_resumed_segment_skips_to_its_tail(manifest):
     """Mid-way through a resized segment, the same layout resumes with the segment's tail."""
     cfg = config(manifest, 2, shuffle_buffer=12)
-    _plan, position = plan_epoch(Position(), 0, train_layout(cfg, 2), 5, 8)
+    _plan, position = plan_epoch(Position(), 0, layout(cfg, 2), 5, 8)
     for _ in range(3):
         position = position.after_step()
-    rest, position = plan_epoch(position, 0, train_layout(cfg, 3), 5, 8)
-    full = [ids_of(train_loader(manifest, cfg, rest, rank)) for rank in range(3)]
+    rest, position = plan_epoch(position, 0, layout(cfg, 3), 5, 8)
+    full = [ids_of(train_loader(manifest, cfg, rest, rank, 3)) for rank in range(3)]
     for _ in range(2):
         position = position.after_step()
-    again, _ = plan_epoch(position, 0, train_layout(cfg, 3), 5, 8)
+    again, _ = plan_epoch(position, 0, layout(cfg, 3), 5, 8)
     assert again.skip == 2
     for rank in range(3):
-        assert ids_of(train_loader(manifest, cfg, again, rank)) == full[rank][2 * BATCH :]
+        assert ids_of(train_loader(manifest, cfg, again, rank, 3)) == full[rank][2 * BATCH :]
