@@ -4,6 +4,7 @@ the tiers: each top folder marks its tests (see tests/README.md). Helpers live i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,24 @@ def inference_run(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -
     run_in_process(train_argv(tiny_shards, out, "tiny-for-inference", "--epochs", "3",
                               "--wandb-mode", "disabled"))  # fmt: skip
     return out / "tiny-for-inference"
+
+
+@pytest.fixture(scope="session")
+def unbroken_run(
+    tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Path]:
+    """`unbroken_run(*flags)`: the run folder of `support.training.resume_argv` + `flags` run to
+    its end in a subprocess, once per session for each `flags` (the uninterrupted result an
+    interrupted run must match): treat as read-only."""
+    from support.training import resume_argv, run_to_end
+
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def unbroken(*flags: str) -> Path:
+        if flags not in runs:
+            out = tmp_path_factory.mktemp("unbroken")
+            run_to_end([*resume_argv(tiny_shards, out), *flags])
+            runs[flags] = out / "job"
+        return runs[flags]
+
+    return unbroken

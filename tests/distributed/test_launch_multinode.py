@@ -5,7 +5,6 @@ on every epoch decision."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench.stores import free_port
 from support import REPO
 from support.distributed import FORCED_EARLY_STOP, assert_ranks_agree, cpu_env
 from support.training import train_argv
@@ -21,12 +21,6 @@ from support.training import train_argv
 BIN = Path(sys.executable).parent
 NODES = 2
 TIMEOUT_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def kill_tree(proc: subprocess.Popen) -> None:

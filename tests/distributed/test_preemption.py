@@ -131,18 +131,9 @@ WITH_WORKERS = ["--num-workers", "2"]
 
 
 @pytest.fixture(scope="module")
-def unbroken_runs(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The unbroken run for a --num-workers value, run once per module."""
-    runs: dict[str, Path] = {}
-
-    def unbroken(workers: str) -> Path:
-        if workers not in runs:
-            out = tmp_path_factory.mktemp(f"unbroken_workers{workers}")
-            run_to_end([*preempt_argv(tiny_shards, out), "--num-workers", workers])
-            runs[workers] = out / "job"
-        return runs[workers]
-
-    return unbroken
+def unbroken_runs(unbroken_run):
+    """The unbroken run of `preempt_argv` for a --num-workers value (once per session)."""
+    return lambda workers: unbroken_run(*PREEMPT_FLAGS, "--num-workers", workers)
 
 
 @pytest.fixture(scope="module")

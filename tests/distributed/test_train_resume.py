@@ -19,11 +19,10 @@ from support.training import (
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "2"])  # in-process loading; the default loader workers
 def test_resume_after_kill_matches_uninterrupted_run(
-    workers: str, tiny_shards: Path, tmp_path: Path
+    workers: str, tiny_shards: Path, tmp_path: Path, unbroken_run
 ) -> None:
     """SIGKILL of the trainer alone mid-epoch 2 (its loader workers end by themselves)."""
-    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
-    run_to_end([*resume_argv(tiny_shards, unbroken), "--num-workers", workers])
+    unbroken, broken = unbroken_run("--num-workers", workers).parent, tmp_path / "broken"
 
     argv = [*resume_argv(tiny_shards, broken), "--num-workers", workers]
     kill_mid_second_epoch(argv, broken / "job")

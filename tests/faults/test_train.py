@@ -32,11 +32,9 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def unbroken(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def unbroken(unbroken_run) -> Path:
     """An uninterrupted run of `resume_argv` (both of its epochs improve val loss)."""
-    out = tmp_path_factory.mktemp("unbroken")
-    run_to_end(resume_argv(tiny_shards, out))
-    return out / "job"
+    return unbroken_run("--num-workers", "0")
 
 
 # Moments inside checkpoint writes (`.<name>.tmp` exists), given the checkpoints folder: a
