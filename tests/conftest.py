@@ -30,6 +30,9 @@ FOLDER_MARKERS = {
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         folder = item.path.relative_to(TESTS).parts[0]
+        if folder not in FOLDER_MARKERS:
+            tiers = ", ".join(FOLDER_MARKERS)
+            raise pytest.UsageError(f"{item.path}: test files go in a tier folder: {tiers}")
         for name in FOLDER_MARKERS[folder]:
             item.add_marker(name)
 
