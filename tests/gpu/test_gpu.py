@@ -88,6 +88,39 @@ def _shards_of(run: Path) -> Path:
     return Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["shards"])
 
 
+def _clipped_step(precision: str) -> tuple[float, float]:
+    """One step of a linear model under --clip-grad-norm 1e-3 at `precision`: the logged
+    pre-clip norm and the gradient's norm after clipping."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from seqtrain.components.grad_clip import GradClip
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # another precision per call
+    accelerator = Accelerator(mixed_precision=precision)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 10)
+    model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(1)).to(CUDA)
+    with accelerator.autocast():
+        loss = model(x).float().pow(2).mean()
+    accelerator.backward(loss)  # fp16: the loss scaled by the GradScaler (2^16) first
+    clip = GradClip(1e-3, accelerator.device)
+    clip(accelerator, model)
+    clipped = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    optimizer.step()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return clip.window_metrics()["train/grad_norm"], clipped.item()
+
+
+def test_fp16_clipping_unscales_the_gradients_first() -> None:
+    """The limit and the logged norm are the true gradient's, not the scaled one's."""
+    true_norm, _ = _clipped_step("no")
+    norm, clipped = _clipped_step("fp16")
+    assert norm == pytest.approx(true_norm, rel=1e-2)
+    assert clipped == pytest.approx(1e-3, rel=1e-3)
+
+
 def test_channels_last_weights_and_inputs_on_gpu() -> None:
     cfg = RunConfig(model=ModelConfig(model="reference", channels_last=True))
     accelerator = make_accelerator(cfg, Path("unused"))
@@ -106,8 +139,8 @@ def test_staged_batches_on_gpu_equal_the_cpu_ones(tiny_shards: Path) -> None:
     manifest = load_manifest(tiny_shards)
     cfg = DataConfig(shards=tiny_shards, batch_size=16, stage_on_device=True)
     plan = fresh_plan(cfg, epoch=0, steps=3, world_size=1, seed=10)
-    on_gpu = staged_train_loader(manifest, plan, 0, CUDA)
-    on_cpu = staged_train_loader(manifest, plan, 0, torch.device("cpu"))
+    on_gpu = staged_train_loader(manifest, plan, 0, 1, CUDA)
+    on_cpu = staged_train_loader(manifest, plan, 0, 1, torch.device("cpu"))
     for (gi, gl), (ci, cl) in zip(on_gpu, on_cpu, strict=True):
         assert gi.device.type == "cuda"
         assert torch.equal(gi.cpu(), ci) and torch.equal(gl.cpu(), cl)
@@ -122,7 +155,7 @@ def test_batches_for_the_gpu_are_pinned(tiny_shards: Path) -> None:
     manifest = load_manifest(tiny_shards)
     cfg = DataConfig(shards=tiny_shards, batch_size=16, num_workers=1)
     plan = fresh_plan(cfg, epoch=0, steps=3, world_size=1, seed=0)
-    images, labels = next(iter(train_loader(manifest, cfg, plan, 0, device=CUDA)))
+    images, labels = next(iter(train_loader(manifest, cfg, plan, 0, 1, device=CUDA)))
     assert images.is_pinned() and labels.is_pinned()
 
 
