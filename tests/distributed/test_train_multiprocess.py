@@ -51,8 +51,8 @@ def test_long_run_ranks_never_diverge(tiny_shards: Path, tmp_path: Path) -> None
 @pytest.mark.multiprocess
 def test_ranks_draw_different_dropout_streams(tiny_shards: Path, tmp_path: Path) -> None:
     """Each rank's torch/NumPy/Python RNG state, as saved in the checkpoint for exact resume,
-    differs between the two ranks: their dropout masks do (the same init and the same seed on
-    both would draw identical masks on every replica)."""
+    differs between the two ranks: anything random they draw does (dropout excepted: it is keyed
+    per sample, see tests/distributed/test_global_batch.py)."""
     import torch
 
     argv = train_argv(tiny_shards, tmp_path, "rng", "--wandb-mode", "disabled", "--epochs", "1",

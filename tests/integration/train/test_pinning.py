@@ -35,7 +35,7 @@ def test_loaders_pin_only_for_a_cuda_device(tiny_shards: Path, gpu_node, device,
     manifest = load_manifest(tiny_shards)
     cfg = DataConfig(shards=tiny_shards, batch_size=8, eval_batch_size=50, num_workers=0)
     where = None if device is None else torch.device(device)
-    list(train_loader(manifest, cfg, fresh_plan(cfg, 0, 2, 1, seed=0), 0, device=where))
+    list(train_loader(manifest, cfg, fresh_plan(cfg, 0, 2, 1, seed=0), 0, 1, device=where))
     list(eval_loader(manifest, cfg, "val", 0, 1, device=where))
     assert bool(gpu_node) == pins
 
