@@ -4,10 +4,12 @@
         [--steps 2] [--repeats 20] [--quick] [--json-out bench/results/scaling_cpu.json]
 
 In one run, on this machine's CPU (the inputs of bench.scaling_model, which models GPUs):
-- seqtrain's training step (`train_step`: forward, backward, optimizer) at batch B and at B/2,
-  in interleaved rounds (each round times `--steps` steps of each, after an untimed one); the
-  ratio B/2 : B is taken within a round and its median over rounds reported, because the
-  machine is shared and its load changes from second to second;
+- seqtrain's training step (`train_step`: forward, backward, optimizer) at batch B, at B/2,
+  and at B as 2 accumulated micro-batches of B/2 (--micro-batch-size; the first pass under
+  `no_sync`, a no-op in one process), in interleaved rounds (each round times `--steps` steps
+  of each, after an untimed one); the ratios to the step at B are taken within a round and
+  their medians over rounds reported, because the machine is shared and its load changes from
+  second to second;
 - the gradient bytes: parameters x their dtype's size;
 - DDP's gradient buckets after its rebuild (2 gloo processes, a few backward passes): the bytes
   of the last bucket, which cannot overlap the backward pass;
@@ -24,7 +26,6 @@ import datetime
 import json
 import os
 import shlex
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from bench.emit import cpu_name, emit_result
+from bench.stores import free_port
 from seqtrain.config import ModelConfig, RunConfig, TrainConfig
 from seqtrain.data.stream import images_to_float
 from seqtrain.distributed import make_accelerator
@@ -66,6 +68,9 @@ def step_contenders(model_name: str, batch_size: int, run_dir: Path) -> dict[str
     return {
         "step_full": lambda: train_step(accelerator, model, optimizer, full, cfg),
         "step_half": lambda: train_step(accelerator, model, optimizer, half, cfg),
+        "step_accumulated": lambda: train_step(
+            accelerator, model, optimizer, full, cfg, micro_batches=2
+        ),
     }
 
 
@@ -84,18 +89,14 @@ def timed_rounds(contenders: dict[str, Callable], rounds: int, steps: int) -> di
     return seconds
 
 
-def median_ratio(numerators: list[float], denominators: list[float]) -> float:
-    return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
+def ratios(numerators: list[float], denominators: list[float]) -> dict[str, float | list]:
+    """Per-round ratios: their median, and their range (how much the load moved them)."""
+    each = [n / d for n, d in zip(numerators, denominators, strict=True)]
+    return {"median": statistics.median(each), "range": [min(each), max(each)]}
 
 
 def grad_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_main(rank: int, world_size: int, port: int, args: dict, out: Path) -> None:
@@ -149,6 +150,8 @@ def measure(args: argparse.Namespace) -> dict:
     spawned = {"grad_bytes": nbytes, "repeats": args.repeats, "model": args.model}
     one, two = measure_allreduce(1, spawned), measure_allreduce(2, spawned)
     step_full = statistics.median(seconds["step_full"])
+    half = ratios(seconds["step_half"], seconds["step_full"])
+    accumulated = ratios(seconds["step_accumulated"], seconds["step_full"])
     return {
         "model": args.model,
         "batch_size": args.batch_size,
@@ -156,7 +159,11 @@ def measure(args: argparse.Namespace) -> dict:
         "steps_per_round": args.steps,
         "step_full_s": step_full,
         "step_half_s": statistics.median(seconds["step_half"]),
-        "step_half_over_full": median_ratio(seconds["step_half"], seconds["step_full"]),
+        "step_half_over_full": half["median"],
+        "step_half_over_full_range": half["range"],
+        "step_accumulated_s": statistics.median(seconds["step_accumulated"]),
+        "accumulated_over_full": accumulated["median"],
+        "accumulated_over_full_range": accumulated["range"],
         "grad_bytes": nbytes,
         "ddp_bucket_bytes": two["ddp_bucket_bytes"],
         "allreduce_repeats": args.repeats,
@@ -190,11 +197,23 @@ def main(argv: list[str] | None = None) -> None:
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg()[0],  # the machine is shared
         **measure(args),
     }
+    record["load_average_at_end"] = os.getloadavg()[0]
     record["seconds"] = time.perf_counter() - started
-    emit_result({k: round(v, 6) if isinstance(v, float) else v for k, v in record.items()},
-                args.json_out)  # fmt: skip
+    emit_result(rounded(record), args.json_out)
+
+
+def rounded(value: object) -> object:
+    """Floats to 6 decimals, inside lists too."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""`python -m bench.scaling --quick`: the step, the gradient bytes, DDP's buckets and the gloo
-all-reduce over 1 and 2 spawned processes, measured in one run and written as one JSON line."""
+"""`python -m bench.scaling --quick`: the step (whole, half, 2 accumulated micro-batches), the
+gradient bytes, DDP's buckets and the gloo all-reduce over 1 and 2 spawned processes, measured
+in one run and written as one JSON line."""
 
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     tiny = build_model("tiny")
     assert record["grad_bytes"] == sum(p.numel() * 4 for p in tiny.parameters())
     assert sum(record["ddp_bucket_bytes"]) == record["grad_bytes"]
-    for key in ("step_full_s", "step_half_s", "allreduce_1proc_s", "allreduce_2proc_s"):
+    steps = ("step_full_s", "step_half_s", "step_accumulated_s")
+    for key in (*steps, "allreduce_1proc_s", "allreduce_2proc_s"):
         assert record[key] > 0, key
-    assert record["step_half_over_full"] > 0
+    for ratio in ("step_half_over_full", "accumulated_over_full"):
+        low, high = record[f"{ratio}_range"]
+        assert 0 < low <= record[ratio] <= high, ratio
     ratio = record["allreduce_2proc_s"] / record["step_full_s"]
     assert record["allreduce_2proc_over_step_full"] == pytest.approx(ratio, rel=0.01)
