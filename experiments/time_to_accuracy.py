@@ -5,6 +5,7 @@
         [--target 0.95] [--budget-s 420] [--recipes reference slotnet_onecycle]
         [--shards DIR] [--work-dir DIR] [--json-out experiments/results/time_to_accuracy.json]
         [--seeds 0 1 2 [--parallel 3] [--ensemble-tta N] [--tta-shift N]] [--steps-per-epoch N]
+        [--processes 1 2 [--ledger]]
 
 Generates one small shard set (`seqtrain-data generate`; or reuses --shards), then trains each
 recipe on it with `seqtrain train --config recipes/NAME.yaml` in its own subprocess (the real
@@ -22,6 +23,12 @@ test-time shifts, on val without and with them to choose on, and on test); --par
 N of them at once, for a GPU that small models leave mostly idle (measured on an H200 in
 docs/benchmarks/h200-device-check-2026-11-30.md: processes time-share the GPU, so N at once is
 not N times one).
+
+--processes 1 2 trains each recipe (and seed) once per number of processes: N > 1 through
+`accelerate launch --multi_gpu --num_processes N` (gloo ranks on a CPU machine, one per GPU on a
+GPU node; run NAME[_seedS]_Nproc), each count summarised apart. With --ledger every run writes
+its sample ledger ($SEQTRAIN_SAMPLE_LEDGER) to runs/RUN.ledger/, and each seed's ledgers are
+compared across the process counts: with a --global-batch-size recipe, identical.
 
 Long runs: with --work-dir the shards and run folders persist there and each recipe trains with
 `--resume auto`, so rerunning the same command after its budget (or a crash) continues every
@@ -46,8 +53,10 @@ import torch
 import yaml
 
 from bench.emit import cpu_name, emit_result
+from bench.stores import free_port
 from seqtrain.common.cliparse import load_config
 from seqtrain.config import RunConfig
+from seqtrain.data.position import LEDGER_ENV
 from seqtrain.models import build_model
 from seqtrain.models.flops import flops_per_sample
 
@@ -107,6 +116,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(`seqtrain evaluate --tta-shift N`): val without and with them, test with them",
     )
     p.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="train every recipe (and seed) once per number of processes; N > 1 through "
+        "`accelerate launch --multi_gpu --num_processes N`",
+    )
+    p.add_argument(
+        "--ledger",
+        action="store_true",
+        help="write each run's sample ledger beside it (runs/RUN.ledger/) and compare each "
+        "seed's ledgers across --processes",
+    )
+    p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         help="pass --channels-last / --no-channels-last (default: the trainer's default, on)",
@@ -124,6 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.parallel < 1:
         p.error(f"--parallel must be >= 1, got {args.parallel}")
+    if min(args.processes) < 1:
+        p.error(f"--processes must be >= 1, got {min(args.processes)}")
     if args.tta_shift is not None and args.tta_shift < 1:
         p.error(f"--tta-shift must be >= 1, got {args.tta_shift}")
     if SEED_BASELINE in args.recipes and not args.baseline.is_file():
@@ -144,12 +169,20 @@ def generate(args: argparse.Namespace, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_budgeted(argv: list[str], budget_s: float) -> tuple[bool, float, str]:
-    """Run argv, killed after budget_s with its whole process group (loader workers included);
-    (finished with exit 0, wall seconds, its stdout)."""
+def run_budgeted(
+    argv: list[str], budget_s: float, env: dict[str, str] | None = None
+) -> tuple[bool, float, str]:
+    """Run argv (in `env`, default this environment), killed after budget_s with its whole
+    process group (loader workers and launched ranks included); (finished with exit 0, wall
+    seconds, its stdout)."""
     start = time.perf_counter()
     with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
     ) as process:
         try:
             stdout, stderr = process.communicate(timeout=budget_s)
@@ -193,12 +226,31 @@ def train_seed_baseline(args: argparse.Namespace) -> dict:
     }
 
 
+def launcher(processes: int) -> list[str]:
+    """The command that starts `seqtrain` on `processes` processes: itself for one, else
+    `accelerate launch` on a free port (the trainer's --mixed-precision decides precision)."""
+    if processes == 1:
+        return [sys.executable, "-m", "seqtrain"]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return [
+        str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes),
+        "--num_machines", "1", "--main_process_port", str(free_port()),
+        "--dynamo_backend", "no", "-m", "seqtrain",
+    ]  # fmt: skip
+
+
 def train(
-    args: argparse.Namespace, shards: Path, out: Path, name: str, seed: int | None = None
+    args: argparse.Namespace,
+    shards: Path,
+    out: Path,
+    name: str,
+    seed: int | None = None,
+    processes: int = 1,
 ) -> dict:
-    """One recipe (`seqtrain train --config recipes/NAME.yaml`) in a subprocess, killed at the
-    budget; its per-epoch and test results. The recipe's own epochs and steps per epoch win over
-    --epochs and --steps-per-epoch (a compute-budget recipe sets both)."""
+    """One recipe (`seqtrain train --config recipes/NAME.yaml`) in a subprocess (on `processes`
+    processes), killed at the budget; its per-epoch and test results. The recipe's own epochs
+    and steps per epoch win over --epochs and --steps-per-epoch (a compute-budget recipe sets
+    both)."""
     recipe = RECIPES / f"{name}.yaml"
     pinned = yaml.safe_load(recipe.read_text()).get("train", {})
     config = load_config(RunConfig, recipe)
@@ -208,22 +260,25 @@ def train(
     if args.steps_per_epoch is not None and "steps_per_epoch" not in pinned:
         extra += ["--steps-per-epoch", str(args.steps_per_epoch)]
     run_name = name if seed is None else f"{name}_seed{seed}"
+    run_name += f"_{processes}proc" if processes > 1 else ""
     if seed is not None:
         extra = [*extra, "--seed", str(seed)]
-    argv = [
-        sys.executable, "-m", "seqtrain", "train",
-        "--config", str(recipe), "--shards", str(shards),
+    command = [
+        "train", "--config", str(recipe), "--shards", str(shards),
         "--num-workers", str(args.num_workers), "--output-dir", str(out), "--run-name", run_name,
         "--wandb-mode", "disabled", *extra,
     ]  # fmt: skip
     if args.work_dir is not None:
-        argv += ["--resume", "auto"]
+        command += ["--resume", "auto"]
+    start = launcher(processes)
+    argv = [*start, *command]
     run = out / run_name
+    env = {**os.environ, LEDGER_ENV: str(ledger_dir(run))} if args.ledger else None
     metrics, test = run / "metrics.jsonl", run / "test_metrics.json"
     if args.work_dir is not None and test.exists():
         finished, wall = True, None  # finished by an earlier invocation: read its results back
     else:
-        finished, wall, _ = run_budgeted(argv, args.budget_s)
+        finished, wall, _ = run_budgeted(argv, args.budget_s, env)
     epochs = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
     reached = next((e for e in epochs if e["val_exact_match"] >= args.target), None)
     best = next((e for e in reversed(epochs) if e.get("best")), None)
@@ -234,10 +289,12 @@ def train(
     return {
         "recipe": name,
         "seed": seed,
+        "processes": processes,
         "run": str(run),
-        "argv": ["seqtrain", *argv[3:]],
+        "argv": ["seqtrain", *command] if processes == 1 else ["accelerate", *start[1:], *command],
         "gflop_per_train_sample": gflop / 1e9,
         "batch_size": config.data.batch_size,
+        "global_batch_size": config.data.global_batch_size,
         "train_samples": samples,
         "train_pflop": samples * gflop / 1e15,
         "finished": finished,
@@ -255,6 +312,45 @@ def train(
         "epoch_seconds": [e["epoch_seconds"] for e in epochs],
         "test_exact_match": json.loads(test.read_text())["exact_match"] if test.exists() else None,
     }
+
+
+def ledger_dir(run: Path) -> Path:
+    """Where a run's sample ledger goes: beside its run folder, which the trainer owns."""
+    return run.with_name(f"{run.name}.ledger")
+
+
+def ledger_steps(folder: Path) -> dict[tuple[int, int], list[int]]:
+    """Each (epoch, batch) of a ledger: the ranks' sample positions joined in rank order. A
+    step trained again after a resume is recorded again; its last record counts."""
+    ranks: list[dict[tuple[int, int], list[int]]] = []
+    for path in sorted(folder.glob("rank*.jsonl"), key=lambda p: int(p.stem[4:])):
+        lines = (json.loads(x) for x in path.read_text().splitlines())
+        ranks.append({(x["epoch"], x["batch"]): x["samples"] for x in lines})
+    steps: dict[tuple[int, int], list[int]] = {}
+    for rank in ranks:
+        for step, samples in rank.items():
+            steps.setdefault(step, []).extend(samples)
+    return steps
+
+
+def compare_ledgers(runs: list[dict]) -> list[dict]:
+    """For each seed of one recipe: is each process count's ledger the first count's?"""
+    checks = []
+    for seed in dict.fromkeys(r["seed"] for r in runs):
+        same_seed = [r for r in runs if r["seed"] == seed]
+        first = ledger_steps(ledger_dir(Path(same_seed[0]["run"])))
+        for other in same_seed[1:]:
+            steps = ledger_steps(ledger_dir(Path(other["run"])))
+            checks.append({
+                "recipe": other["recipe"],
+                "seed": seed,
+                "processes": [same_seed[0]["processes"], other["processes"]],
+                "steps": [len(first), len(steps)],
+                "epochs": sorted({epoch for epoch, _ in steps}),
+                "samples_per_step": sorted({len(s) for s in steps.values()}),
+                "identical": bool(first) and steps == first,
+            })  # fmt: skip
+    return checks
 
 
 def shard_length_weights(shards: Path) -> tuple[float, ...]:
@@ -291,6 +387,7 @@ def seed_summary(results: list[dict]) -> dict:
     ]
     summary = {
         "recipe": results[0]["recipe"],
+        "processes": results[0].get("processes", 1),
         "seeds": [r["seed"] for r in results],
         "val_exact_match_at_best_mean": mean_and_std(best_vals)[0],
         "test_exact_match": tests,
@@ -377,26 +474,33 @@ def main(argv: list[str] | None = None) -> None:
             shards = work / "shards"
             if not (shards / "manifest.json").exists():
                 gen_seconds = generate(args, shards)
-        results, summaries, ensembles = [], [], []
+        results, summaries, ensembles, ledger_checks = [], [], [], []
         for name in args.recipes:
             if name == SEED_BASELINE:
                 results.append(train_seed_baseline(args))
                 continue
+            # seed-major: an interrupted study still has every count of its first seeds
+            seeds, counts = zip(
+                *[(s, n) for s in args.seeds or [None] for n in args.processes], strict=True
+            )
             with ThreadPoolExecutor(max_workers=args.parallel) as pool:
                 runs = list(
-                    pool.map(
-                        partial(train, args, shards, work / "runs", name), args.seeds or [None]
-                    )
+                    pool.map(partial(train, args, shards, work / "runs", name), seeds, counts)
                 )
             if args.seeds and args.tta_shift is not None:
                 for run in runs:
                     run["views"] = evaluate_with_views(shards, run, args.tta_shift)
             results += runs
-            if args.seeds:
-                summaries.append(seed_summary(runs))
-            if args.seeds and args.ensemble_tta is not None:
-                out = work / f"{name}_ensemble.json"
-                ensembles.append(evaluate_ensemble(shards, runs, args.ensemble_tta, out))
+            if args.ledger:
+                ledger_checks += compare_ledgers(runs)
+            for processes in args.processes:
+                group = [r for r in runs if r["processes"] == processes]
+                if args.seeds:
+                    summaries.append(seed_summary(group))
+                if args.seeds and args.ensemble_tta is not None:
+                    suffix = f"_{processes}proc" if processes > 1 else ""
+                    out = work / f"{name}{suffix}_ensemble.json"
+                    ensembles.append(evaluate_ensemble(shards, group, args.ensemble_tta, out))
 
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
@@ -409,6 +513,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{'ep. to target':>13} {'best':>8} {'on':>5} {'test':>6} {'wall s':>7}")  # fmt: skip
     for r in results:
         name = r["recipe"] if r.get("seed") is None else f"{r['recipe']} seed {r['seed']}"
+        name += f" x{r['processes']}" if r.get("processes", 1) > 1 else ""
         print(
             f"{name:<28} {r['gflop_per_train_sample']:>9.3f} "
             f"{fmt(r.get('train_pflop'), '.4f'):>7} {r['epochs_run']:>6} "
@@ -419,10 +524,17 @@ def main(argv: list[str] | None = None) -> None:
         )
     for summary in summaries:
         print(
-            f"{summary['recipe']}: test exact match over seeds {summary['seeds']}: mean "
+            f"{summary['recipe']} on {summary['processes']} process(es): test exact match over "
+            f"seeds {summary['seeds']}: mean "
             f"{fmt(summary['test_exact_match_mean'], '.4f')}, std "
             f"{fmt(summary['test_exact_match_std'], '.4f')}, min "
             f"{fmt(summary['test_exact_match_min'], '.4f')}"
+        )
+    for check in ledger_checks:
+        print(
+            f"{check['recipe']} seed {check['seed']}: ledgers of {check['processes'][0]} and "
+            f"{check['processes'][1]} processes ({check['steps'][1]} steps) "
+            f"{'identical' if check['identical'] else 'DIFFER'}"
         )
     for summary in summaries:
         if "views" in summary:
@@ -453,10 +565,12 @@ def main(argv: list[str] | None = None) -> None:
         "test_size": args.test_size,
         "epochs": args.epochs,
         "budget_s": args.budget_s,
+        "processes": args.processes,
         "generate_seconds": gen_seconds,
         "results": results,
         "seed_summaries": summaries,
         "ensembles": ensembles,
+        "ledger_checks": ledger_checks,
     }
     emit_result(record, args.json_out)
 
