@@ -84,11 +84,47 @@ def test_seeds_are_summarised_and_evaluated_as_one_ensemble(mnist_dir, tmp_path)
     )
 
 
+def test_each_seed_trains_on_each_process_count_with_one_ledger(mnist_dir, tmp_path):
+    record = run_record(
+        mnist_dir, tmp_path / "work", tmp_path / "out.json",
+        "--recipes", "deep_onecycle_g128", "--seeds", "0", "--processes", "1", "2", "--ledger",
+    )  # fmt: skip
+    one, two = record["results"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["run"].endswith("deep_onecycle_g128_seed0")
+    assert two["run"].endswith("deep_onecycle_g128_seed0_2proc")
+    assert one["argv"][:2] == ["seqtrain", "train"]
+    assert two["argv"][:5] == ["accelerate", "launch", "--multi_gpu", "--num_processes", "2"]
+    for run in (one, two):  # 256 samples at a global batch of 128: 2 steps x 2 epochs
+        assert run["finished"] and run["train_samples"] == 512
+    assert [s["processes"] for s in record["seed_summaries"]] == [1, 2]
+    (check,) = record["ledger_checks"]
+    assert check["identical"] and check["processes"] == [1, 2]
+    assert check["steps"] == [4, 4] and check["samples_per_step"] == [128]
+
+
+def test_ledgers_that_differ_in_one_sample_are_reported(tmp_path):
+    from experiments.time_to_accuracy import compare_ledgers
+
+    def ledger(run: str, ranks: list[list[int]]) -> dict:
+        folder = tmp_path / f"{run}.ledger"
+        folder.mkdir()
+        for rank, samples in enumerate(ranks):
+            line = {"epoch": 0, "batch": 0, "samples": samples}
+            (folder / f"rank{rank}.jsonl").write_text(json.dumps(line) + "\n")
+        return {"recipe": "r", "seed": 0, "processes": len(ranks), "run": str(tmp_path / run)}
+
+    one = ledger("one", [[0, 1, 2, 3]])
+    same, swapped = ledger("same", [[0, 1], [2, 3]]), ledger("swapped", [[0, 1], [3, 2]])
+    assert [c["identical"] for c in compare_ledgers([one, same, swapped])] == [True, False]
+
+
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
         ("--parallel", "--parallel must be >= 1, got 0"),
         ("--tta-shift", "--tta-shift must be >= 1, got 0"),
+        ("--processes", "--processes must be >= 1, got 0"),
     ],
 )
 def test_counts_below_one_are_usage_errors(flag, message):
