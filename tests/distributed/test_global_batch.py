@@ -1,5 +1,6 @@
-"""--global-batch-size: the same training on 1, 2 or 4 CPU processes (gloo), with or without
-gradient accumulation, and across a kill and a resume on another number of processes. The
+"""--global-batch-size: the same training on 1, 2 or 4 CPU processes (gloo), on 2 "nodes" x 2
+processes on loopback, with or without gradient accumulation, and across a kill and a resume on
+another number of processes. The
 sample ledger ($SEQTRAIN_SAMPLE_LEDGER) shows which samples every global step trained; the
 reference model has dropout, keyed per sample, so equal losses also prove its masks follow the
 sample and not the process."""
@@ -14,10 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.stores import free_port
 from seqtrain.components.checkpoint import META_NAME
 from seqtrain.data.position import LEDGER_ENV
-from support.distributed import cpu_env, launch_argv
-from support.processes import kill_when
+from support.distributed import ACCELERATE, cpu_env, launch_argv
+from support.processes import kill_when, run_nodes
 from support.training import read_jsonl, run_to_end, train_argv
 
 GLOBAL_BATCH, STEPS = 64, 6
@@ -85,6 +87,28 @@ def test_a_global_batch_trains_the_same_on_any_layout(
     config = (run / "config.yaml").read_text()
     assert f"global_batch_size: {GLOBAL_BATCH}" in config
     assert f"batch_size: {GLOBAL_BATCH // processes}" in config
+
+
+def test_two_nodes_of_two_processes_train_the_same_as_one_process(
+    one_process: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    # launch/train_multinode.sh once per machine rank: two `accelerate launch --num_machines 2
+    # --machine_rank 0/1 --num_processes 4` meeting on 127.0.0.1, global ranks 0-1 and 2-3.
+    env = cpu_env(
+        ACCELERATE=str(ACCELERATE),
+        NUM_MACHINES="2",
+        MAIN_PROCESS_IP="127.0.0.1",
+        MAIN_PROCESS_PORT=str(free_port()),
+        GPUS_PER_NODE="2",
+        MIXED_PRECISION="no",
+        **{LEDGER_ENV: str(tmp_path / "nodes-ledger")},
+    )
+    flags = job_argv(tiny_shards, tmp_path, "nodes", 1, "--num-workers", "1")
+    run_nodes("train_multinode.sh", env, flags[flags.index("train") + 1 :], tmp_path, timeout_s=240)
+    assert sorted(p.name for p in (tmp_path / "nodes-ledger").iterdir()) == [
+        f"rank{r}.jsonl" for r in range(4)
+    ]
+    assert_same_training(tmp_path / "nodes", one_process)
 
 
 @pytest.mark.parametrize("old, new", [(2, 1), (1, 4)])
