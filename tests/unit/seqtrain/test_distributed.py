@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -96,7 +97,10 @@ def test_auto_on_cpu_follows_native_bf16(monkeypatch, tmp_path, flags, expected)
 def test_precision_is_decided_after_the_rank_is_bound_to_its_gpu(monkeypatch, tmp_path):
     # Probing before join_processes would ask GPU 0 on every rank (and open a context there).
     calls = []
-    monkeypatch.setattr(seqtrain.train, "join_processes", lambda cfg: calls.append("join"))
+    joined = SimpleNamespace(num_processes=1)  # what the batch sizes need of the process group
+    monkeypatch.setattr(
+        seqtrain.train, "join_processes", lambda cfg: calls.append("join") or joined
+    )
     monkeypatch.setattr(
         seqtrain.train, "resolved_precision", lambda cfg: calls.append("precision") or "no"
     )
