@@ -90,3 +90,22 @@ def unbroken_run(
         return runs[flags]
 
     return unbroken
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Ends any process a test left behind: one still holding this session's output open keeps
+    a CI runner waiting for its end long after pytest has reported."""
+    import psutil
+
+    leftovers = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            command = " ".join(proc.cmdline())
+            if "multiprocessing.resource_tracker" in command:
+                continue  # spawn's helper: it ends when this process does
+            proc.kill()
+            leftovers.append(f"{proc.pid} ({command[:120]})")
+        except psutil.NoSuchProcess:
+            pass
+    if leftovers:
+        print(f"\nconftest: killed {len(leftovers)} left by tests: {', '.join(leftovers)}")

@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
+
+import torch.distributed
+import torch.multiprocessing
 
 from bench.stores import free_port  # one port picker for servers and launches
 from seqtrain.data.format import load_manifest
@@ -28,6 +33,31 @@ def launch_argv(num_processes: int = 2) -> list[str]:
         "--num_machines", "1", "--main_process_port", str(free_port()),
         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "seqtrain",
     ]  # fmt: skip
+
+
+def run_on_ranks(fn: Callable[..., None], *args: object, processes: int = 2) -> None:
+    """`fn(*args)` on every rank of a fresh `processes`-rank CPU group (gloo), in this test.
+    The ranks are spawned, not forked (as Accelerate's `debug_launcher` does): a forked rank
+    inherits this process's threads (fsspec, tqdm) and its Accelerate state from earlier tests,
+    and in the full suite such ranks hung or all called themselves rank 0."""
+    group = {
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(processes),
+        "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+    }  # fmt: skip
+    with mock.patch.dict(os.environ, group):
+        # Daemons: a rank left behind by a failed test dies with this process.
+        torch.multiprocessing.start_processes(
+            _as_rank, args=(fn, args), nprocs=processes, start_method="spawn", daemon=True
+        )
+
+
+def _as_rank(rank: int, fn: Callable[..., None], args: tuple) -> None:
+    os.environ["RANK"] = os.environ["LOCAL_RANK"] = str(rank)
+    fn(*args)
+    if torch.distributed.is_initialized():
+        # Rank 0 hosts the group's store: leaving first would abort the others' gloo threads.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def cpu_env(**extra: str) -> dict[str, str]:

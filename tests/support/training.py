@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
@@ -47,6 +48,16 @@ def run_in_process(argv: list[str]) -> None:
     finally:
         # Accelerate's state is a per-process singleton; a fresh run needs a fresh one.
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one error line of an in-process run that must stop with exit 2."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_in_process(argv)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    return line
 
 
 def read_jsonl(path: Path) -> list[dict]:

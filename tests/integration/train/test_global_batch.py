@@ -8,21 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.training import run_in_process, train_argv
+from support.training import refusal, run_in_process, train_argv
 
 
 def job_argv(shards: Path, out: Path, *extra: str) -> list[str]:
     return train_argv(shards, out, "job", "--wandb-mode", "disabled", "--epochs", "1",
                       "--steps-per-epoch", "2", "--eval-batch-size", "250", *extra)  # fmt: skip
-
-
-def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_in_process(argv)
-    assert exit_info.value.code == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    return line
 
 
 def test_the_global_batch_is_logged_saved_and_guarded_at_resume(

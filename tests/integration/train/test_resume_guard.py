@@ -12,7 +12,7 @@ from seqtrain.components.resume_guard import data_fingerprint, identity_changes,
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, load_manifest
 from support.generate import tiny_generate_argv
-from support.training import run_in_process, train_argv
+from support.training import refusal, run_in_process, train_argv
 
 
 def test_fingerprint_follows_the_shard_bytes_not_the_folder(tiny_shards: Path) -> None:
@@ -62,15 +62,6 @@ def trained(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def job_argv(shards: Path, out: Path, *extra: str) -> list[str]:
     return train_argv(shards, out, "job", "--wandb-mode", "disabled", "--epochs", "2",
                       "--steps-per-epoch", "2", "--eval-batch-size", "250", *extra)  # fmt: skip
-
-
-def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_in_process(argv)
-    assert exit_info.value.code == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    return line
 
 
 def test_resume_on_regenerated_shards_is_refused_then_accepted_with_the_flag(

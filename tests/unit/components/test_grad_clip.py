@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator, debug_launcher
+from accelerate import Accelerator
 from torch import nn
 
 from seqtrain.components.grad_clip import GradClip
+from support.distributed import run_on_ranks
 
 MAX_NORM = 1e-3
 
@@ -63,7 +64,7 @@ def _norm(tensors: list[torch.Tensor]) -> float:
 
 @pytest.mark.multiprocess
 def test_every_rank_clips_by_the_global_norm(tmp_path: Path) -> None:
-    debug_launcher(_rank_clips, args=(tmp_path,), num_processes=2)
+    run_on_ranks(_rank_clips, tmp_path)
     ranks = [json.loads((tmp_path / f"{i}.json").read_text()) for i in (0, 1)]
     global_norm = _norm(_gradient([0, 1]))
     # Each rank's own batch would give another norm: clipping by it would split the replicas.

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from accelerate import PartialState, debug_launcher
+from accelerate import PartialState
 
 from seqtrain.common.errors import UserError
 from seqtrain.distributed import decided_on_main_process
+from support.distributed import run_on_ranks
 
 
 def _rank_decides(out: Path) -> None:
@@ -38,7 +39,7 @@ def _rank_decides(out: Path) -> None:
 
 @pytest.mark.multiprocess
 def test_every_rank_gets_the_main_process_answer_and_error(tmp_path: Path) -> None:
-    debug_launcher(_rank_decides, args=(tmp_path,), num_processes=2)
+    run_on_ranks(_rank_decides, tmp_path)
     ranks = [json.loads((tmp_path / f"{i}.json").read_text()) for i in (0, 1)]
     assert ranks[0] == {
         "answer": "checkpoint seen by rank 0",
