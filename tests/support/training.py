@@ -41,6 +41,12 @@ def train_argv(shards: Path, out: Path, name: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def job_argv(shards: Path, out: Path, *extra: str, epochs: int = 1) -> list[str]:
+    """Run "job" (W&B off) of `epochs` epochs of 2 steps, validated in one batch."""
+    return train_argv(shards, out, "job", "--wandb-mode", "disabled", "--epochs", str(epochs),
+                      "--steps-per-epoch", "2", "--eval-batch-size", "250", *extra)  # fmt: skip
+
+
 def run_in_process(argv: list[str]) -> None:
     """`seqtrain` `argv` in this process, Accelerate's per-process state reset afterwards."""
     try:

@@ -8,12 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.training import refusal, run_in_process, train_argv
-
-
-def job_argv(shards: Path, out: Path, *extra: str) -> list[str]:
-    return train_argv(shards, out, "job", "--wandb-mode", "disabled", "--epochs", "1",
-                      "--steps-per-epoch", "2", "--eval-batch-size", "250", *extra)  # fmt: skip
+from support.training import job_argv, refusal, run_in_process
 
 
 def test_the_global_batch_is_logged_saved_and_guarded_at_resume(

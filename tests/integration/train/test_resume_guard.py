@@ -12,7 +12,7 @@ from seqtrain.components.resume_guard import data_fingerprint, identity_changes,
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, load_manifest
 from support.generate import tiny_generate_argv
-from support.training import refusal, run_in_process, train_argv
+from support.training import job_argv, refusal, run_in_process
 
 
 def test_fingerprint_follows_the_shard_bytes_not_the_folder(tiny_shards: Path) -> None:
@@ -55,19 +55,14 @@ def reseeded_shards(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def trained(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("guarded")
-    run_in_process(job_argv(tiny_shards, out))
+    run_in_process(job_argv(tiny_shards, out, epochs=2))
     return out
-
-
-def job_argv(shards: Path, out: Path, *extra: str) -> list[str]:
-    return train_argv(shards, out, "job", "--wandb-mode", "disabled", "--epochs", "2",
-                      "--steps-per-epoch", "2", "--eval-batch-size", "250", *extra)  # fmt: skip
 
 
 def test_resume_on_regenerated_shards_is_refused_then_accepted_with_the_flag(
     trained: Path, reseeded_shards: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = job_argv(reseeded_shards, trained, "--resume", "auto")
+    argv = job_argv(reseeded_shards, trained, "--resume", "auto", epochs=2)
     line = refusal(argv, capsys)
     assert line.startswith("seqtrain: error: resume from") and "refused" in line, line
     assert "data (shards)" in line and "--accept-changes" in line, line
@@ -78,5 +73,7 @@ def test_resume_on_regenerated_shards_is_refused_then_accepted_with_the_flag(
 def test_resume_with_a_changed_setting_names_it(
     trained: Path, tiny_shards: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    line = refusal(job_argv(tiny_shards, trained, "--resume", "auto", "--batch-size", "8"), capsys)
+    line = refusal(
+        job_argv(tiny_shards, trained, "--resume", "auto", "--batch-size", "8", epochs=2), capsys
+    )
     assert "--batch-size 16 -> 8" in line and "data" not in line.split("refused")[1], line
