@@ -1,7 +1,11 @@
 """One optimizer step, and the model and optimizer it steps: the work between two batches.
 
-`train.py` (the loop) calls `train_step` once per batch; the speed benchmarks time the same
-function, so a figure in `docs/benchmarks/` measures the step users train with.
+`train.py` (the loop) calls a `TrainStep` once per batch; its device work is `train_step`, the
+function the speed benchmarks time, so a figure in `docs/benchmarks/` measures the step users
+train with. Between the loop's log and check steps a step waits for nothing on the host: the
+optimizer reads its LR (and betas) from device tensors, the weight average and the loss windows
+update fixed device buffers, and the host only counts (see `seqtrain.components.optimizer`,
+`weight_average`, `loss_window`).
 """
 
 from __future__ import annotations
@@ -12,10 +16,17 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
-from torch.optim import Adam, AdamW
 
 from seqtrain.components.grad_clip import GradClip
+from seqtrain.components.loss_window import LossWindow
 from seqtrain.components.metrics import sequence_loss
+from seqtrain.components.optimizer import (
+    build_optimizer,
+    hyperparameters_on_device,
+    optimizer_step,
+    zero_grad,
+)
+from seqtrain.components.weight_average import WeightAverage
 from seqtrain.config import RunConfig
 from seqtrain.data.position import TrainBatch
 from seqtrain.distributed import prepare_model, to_device, with_sync_batchnorm
@@ -28,17 +39,16 @@ def build_model_and_optimizer(
     cfg: RunConfig, accelerator: Accelerator
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The seeded model with memory format/compile (and --sync-batchnorm) applied, and
-    Adam(W), both prepared."""
+    Adam(W) with device hyperparameters (`build_optimizer`), both prepared."""
     set_seed(cfg.train.seed)
     model = with_sync_batchnorm(
         build_model(cfg.model.model), cfg, accelerator.num_processes, accelerator.device
     )
     model = prepare_model(model, cfg, accelerator.device)
-    optimizer_class = AdamW if cfg.optim.optimizer == "adamw" else Adam
-    optimizer = optimizer_class(
-        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
-    )
-    return accelerator.prepare(model, optimizer)
+    optimizer = build_optimizer(model.parameters(), cfg.optim, accelerator.device)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    hyperparameters_on_device(optimizer, accelerator.device)  # `prepare` reloads its state
+    return model, optimizer
 
 
 def train_step(
@@ -51,13 +61,13 @@ def train_step(
     micro_batches: int = 1,
 ) -> torch.Tensor:
     """One optimizer step on a host batch (uint8 images; a `TrainBatch` adds each sample's
-    dropout key), the gradients clipped by `clip` (--clip-grad-norm) if given; returns the
-    batch's mean loss, still on device.
+    dropout key), the gradients clipped by `clip` (--clip-grad-norm; the caller counts the
+    clipped step) if given; returns the batch's mean loss, still on device.
 
     The batch is trained in `micro_batches` equal passes (--micro-batch-size) whose gradients
     add up, each pass's loss weighted 1 / micro_batches: the gradient one pass over the whole
     batch gives. Only the last pass all-reduces the gradients across processes."""
-    optimizer.zero_grad(set_to_none=True)
+    zero_grad(optimizer)
     parts = list(zip(*(tensor.chunk(micro_batches) for tensor in batch), strict=True))
     losses = []
     for index, part in enumerate(parts):
@@ -67,8 +77,8 @@ def train_step(
             accelerator.backward(loss / len(parts))
         losses.append(loss.detach())
     if clip is not None:
-        clip(accelerator, model)
-    optimizer.step()
+        clip.clip_on_device(accelerator, model)
+    optimizer_step(optimizer)
     return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
 
@@ -80,3 +90,48 @@ def _loss(
     x, y = to_device(images, labels, accelerator.device, cfg.model.channels_last)
     sample_keys = keys[0].to(accelerator.device, non_blocking=True) if keys else None
     return sequence_loss(model(x, sample_keys).float(), y, cfg.optim.label_smoothing)
+
+
+class TrainStep:
+    """The loop's optimizer step: `train_step`, then the weight average's update (--ema-decay)
+    and the loss windows, all device work; then the host's counts. `window` holds the steps
+    since the last log, `epoch_loss` those since `start_epoch`."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cfg: RunConfig,
+        micro_batches: int = 1,
+        clip: GradClip | None = None,
+        average: WeightAverage | None = None,
+    ) -> None:
+        self.accelerator, self.model, self.optimizer, self.cfg = accelerator, model, optimizer, cfg
+        self.micro_batches, self.clip, self.average = micro_batches, clip, average
+        self.window = LossWindow(accelerator.device)
+        self.epoch_loss = LossWindow(accelerator.device)
+
+    def start_epoch(self) -> None:
+        self.window.reset()
+        self.epoch_loss.reset()
+
+    def __call__(self, batch: Batch | TrainBatch, step: int) -> None:
+        """Train global step `step` on `batch`."""
+        self._on_device(batch)
+        self.window.count(step)
+        self.epoch_loss.count(step)
+        if self.clip is not None:
+            self.clip.count()
+        if self.average is not None:
+            self.average.count()
+
+    def _on_device(self, batch: Batch | TrainBatch) -> None:
+        loss = train_step(
+            self.accelerator, self.model, self.optimizer, batch, self.cfg, self.clip,
+            self.micro_batches,
+        )  # fmt: skip
+        if self.average is not None:
+            self.average.update_on_device()
+        self.window.record(loss)
+        self.epoch_loss.record(loss)

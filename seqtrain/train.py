@@ -36,6 +36,7 @@ from seqtrain.components.checkpoint import (
 from seqtrain.components.checkpoint_history import epoch_end_folders, prune_epoch_checkpoints
 from seqtrain.components.grad_clip import GradClip
 from seqtrain.components.loss_window import LossWindow
+from seqtrain.components.optimizer import hyperparameters_on_device
 from seqtrain.components.preemption import Decision, Preempted, PreemptionWatch
 from seqtrain.components.profiling import StepProfiler
 from seqtrain.components.resume_guard import decide_resume, run_identity
@@ -78,7 +79,7 @@ from seqtrain.evaluate import evaluate_model
 from seqtrain.export import export_model
 from seqtrain.models import build_model
 from seqtrain.models.flops import flops_per_sample, mfu_peak, throughput_metrics
-from seqtrain.step import Batch, build_model_and_optimizer, train_step
+from seqtrain.step import Batch, TrainStep, build_model_and_optimizer
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Session:
     val_batches: Batches | None = None  # built once: its workers persist between epochs
     average: WeightAverage | None = None  # --ema-decay
     clip: GradClip | None = None  # --clip-grad-norm
+    train_step: TrainStep | None = None  # built once: its device buffers persist
 
     @property
     def paths(self) -> RunPaths:
@@ -113,7 +115,7 @@ class Session:
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        return self.scheduler.current  # kept on the host: no read of the device's LR
 
     def log(self, message: str) -> None:
         if self.accelerator.is_main_process:
@@ -181,6 +183,9 @@ def _build(cfg: RunConfig) -> Session:
         run.average = WeightAverage(model, cfg.optim.ema_decay)
     if cfg.optim.clip_grad_norm:
         run.clip = GradClip(cfg.optim.clip_grad_norm, accelerator.device)
+    run.train_step = TrainStep(
+        accelerator, model, optimizer, cfg, sizes.accumulation, run.clip, run.average
+    )
     run.flops_per_sample = flops_per_sample(
         partial(build_model, cfg.model.model), length_weights=manifest.length_weights
     )
@@ -217,6 +222,7 @@ def _load(run: Session, checkpoint: Path) -> Position:
     """Collective: restore `checkpoint` (and its weight average under --ema-decay)."""
     cfg = run.cfg
     position = load_checkpoint(run.accelerator, checkpoint, cfg.model.model, cfg.train.seed)
+    hyperparameters_on_device(run.optimizer, run.accelerator.device)
     if run.average is not None:
         run.average.load(checkpoint, run.model)
     return position
@@ -264,8 +270,8 @@ def train_epoch(run: Session, epoch: int) -> float:
     world = accelerator.num_processes
     loader = planned_batches(_epoch_loader(run, plan), plan, rank, world, lambda: run.lr)
     run.model.train()
-    window = LossWindow(accelerator.device)
-    epoch_loss = LossWindow(accelerator.device)
+    run.train_step.start_epoch()
+    window, epoch_loss = run.train_step.window, run.train_step.epoch_loss
     progress = tqdm(
         total=plan.steps,
         initial=plan.skip,
@@ -276,16 +282,10 @@ def train_epoch(run: Session, epoch: int) -> float:
     )
     with progress as bar:  # closed on errors too, so an error line starts on a clean line
         for batch_index, batch in enumerate(loader, start=plan.skip + 1):
-            loss = train_step(
-                accelerator, run.model, run.optimizer, batch, cfg, run.clip, run.sizes.accumulation
-            )
-            if run.average is not None:
-                run.average.update(run.model)
-            run.scheduler.after_step()
             run.position = run.position.after_step()
+            run.train_step(batch, run.position.step)  # with the weight average and loss windows
+            run.scheduler.after_step()
             run.profiler.after_step(run.position.step)
-            window.add(loss, run.position.step)
-            epoch_loss.add(loss, run.position.step)
             bar.update()
             if run.position.step % cfg.train.log_every == 0:
                 _log_window(run, window, len(batch.labels), bar)
@@ -369,7 +369,7 @@ def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) ->
     and model TFLOP/s, MFU per device (on a GPU of known peak), the pre-clip gradient norm."""
     accelerator = run.accelerator
     loss = _check_finite(accelerator, window)
-    batches = int(window.values[1].item())
+    batches = window.batches
     seconds = time.perf_counter() - window.started
     samples_per_s = batches * batch_size * accelerator.num_processes / max(seconds, 1e-9)
     tracking.log_metrics(

@@ -8,8 +8,9 @@ same factor and the replicas stay identical, with no communication of its own.
 applies to the true gradients; a step whose fp16 gradients overflowed (norm inf) is then
 skipped by the scaler, as without clipping. bf16 and fp32 have no scaler.
 
-The norms before clipping stay on the device (one add per step); the loop reads their mean once
-per --log-every window, in the host sync it takes there anyway.
+The norms before clipping stay on the device (one add per step into the same tensor, so a
+captured step replays it); the host counts the clipped steps itself (`count`), and the loop
+reads their mean once per --log-every window, in the host sync it takes there anyway.
 """
 
 from __future__ import annotations
@@ -28,12 +29,21 @@ class GradClip:
         self._steps = 0
 
     def __call__(self, accelerator: Accelerator, model: nn.Module) -> None:
-        """Clip `model`'s gradients before an optimizer step; a micro step whose gradients are
-        not synchronised yet (accumulation) is left alone: its norm is no global one."""
+        """Clip `model`'s gradients before an optimizer step: `clip_on_device` and `count`."""
+        if self.clip_on_device(accelerator, model):
+            self.count()
+
+    def clip_on_device(self, accelerator: Accelerator, model: nn.Module) -> bool:
+        """The device work of a clip (no host value; True if it clipped). A micro step whose
+        gradients are not synchronised yet (accumulation) is left alone: its norm is no
+        global one."""
         if not accelerator.sync_gradients:
-            return
-        norm = accelerator.clip_grad_norm_(model.parameters(), self.max_norm)
-        self._norm_sum += norm
+            return False
+        self._norm_sum += accelerator.clip_grad_norm_(model.parameters(), self.max_norm)
+        return True
+
+    def count(self) -> None:
+        """The host's count of one clipped step."""
         self._steps += 1
 
     def window_metrics(self) -> dict[str, float]:

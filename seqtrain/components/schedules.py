@@ -13,6 +13,10 @@ planned in *samples* trained rather than steps: a run resumed on another number 
 what --lr-scale asks for the new batch), and still ends at the minimum. The schedule is kept
 out of `accelerator.prepare` (a prepared scheduler steps once per process per call) and
 registered for checkpointing, so a resumed run continues it exactly.
+
+The optimizer holds the LR (and beta1) as device tensors that a captured step reads; the
+schedule overwrites them in place after every step (see `seqtrain.components.optimizer`) and
+keeps the LR it set as a Python float (`current`), so reading the LR costs no host sync.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from seqtrain.common.errors import UserError
+from seqtrain.components.optimizer import set_hyperparameters
 from seqtrain.config import OptimConfig
 
 # OneCycleLR's defaults: start at max/25, peak at 30 %, end at start/1e4, cosine; Adam's beta1
@@ -112,6 +117,7 @@ class LRSchedule:
         self.optimizer, self.cfg = optimizer, cfg
         self.clock = SampleClock()
         self.lr: float | None = None  # the effective LR, once planned
+        self.current = float(optimizer.param_groups[0]["lr"])  # the LR the next step trains at
         self.warmup_samples = 0  # fixed at the first plan
         self.plateau: ReduceLROnPlateau | None = None
         if cfg.sched == "plateau":
@@ -131,7 +137,7 @@ class LRSchedule:
             self.warmup_samples = self._warmup_samples(samples_left, global_batch, epoch_samples)
         elif self.plateau is not None:
             # The plateau's reductions live in the optimizer's LR: keep them, on the new scale.
-            self._set(self.optimizer.param_groups[0]["lr"] * lr / self.lr)
+            self._set(float(self.optimizer.param_groups[0]["lr"]) * lr / self.lr)
         self.lr = lr
         self.clock.plan(samples_left, global_batch, begin=self.warmup_samples)
         if self.plateau is None or fresh or self._warming_up():
@@ -166,6 +172,7 @@ class LRSchedule:
         """Call once per epoch with the global val loss (the same value on every rank)."""
         if self.plateau is not None and not self._warming_up():
             self.plateau.step(val_loss)
+            self.current = float(self.optimizer.param_groups[0]["lr"])  # once per epoch
 
     def _apply(self) -> None:
         assert self.lr is not None, "plan() first"
@@ -182,10 +189,8 @@ class LRSchedule:
             self._set(ramp * self.lr)
 
     def _set(self, lr: float, beta1: float | None = None) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-            if beta1 is not None and "betas" in group:
-                group["betas"] = (beta1, group["betas"][1])
+        set_hyperparameters(self.optimizer, lr, beta1)
+        self.current = lr
 
     def state_dict(self) -> dict[str, Any]:
         return {

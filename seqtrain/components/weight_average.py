@@ -6,6 +6,11 @@ updates, so that early on, when the average would mostly remember the random ini
 it follows the weights closely (the warm-up timm's and TensorFlow's EMAs use). BatchNorm's
 running statistics are averaged the same way; integer buffers (batches tracked) are copied.
 
+The update is device work only, the same at every step: the decay comes from a device count of
+the updates (no Python float per step, which a captured step would freeze), and the tensor lists
+it reads and writes are built once (the model's parameters and buffers keep their storage:
+optimizer steps, BatchNorm and checkpoint loads all write in place).
+
 The average is a complete state dict of the bare model. A checkpoint stores it as
 `weight_average.safetensors` beside the live weights (which resume needs); validation, the
 test of the best checkpoint and the export then use the average, so `seqtrain evaluate`,
@@ -44,30 +49,50 @@ class WeightAverage:
         if not 0 < decay < 1:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self.updates = 0
-        self.state = {k: v.detach().clone() for k, v in bare_state(model).items()}
+        self.updates = 0  # host count, saved with the average
+        live = {k: v.detach() for k, v in bare_state(model).items()}
+        self.state = {k: v.clone() for k, v in live.items()}
+        first = next(iter(live.values()))
+        self._updates = torch.zeros((), dtype=torch.float32, device=first.device)  # device count
+        floats = [k for k, v in live.items() if v.is_floating_point()]
+        others = [k for k in live if k not in floats]
+        self._averaged = ([self.state[k] for k in floats], [live[k] for k in floats])
+        self._copied = ([self.state[k] for k in others], [live[k] for k in others])
 
     def restart(self, model: nn.Module) -> None:
         """Start over from `model`'s current state, as a new average would."""
         for key, value in bare_state(model).items():
             self.state[key].copy_(value)
-        self.updates = 0
+        self._set_updates(0)
+
+    def _set_updates(self, updates: int) -> None:
+        self.updates = updates
+        self._updates.fill_(updates)
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
+    def update(self) -> None:
+        """One step of the average towards the model's current state (the model it was built
+        from): `update_on_device` and `count`."""
+        self.update_on_device()
+        self.count()
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """One step of the average towards `model`'s current state."""
-        live = bare_state(model)
-        weight = 1.0 - self.current_decay()
-        averaged = [k for k, v in self.state.items() if v.is_floating_point()]
-        torch._foreach_lerp_(
-            [self.state[k] for k in averaged], [live[k].detach() for k in averaged], weight
-        )
-        for key, value in self.state.items():
-            if not value.is_floating_point():
-                value.copy_(live[key])
+    def update_on_device(self) -> None:
+        """The device work of one update (capturable: fixed tensors, no host value)."""
+        n = self._updates
+        weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)
+        averages, live = self._averaged
+        steps = torch._foreach_sub(live, averages)  # lerp by a tensor weight, as foreach ops
+        torch._foreach_mul_(steps, weight)
+        torch._foreach_add_(averages, steps)
+        if self._copied[0]:
+            torch._foreach_copy_(*self._copied)
+        n.add_(1)
+
+    def count(self) -> None:
+        """The host's count of one update (`updates`, saved with the average)."""
         self.updates += 1
 
     @contextmanager
@@ -96,6 +121,6 @@ class WeightAverage:
             self.restart(model)
             return
         with safe_open(str(path), framework="pt") as f:
-            self.updates = int((f.metadata() or {}).get(UPDATES_KEY, 0))
+            self._set_updates(int((f.metadata() or {}).get(UPDATES_KEY, 0)))
         for key, value in load_file(path, device="cpu").items():
             self.state[key].copy_(value)

@@ -37,13 +37,13 @@ def test_average_follows_the_warmed_up_decay() -> None:
     start = {k: v.clone() for k, v in model.state_dict().items()}
     average = WeightAverage(model, decay=0.99)
     nudge(model, 1.0)
-    average.update(model)  # decay min(0.99, 1/10): the average moves 90 % of the way
+    average.update()  # decay min(0.99, 1/10): the average moves 90 % of the way
     expected = start["0.weight"] + 0.9 * 1.0
     assert torch.allclose(average.state["0.weight"], expected)
     assert torch.allclose(average.state["1.running_mean"], start["1.running_mean"] + 0.9)
     assert average.state["1.num_batches_tracked"].item() == 1  # counters are copied
     for _ in range(2000):
-        average.update(model)
+        average.update()
     assert average.current_decay() == 0.99  # the warm-up is over
     assert torch.allclose(average.state["0.weight"], model.state_dict()["0.weight"])
 
@@ -76,7 +76,7 @@ def test_saved_average_loads_with_its_step_count(tmp_path: Path) -> None:
     average = WeightAverage(model, decay=0.9)
     for step in range(3):
         nudge(model, float(step))
-        average.update(model)
+        average.update()
     average.save(tmp_path)
 
     restored = WeightAverage(small_model(), decay=0.9)
@@ -91,7 +91,7 @@ def test_checkpoint_without_an_average_restarts_it_from_the_weights(tmp_path: Pa
     model = small_model()
     average = WeightAverage(small_model(), decay=0.9)
     nudge(model, 3.0)
-    average.update(model)
+    average.update()
     average.load(tmp_path, model)  # no weight_average.safetensors there
     assert average.updates == 0
     for key, value in model.state_dict().items():

@@ -1,0 +1,95 @@
+"""The training step waits for nothing on the host and keeps its tensors: a census of the
+operations that would make a CUDA device wait (none between log steps), the storage of
+parameters, gradients, optimizer state, weight average and loss windows unchanged across steps,
+hyperparameters as device tensors the schedules overwrite in place, and the same losses and
+weights as the step before device hyperparameters, over 50 steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqtrain.components.preemption import PreemptionWatch
+from seqtrain.config import PreemptConfig
+from support.steps import SeedStyleStep, SyncCensus, batches, built_step
+
+STEPS = 50
+OPTIONS = {"sched": "onecycle", "ema_decay": 0.9, "clip_grad_norm": 1.0, "lr": 3e-3}
+
+
+def test_a_step_between_log_steps_reads_nothing_back(tmp_path: Path) -> None:
+    built = built_step(tmp_path, **OPTIONS)
+    watch = PreemptionWatch(PreemptConfig(preempt_check_every=2), torch.device("cpu"))
+    data = batches(4)
+    built.step(data[0], 1)  # the optimizer's state is created at its first step
+    for index, batch in enumerate(data[1:], start=2):
+        with SyncCensus().counting() as census:
+            built.step(batch, index)
+            built.schedule.after_step()
+            watch.poll(index)  # a check step (even) too: one process reads its own flags
+        assert census.found == [], f"step {index}"
+    loss_sum, batches_done = built.step.window.values.tolist()  # the log step's read
+    assert batches_done == 4 and loss_sum > 0
+
+
+def storages(built) -> dict[str, list[int]]:
+    step = built.step
+    optimizer = step.optimizer
+    state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    window, epoch = step.window, step.epoch_loss
+    return {
+        "parameters": [p.data_ptr() for p in step.model.parameters()],
+        "gradients": [p.grad.data_ptr() for p in step.model.parameters()],
+        "optimizer state": [t.data_ptr() for t in state],
+        "lr": [g["lr"].data_ptr() for g in optimizer.param_groups],
+        "average": [t.data_ptr() for t in step.average.state.values()]
+        + [step.average._updates.data_ptr()],
+        "bookkeeping": [
+            t.data_ptr() for w in (window, epoch) for t in (w._sum, w._finite_steps)
+        ] + [step.clip._norm_sum.data_ptr()],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("sched", ["onecycle", "plateau", "cosine"])
+def test_steps_keep_their_storage_and_read_the_schedule_from_device_tensors(
+    tmp_path: Path, sched: str
+) -> None:
+    warmup = {"warmup_steps": 2} if sched != "onecycle" else {}
+    built = built_step(tmp_path, **{**OPTIONS, "sched": sched, **warmup})
+    data = batches(5)
+    built.step(data[0], 1)
+    built.schedule.after_step()
+    before = storages(built)
+    lrs = []
+    for index, batch in enumerate(data[1:], start=2):
+        lr = built.step.optimizer.param_groups[0]["lr"]
+        assert isinstance(lr, torch.Tensor) and lr.item() == pytest.approx(built.schedule.current)
+        lrs.append(lr.item())
+        built.step(batch, index)
+        built.schedule.after_step()
+        assert storages(built) == before, f"step {index}"
+    assert len(set(lrs)) > 1 if sched != "plateau" else lrs[0] == lrs[-1]
+    assert built.step.average._updates.item() == built.step.average.updates == 5
+
+
+def test_fifty_steps_equal_the_seed_style_step(tmp_path: Path) -> None:
+    built = built_step(tmp_path, steps=STEPS, **OPTIONS)
+    reference = SeedStyleStep(built.cfg)
+    model = built.step.model
+    for name, param in reference.model.named_parameters():
+        assert torch.equal(param, dict(model.named_parameters())[name])  # the same start
+    losses, expected = [], []
+    for index, batch in enumerate(batches(STEPS), start=1):
+        built.step(batch, index)
+        losses.append(built.step.window.values[0].item())
+        built.step.window.reset()
+        built.schedule.after_step()
+        expected.append(reference(batch, (index - 1) / (STEPS - 1)))
+    assert losses == pytest.approx(expected, rel=1e-5)
+    trained = model.state_dict()
+    for key, value in reference.model.state_dict().items():
+        torch.testing.assert_close(trained[key], value, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(built.step.average.state[key], reference.average[key],
+                                   rtol=1e-4, atol=1e-6)  # fmt: skip
