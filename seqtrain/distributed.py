@@ -217,14 +217,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return reduce(tensor, reduction="sum")
 
 
-def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    """Elementwise maximum over all ranks (a copy): e.g. "did any rank see X" from 0/1 flags."""
-    out = tensor.clone()
-    if PartialState().num_processes > 1:
-        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.MAX)
-    return out
-
-
 def to_device(
     images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
