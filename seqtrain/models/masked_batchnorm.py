@@ -34,10 +34,13 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
             self._update_running_stats(mean, var, count, chosen)
         # Unchosen rows only: with nothing chosen, normalise by (0, 1) rather than (0, 0).
         var = torch.where(chosen, var, torch.ones_like(var))
-        out = (_wide(x) - _channels(mean)) * _channels(torch.rsqrt(var + self.eps))
+        # One multiply-add over the batch (per channel scale and shift): the fewest full-size
+        # passes forward and backward, which is what this costs beyond nn.BatchNorm2d.
+        scale = torch.rsqrt(var + self.eps)
         if self.affine:
-            out = out * _channels(self.weight) + _channels(self.bias)
-        return out.to(x.dtype)
+            scale = scale * self.weight
+        shift = -mean * scale + (self.bias if self.affine else 0)
+        return x * _channels(scale).to(x.dtype) + _channels(shift).to(x.dtype)
 
     @torch.no_grad()
     def _update_running_stats(
@@ -52,21 +55,24 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
             factor = torch.full_like(count, self.momentum)
         unbiased = var * count / (count - 1).clamp_min(1)
         factor = torch.where(chosen, factor, torch.zeros_like(factor))
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        # mul_/add_ rather than lerp_: torch.func.vmap (an ensemble as one model) batches them.
+        self.running_mean.mul_(1 - factor).add_(factor * mean)
+        self.running_var.mul_(1 - factor).add_(factor * unbiased)
 
 
 def _masked_moments(x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per channel mean and biased variance over the rows of weight 1, in float32 at least (as
-    BatchNorm keeps its statistics under autocast), and the count of values they cover."""
-    values = _wide(x)
-    rows = weights.to(values.dtype).view(-1, 1, 1, 1)
-    count = rows.sum() * (x.shape[2] * x.shape[3])
-    per_value = count.clamp_min(1)
-    mean = (values * rows).sum((0, 2, 3)) / per_value
-    # Two passes (centred squares) as torch's kernels, not E[x^2] - E[x]^2: no cancellation.
-    var = ((values - _channels(mean)).square() * rows).sum((0, 2, 3)) / per_value
-    return mean, var, count
+    BatchNorm keeps its statistics under autocast), and the count of values they cover.
+
+    One pass over `x`: each row's mean and variance per channel (torch.var_mean, numerically
+    stable), then pooled over the chosen rows (the variance of a union of equal-sized groups:
+    the mean of their variances plus the variance of their means), all on [N, C]."""
+    row_var, row_mean = torch.var_mean(_wide(x), dim=(2, 3), correction=0)
+    rows = weights.to(row_mean.dtype)[:, None]
+    chosen_rows = rows.sum().clamp_min(1)
+    mean = (row_mean * rows).sum(0) / chosen_rows
+    var = ((row_var + (row_mean - mean).square()) * rows).sum(0) / chosen_rows
+    return mean, var, rows.sum() * (x.shape[2] * x.shape[3])
 
 
 def _channels(per_channel: Tensor) -> Tensor:

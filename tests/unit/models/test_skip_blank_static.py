@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.functional import cross_entropy
 
 from seqtrain.data.format import BLANK
@@ -137,3 +138,25 @@ def test_the_path_is_chosen_by_device_and_refused_with_foreign_batchnorm() -> No
         model(sequences([1]))
     use_static_shapes(model, None)
     assert not model.takes_static_path(torch.device("cuda"))
+
+
+def test_static_path_runs_under_vmap_as_each_member_alone() -> None:
+    """An ensemble stacked with torch.func (one model for N members) needs the static path:
+    vmap cannot branch on `inked.any()`. Each member's logits and running statistics equal
+    its own forward's."""
+    torch.manual_seed(0)
+    members = [build_model("slotnet_lean_skipblank").train() for _ in range(3)]
+    use_static_shapes(torch.nn.ModuleList(members), True)
+    params, buffers = stack_module_state(members)
+    skeleton = copy.deepcopy(members[0]).to("meta")
+    x = torch.stack([sequences(BATCHES["mixed"], seed) for seed in range(3)])
+    keys = torch.arange(3 * len(x[0])).view(3, -1)
+
+    def member(p: dict, b: dict, images: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return functional_call(skeleton, (p, b), (images, k))
+
+    stacked = vmap(member)(params, buffers, x, keys)
+    for index, alone in enumerate(members):
+        torch.testing.assert_close(stacked[index], alone(x[index], keys[index]))
+        for name, buffer in alone.named_buffers():
+            torch.testing.assert_close(buffers[name][index], buffer)
