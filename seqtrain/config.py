@@ -211,6 +211,16 @@ class TrainConfig:
     `<run-name>-seed<k>` (needs --run-name), then print their table (`seqtrain report`). A
     complete run is skipped (unless --overwrite): rerun the command with --resume auto after a
     stop. Empty: one run, of --seed."""
+    members: int = 1
+    """Train this many models of --model at once, stacked into one model (an ensemble in one
+    process, one optimizer), each with its own seed (--member-seeds) for its initialisation,
+    sample order and dropout: member i trains as a run of its seed would (the LR schedule and
+    early stopping follow the ensemble's val loss). Logs each member's val loss and exact match,
+    keeps each member's best weights, scores val and test as the members' mean softmax and
+    exports an ensemble folder that evaluate, predict and export read. 1: one model."""
+    member_seeds: tuple[int, ...] = ()
+    """The seed of each of the --members models, one per member; default: --seed, --seed + 1,
+    and so on."""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     """Autocast precision. auto: bf16 where the device computes it natively (a GPU of compute
     capability >= 8.0; a CPU with avx512_bf16 or amx_bf16), else no (fp32). bf16 also runs
@@ -270,6 +280,20 @@ class TrainConfig:
                  "are <run-name>-seed<k>, found again when the command is rerun)")  # fmt: skip
         _require(self.resume in (None, "auto") or not self.seeds, "--seeds",
                  "resumes with --resume auto only (each seed from its own folder)")  # fmt: skip
+        _require(self.members > 0, "--members", "must be > 0")
+        _require(not self.member_seeds or len(self.member_seeds) == self.members,
+                 "--member-seeds", f"names {len(self.member_seeds)} seed(s) for --members "
+                 f"{self.members}: give one per member")  # fmt: skip
+        _require(len(set(self.member_seeds)) == len(self.member_seeds), "--member-seeds",
+                 "lists a seed twice")  # fmt: skip
+        _require(not (self.seeds and self.member_seeds), "--member-seeds", "does not combine "
+                 "with --seeds (each run's members are its seed, seed + 1, ...)")  # fmt: skip
+
+    @property
+    def trained_seeds(self) -> tuple[int, ...]:
+        """The seed of each model the run trains: --member-seeds, else --seed, --seed + 1, ...
+        for --members (one model: --seed)."""
+        return self.member_seeds or tuple(self.seed + i for i in range(self.members))
 
 
 @dataclass
@@ -380,3 +404,11 @@ class RunConfig:
         if self.train.early_stop_patience is None:
             planned_to_the_end = self.optim.sched != "plateau"
             self.train.early_stop_patience = 0 if planned_to_the_end else 5
+        if self.train.members > 1:
+            # Members are independent models: a norm over all of them, or statistics shared
+            # across processes, would couple them.
+            _require(not self.optim.clip_grad_norm, "--clip-grad-norm",
+                     "is not supported with --members yet (it would clip all members by one "
+                     "norm)")  # fmt: skip
+            _require(self.model.sync_batchnorm != "on", "--sync-batchnorm on",
+                     "is not supported with --members")  # fmt: skip

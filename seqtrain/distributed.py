@@ -229,7 +229,8 @@ def to_device(
 
 def prepare_model(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.Module:
     """Apply memory format and compilation from outside the model code."""
-    if cfg.model.channels_last:
+    # Stacked --members weights are 5-D: their members were converted before stacking.
+    if cfg.model.channels_last and cfg.train.members == 1:
         model = model.to(memory_format=torch.channels_last)
     if cfg.model.compile:
         reason = _compile_unsupported(device)
@@ -257,7 +258,8 @@ def with_sync_batchnorm(
     if choice == "auto":
         small = batch_sizes(cfg.data, processes).micro < SYNC_BATCHNORM_BELOW
         choice = "on" if small and device.type == "cuda" else "off"
-    if choice == "off" or not has_batchnorm or processes == 1:
+    # --members: each member's statistics are its own (on "on", see RunConfig's check).
+    if choice == "off" or not has_batchnorm or processes == 1 or cfg.train.members > 1:
         return model
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 

@@ -74,9 +74,27 @@ def evaluate_model(
     model's train/eval mode is restored afterwards. `loader`: this rank's `eval_loader` of
     `split`, when the caller keeps one (built here otherwise).
     """
+    (metrics,) = evaluate_outputs(model, accelerator, manifest, data, split, channels_last, loader)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_outputs(
+    model: nn.Module,
+    accelerator: Accelerator,
+    manifest: Manifest,
+    data: DataConfig,
+    split: str,
+    channels_last: bool = False,
+    loader: Batches | None = None,
+    outputs: int = 1,
+) -> list[SequenceMetrics]:
+    """`evaluate_model` of a model that scores several predictions of each batch at once
+    ([outputs, B, 3, 11], e.g. ensemble members, `MemberEnsemble`): the metrics of each, from
+    one pass over the split and one all-reduce."""
     was_training = model.training
     model.eval()
-    metrics = SequenceMetrics(accelerator.device)
+    metrics = [SequenceMetrics(accelerator.device) for _ in range(outputs)]
     if loader is None:
         loader = eval_loader(
             manifest,
@@ -89,10 +107,12 @@ def evaluate_model(
     for images, labels in loader:
         x, y = to_device(images, labels, accelerator.device, channels_last)
         with accelerator.autocast():
-            logits = model(x).float()
-        metrics.update(logits, y, sequence_loss(logits, y) * len(y))
+            scores = model(x).float().view(outputs, *y.shape, -1)
+        for one, logits in zip(metrics, scores, strict=True):
+            one.update(logits, y, sequence_loss(logits, y) * len(y))
     model.train(was_training)
-    return SequenceMetrics.from_state(all_reduce_sum(metrics.state()))
+    states = all_reduce_sum(torch.stack([one.state() for one in metrics]))
+    return [SequenceMetrics.from_state(state) for state in states]
 
 
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Deployment export: the best weights as safetensors plus a plain JSON model description.
 
 An export folder holds `model.safetensors` (the bare model's state dict) and `model.json`
-(written last, so a folder without it is incomplete). `load_model` reads an export, a training
-checkpoint or a run folder with torch and safetensors only: no Accelerate, W&B or data loaders,
-so a deployment needs nothing of the training stack.
+(written last, so a folder without it is incomplete). An ensemble folder (what a `--members`
+run exports) holds one export folder per member and `ensemble.json` naming them: every command
+that takes --checkpoint/--ensemble reads it as its members listed one by one. `load_model`
+reads an export, a training checkpoint or a run folder with torch and safetensors only: no
+Accelerate, W&B or data loaders, so a deployment needs nothing of the training stack.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
 EXPORT_FORMAT = "seqtrain-model"
 EXPORT_VERSION = 1
+ENSEMBLE_NAME = "ensemble.json"
+ENSEMBLE_FORMAT = "seqtrain-ensemble"
+
+
+def member_folder(index: int) -> str:
+    """The folder of member `index` inside an ensemble folder."""
+    return f"member{index}"
 
 
 @dataclass
@@ -49,6 +58,11 @@ def command(argv: list[str]) -> None:
     from seqtrain.common.cliparse import parse_config  # tyro is not needed to load a model
 
     cfg = parse_config(ExportConfig, argv, "seqtrain export", ExportConfig.__doc__ or "")
+    members = ensemble_members(cfg.checkpoint)
+    if members is not None:
+        export_ensemble(cfg.checkpoint, cfg.out)
+        print(f"exported an ensemble of {len(members)} {members[0].model!r} models to {cfg.out}")
+        return
     source = resolve_source(cfg.checkpoint)
     export_model(cfg.checkpoint, cfg.out)
     print(f"exported {source.model!r} from {source.origin} to {cfg.out}")
@@ -83,11 +97,36 @@ def resolve_source(path: str | Path) -> ModelSource:
         checkpoint = find_checkpoint(folder)
         if checkpoint is not None:
             meta = read_json_object(checkpoint / META_NAME)
+            _refuse_stacked(checkpoint, meta)
             return ModelSource(_scored_weights(checkpoint), str(meta.get("model")), checkpoint)
     raise UserError(
         f"{path} is not a seqtrain run, checkpoint or export folder "
         f"(no {CONFIG_NAME}, no {META_NAME}, no complete checkpoints/best)"
     )
+
+
+def _refuse_stacked(checkpoint: Path, meta: dict) -> None:
+    """A --members run's checkpoint holds its members stacked: no single model to load."""
+    settings = (meta.get("identity") or {}).get("settings", {})
+    members = settings.get("--members", 1)
+    if members > 1:
+        raise UserError(
+            f"{checkpoint} holds {members} stacked --members models: give the run folder, its "
+            "checkpoints/members or its export (ensemble folders) instead"
+        )
+
+
+def ensemble_members(path: str | Path) -> list[ModelSource] | None:
+    """The members of an ensemble folder, or of a --members run folder (its
+    checkpoints/members, each member's best); None for anything else."""
+    path = Path(path)
+    for folder in (path, RunPaths(path).members):
+        if (folder / ENSEMBLE_NAME).is_file():
+            description = read_json_object(folder / ENSEMBLE_NAME)
+            if description.get("format") != ENSEMBLE_FORMAT:
+                raise UserError(f"{folder / ENSEMBLE_NAME} is not a {ENSEMBLE_FORMAT} description")
+            return [resolve_source(folder / name) for name in description["members"]]
+    return None
 
 
 def _scored_weights(checkpoint: Path) -> Path:
@@ -116,8 +155,13 @@ class ModelChoice:
 
     @property
     def sources(self) -> list[ModelSource]:
-        """Where each member's weights are (a UserError for a path that holds none)."""
-        return [resolve_source(path) for path in (self.checkpoint, *self.ensemble)]
+        """Where each member's weights are, an ensemble folder read as its members listed (a
+        UserError for a path that holds none)."""
+        return [
+            source
+            for path in (self.checkpoint, *self.ensemble)
+            for source in ensemble_members(path) or [resolve_source(path)]
+        ]
 
 
 def load_predictor(choice: ModelChoice) -> nn.Module:
@@ -136,6 +180,11 @@ def load_model(path: str | Path) -> nn.Module:
     It maps float32 images [B, 1, 28, 84] in [0, 1] (white digits on black, left-aligned)
     to logits [B, 3, 11]; class 10 is an empty slot.
     """
+    if ensemble_members(path) is not None:
+        raise UserError(
+            f"{path} is an ensemble (several models): read it with `seqtrain evaluate` or "
+            "`predict` (--checkpoint), or `seqtrain.export.load_predictor`"
+        )
     source = resolve_source(path)
     model = build_model(source.model)
     state = prefix_free(_load_weights(source.weights))
@@ -160,19 +209,46 @@ def export_model(source: str | Path, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     if out_dir.resolve() == resolved.origin.resolve():
         raise UserError(f"--out {out_dir} is the source folder itself; choose another folder")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(out_dir / WEIGHTS_NAME, safetensors_bytes(state))
-    atomic_write_json(out_dir / CONFIG_NAME, _export_config(resolved))
+    write_export(model.state_dict(), resolved.model, resolved.origin, out_dir)
     return out_dir
 
 
-def _export_config(source: ModelSource) -> dict:
+def write_export(
+    state: dict[str, torch.Tensor], model_name: str, origin: Path, out_dir: Path
+) -> None:
+    """An export folder of `state` (a `model_name` state dict found in `origin`), each file
+    written atomically, `model.json` last."""
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_write_bytes(out_dir / WEIGHTS_NAME, safetensors_bytes(state))
+    atomic_write_json(out_dir / CONFIG_NAME, _export_config(model_name, origin))
+
+
+def write_ensemble(folder: Path, members: list[str], model_name: str) -> None:
+    """`folder`'s `ensemble.json`, naming its member folders (written atomically, after them)."""
+    description = {"format": ENSEMBLE_FORMAT, "format_version": EXPORT_VERSION,
+                   "model": model_name, "members": members}  # fmt: skip
+    atomic_write_json(folder / ENSEMBLE_NAME, description)
+
+
+def export_ensemble(source: str | Path, out_dir: str | Path) -> Path:
+    """Export every member of the ensemble `source` (see `ensemble_members`) to
+    `out_dir`/member<i>, then its `ensemble.json`."""
+    members = ensemble_members(source) or []
+    out_dir = Path(out_dir)
+    names = [member_folder(i) for i in range(len(members))]
+    for name, member in zip(names, members, strict=True):
+        export_model(member.origin, out_dir / name)
+    write_ensemble(out_dir, names, members[0].model)
+    return out_dir
+
+
+def _export_config(model_name: str, origin: Path) -> dict:
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
-        "model": source.model,
+        "model": model_name,
         "seqtrain_version": __version__,
-        "exported_from": str(source.origin),
+        "exported_from": str(origin),
         "input": {
             "shape": [1, *IMAGE_SHAPE],
             "dtype": "float32",

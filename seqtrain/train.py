@@ -10,9 +10,10 @@ load best, evaluate test, write metrics and the predictions picture
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from seqtrain.common.atomic import atomic_write_json
 from seqtrain.common.errors import UserError
 from seqtrain.components import trackers, tracking
+from seqtrain.components.capture import choose_capture
 from seqtrain.components.checkpoint import (
     Position,
     best_to_test,
@@ -36,6 +38,14 @@ from seqtrain.components.checkpoint import (
 from seqtrain.components.checkpoint_history import epoch_end_folders, prune_epoch_checkpoints
 from seqtrain.components.grad_clip import GradClip
 from seqtrain.components.loss_window import LossWindow
+from seqtrain.components.members import (
+    MemberBests,
+    interleave,
+    member_records,
+    member_values,
+    scored_summary,
+    scores_per_batch,
+)
 from seqtrain.components.optimizer import hyperparameters_on_device
 from seqtrain.components.preemption import Decision, Preempted, PreemptionWatch
 from seqtrain.components.profiling import StepProfiler
@@ -56,7 +66,14 @@ from seqtrain.components.weight_average import WeightAverage
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest, checked_manifest, load_manifest, shard_problems
 from seqtrain.data.global_batch import BatchSizes, batch_sizes
-from seqtrain.data.position import EpochPlan, Layout, plan_epoch, planned_batches, resize_note
+from seqtrain.data.position import (
+    EpochPlan,
+    Layout,
+    TrainBatch,
+    plan_epoch,
+    planned_batches,
+    resize_note,
+)
 from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import (
     Batches,
@@ -75,10 +92,18 @@ from seqtrain.distributed import (
     shared_across_processes,
     syncs_batchnorm,
 )
-from seqtrain.evaluate import evaluate_model
-from seqtrain.export import export_model
+from seqtrain.evaluate import evaluate_outputs
+from seqtrain.export import (
+    export_ensemble,
+    export_model,
+    load_model,
+    member_folder,
+    write_ensemble,
+    write_export,
+)
 from seqtrain.models import build_model
 from seqtrain.models.flops import flops_per_sample, mfu_peak, throughput_metrics
+from seqtrain.models.stacked import MemberEnsemble, StackedMembers, ensemble_output
 from seqtrain.step import Batch, TrainStep, build_model_and_optimizer
 
 
@@ -107,6 +132,7 @@ class Session:
     val_batches: Batches | None = None  # built once: its workers persist between epochs
     average: WeightAverage | None = None  # --ema-decay
     clip: GradClip | None = None  # --clip-grad-norm
+    member_bests: MemberBests | None = None  # --members
     train_step: TrainStep | None = None  # built once: its device buffers persist
 
     @property
@@ -139,6 +165,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
             train_loss = train_epoch(run, epoch)
             val = evaluate(run, "val")
             improved, lr_reduced = _end_of_epoch_decisions(run, val)
+            _keep_member_bests(run, val)  # --members: each member's own best weights
             run.position = run.position.next_epoch()
             # Reported before `last` moves: a death in between resumes the epoch and reports it
             # again (the resume cuts its metrics line); the other order could lose the line.
@@ -181,11 +208,17 @@ def _build(cfg: RunConfig) -> Session:
     )  # fmt: skip
     if cfg.optim.ema_decay:
         run.average = WeightAverage(model, cfg.optim.ema_decay)
+    if cfg.train.members > 1:
+        run.member_bests = MemberBests(cfg.train.members, cfg.train.best_metric)
+        accelerator.register_for_checkpointing(run.member_bests)
     if cfg.optim.clip_grad_norm:
         run.clip = GradClip(cfg.optim.clip_grad_norm, accelerator.device)
+    capture = choose_capture(cfg, accelerator.device, accelerator.num_processes)  # or an error
     run.train_step = TrainStep(
-        accelerator, model, optimizer, cfg, sizes.accumulation, run.clip, run.average
-    )
+        accelerator, model, optimizer, cfg, sizes.accumulation, run.clip, run.average,
+        capture.mode, fallback=run.log,
+    )  # fmt: skip
+    run.log(capture.line)
     run.flops_per_sample = flops_per_sample(
         partial(build_model, cfg.model.model), length_weights=manifest.length_weights
     )
@@ -265,10 +298,9 @@ def train_epoch(run: Session, epoch: int) -> float:
     loss over all ranks."""
     cfg, accelerator = run.cfg, run.accelerator
     fresh_steps = _steps_in_epoch(cfg, run.manifest, accelerator.num_processes, epoch)
-    plan, run.position = plan_epoch(run.position, epoch, run.layout, cfg.train.seed, fresh_steps)
-    rank = accelerator.process_index
-    world = accelerator.num_processes
-    loader = planned_batches(_epoch_loader(run, plan), plan, rank, world, lambda: run.lr)
+    start = run.position
+    plan, run.position = plan_epoch(start, epoch, run.layout, cfg.train.seed, fresh_steps)
+    loader = _train_batches(run, start, epoch, fresh_steps)
     run.model.train()
     run.train_step.start_epoch()
     window, epoch_loss = run.train_step.window, run.train_step.epoch_loss
@@ -307,6 +339,20 @@ def train_epoch(run: Session, epoch: int) -> float:
                         f"batch {batch_index}; continue with --resume auto")  # fmt: skip
                 raise run.preemption.stop(accelerator.is_local_main_process)
     return _check_finite(accelerator, epoch_loss)
+
+
+def _train_batches(
+    run: Session, start: Position, epoch: int, fresh_steps: int
+) -> Iterable[TrainBatch]:
+    """This rank's batches of `epoch` from `start` on; with --members, every member's batch of
+    each step as a run of its seed would train it, interleaved (`interleave`)."""
+    rank, world = run.accelerator.process_index, run.accelerator.num_processes
+    batches = []
+    for seed in run.cfg.train.trained_seeds:
+        plan, _ = plan_epoch(start, epoch, run.layout, seed, fresh_steps)
+        loader = _epoch_loader(run, plan)
+        batches.append(planned_batches(loader, plan, rank, world, lambda: run.lr))
+    return batches[0] if len(batches) == 1 else interleave(batches)
 
 
 def _epoch_loader(run: Session, plan: EpochPlan) -> Iterable[Batch]:
@@ -390,9 +436,10 @@ def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) ->
 
 
 def evaluate(run: Session, split: str) -> dict[str, Any]:
-    """Metrics over the whole split, identical on every rank (see `evaluate_model`)."""
-    with _scored_model(run) as model:
-        metrics = evaluate_model(
+    """Metrics over the whole split, identical on every rank (see `evaluate_model`); with
+    --members, the ensemble's, each member's under "members" (`scored_summary`)."""
+    with _scored_model(run, split) as model:
+        metrics = evaluate_outputs(
             model,
             run.accelerator,
             run.manifest,
@@ -400,15 +447,47 @@ def evaluate(run: Session, split: str) -> dict[str, Any]:
             split,
             run.cfg.model.channels_last,
             _val_batches(run) if split == "val" else None,
+            scores_per_batch(run.cfg.train.members),
         )
-    return metrics.summary()
+    return scored_summary(metrics)
 
 
-def _scored_model(run: Session) -> AbstractContextManager[nn.Module]:
+@contextmanager
+def _scored_model(run: Session, split: str = "val") -> Iterator[nn.Module]:
     """The bare model as it is scored and exported: holding the weight average under
-    --ema-decay, its own weights again after the block."""
+    --ema-decay, its own weights again after the block. With --members, the members and their
+    ensemble (`MemberEnsemble`), on test each member with its own best weights."""
+    if run.member_bests is not None and split == "test":
+        yield MemberEnsemble(_member_bests_model(run))
+        return
     model = run.accelerator.unwrap_model(run.model)
-    return run.average.swapped_in(model) if run.average is not None else nullcontext(model)
+    with run.average.swapped_in(model) if run.average is not None else nullcontext(model) as bare:
+        yield bare if run.member_bests is None else MemberEnsemble(bare)
+
+
+def _member_bests_model(run: Session) -> StackedMembers:
+    """A copy of the stacked members, each holding its best weights (checkpoints/members)."""
+    stacked = copy.deepcopy(run.accelerator.unwrap_model(run.model))
+    for i in range(stacked.count):
+        best = load_model(run.paths.members / member_folder(i))
+        stacked.load_member_state(i, best.state_dict())
+    return stacked
+
+
+def _keep_member_bests(run: Session, val: dict[str, Any]) -> None:
+    """--members: the weights (as scored) of each member at its best epoch so far, written to
+    checkpoints/members (an ensemble folder) before `last` moves past the epoch."""
+    if run.member_bests is None:
+        return
+    improved = run.member_bests.update(val)
+    if run.accelerator.is_main_process and improved:
+        folder, name = run.paths.members, run.cfg.model.model
+        with _scored_model(run) as scores:
+            for i in improved:
+                state = scores.stacked.member_state(i)
+                write_export(state, name, run.paths.last, folder / member_folder(i))
+        kept = [member_folder(i) for i in range(run.cfg.train.members)]
+        write_ensemble(folder, [m for m in kept if (folder / m).is_dir()], name)
 
 
 def _val_batches(run: Session) -> Batches:
@@ -461,8 +540,11 @@ def _epoch_record(
         "val_loss": val["loss"],
         "val_exact_match": val["exact_match"],
         "val_count": val["count"],
+        **member_records(val),
         "lr": run.lr,
-        "epoch_seconds": time.perf_counter() - start,
+        # Recording the captured step is no training time: reported apart.
+        "epoch_seconds": time.perf_counter() - start - run.train_step.epoch_capture_seconds,
+        "capture_seconds": run.train_step.epoch_capture_seconds,
         "best": improved,
         "num_processes": run.accelerator.num_processes,
     }
@@ -484,18 +566,22 @@ def _finish(run: Session) -> dict[str, Any]:
     # requeue would cost a start-up; the run ends complete (exit 0) instead of preempted.
     best = decided_on_main_process(partial(best_to_test, run.paths))
     _load(run, best)
-    test = evaluate(run, "test")
+    test = evaluate(run, "test")  # --members: the ensemble of each member's best
     sources = {"resumed_from": run.resumed_from, "tested": best}
     write_rank_record(run.run_dir, accelerator, run.lr_history, run.position.epoch, sources,
                       effective_lr=run.scheduler.lr)  # fmt: skip
     if accelerator.is_main_process:
         atomic_write_json(run.paths.test_metrics, test)
         picture = run.paths.predictions
-        with _scored_model(run) as model:
-            write_predictions_picture(picture, model, accelerator, run.manifest, run.cfg)
-        tracking.log_summary(accelerator, {f"test/{k}": v for k, v in test.items()})
-        tracking.log_image(accelerator, "predictions", picture, step=run.position.step)
-        export_model(best, run.paths.export)
+        with _scored_model(run, "test") as model:
+            write_predictions_picture(picture, ensemble_output(model), accelerator, run.manifest,
+                                      run.cfg)  # fmt: skip
+        summary = {f"test/{k}": v for k, v in test.items() if k != "members"}
+        tracking.log_summary(accelerator, summary | member_values(test, "test"))
+        if run.member_bests is None:
+            export_model(best, run.paths.export)
+        else:
+            export_ensemble(run.paths.members, run.paths.export)
         if run.cfg.log.wandb_log_model:
             tracking.log_model(accelerator, run.paths.export)
         run.log(

@@ -46,6 +46,8 @@ GUARDED_SETTINGS = (
     ("train", "early_stop_patience"),
     ("train", "best_metric"),  # which epochs count as improving: best, early stopping
     ("train", "seed"),
+    ("train", "members"),  # another number of members cannot load (see `_checked_resume`)
+    ("train", "member_seeds"),
 )
 
 
@@ -62,7 +64,8 @@ def data_fingerprint(manifest: Manifest) -> str:
 def run_identity(cfg: RunConfig, manifest: Manifest) -> dict[str, Any]:
     """What a checkpoint records (JSON-safe): the data fingerprint and the guarded settings."""
     settings = {
-        _flag(name): getattr(getattr(cfg, section), name) for section, name in GUARDED_SETTINGS
+        _flag(name): _json_value(getattr(getattr(cfg, section), name))
+        for section, name in GUARDED_SETTINGS
     }
     if cfg.data.global_batch_size is not None:
         del settings["--batch-size"]  # G / processes: free to follow the number of processes
@@ -100,6 +103,11 @@ def _checked_resume(cfg: RunConfig, run_dir: Path, identity: dict[str, Any]) -> 
     if recorded is None:
         tqdm.write(f"checkpoint {folder} records no data or settings (older seqtrain): unchecked")
         return folder
+    members = recorded.get("settings", {}).get("--members", 1)
+    if members != cfg.train.members:  # stacked weights of another shape: nothing to accept
+        raise UserError(
+            f"resume from {folder} refused: it holds --members {members}, not {cfg.train.members}"
+        )
     changes = identity_changes(recorded, identity)
     if changes and not cfg.train.accept_changes:
         raise UserError(
@@ -110,6 +118,11 @@ def _checked_resume(cfg: RunConfig, run_dir: Path, identity: dict[str, Any]) -> 
     if changes:
         tqdm.write(f"resuming with accepted changes: {'; '.join(changes)}")
     return folder
+
+
+def _json_value(value: Any) -> Any:
+    """A tuple as the list JSON reads back, so a recorded setting compares equal."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _flag(name: str) -> str:

@@ -6,6 +6,7 @@
     ranks/<rank>.json    each rank's world size, LR history and last epoch
     checkpoints/last     the newest checkpoint (resume), checkpoints/best the best --best-metric
     checkpoints/epoch-NNNN   the state after epoch NNNN, the last --keep-checkpoints epochs
+    checkpoints/members  --members: each member's best weights (an ensemble folder)
     test_metrics.json    the best model on test
     predictions.png      sample test predictions of the best model
     export/              the best weights for deployment (`seqtrain export`)
@@ -71,6 +72,11 @@ class RunPaths:
     @property
     def best(self) -> Path:
         return self.checkpoints / "best"
+
+    @property
+    def members(self) -> Path:
+        """--members: the ensemble folder of each member's best weights."""
+        return self.checkpoints / "members"
 
     def epoch_checkpoint(self, epoch: int) -> Path:
         """The state after `epoch` (counted from 1, as metrics.jsonl counts)."""

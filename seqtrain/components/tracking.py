@@ -237,6 +237,9 @@ def log_epoch(accelerator: Accelerator, record: dict[str, Any]) -> None:
         "train/epoch_loss": record["train_loss"],
         "epoch_seconds": record["epoch_seconds"],
     }
+    for i, member in enumerate(record.get("members", ())):  # --members
+        values[f"val/member{i}/loss"] = member["val_loss"]
+        values[f"val/member{i}/exact_match"] = member["val_exact_match"]
     log_metrics(accelerator, values, step=record["step"])
 
 
