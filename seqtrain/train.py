@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 from seqtrain.common.atomic import atomic_write_json
 from seqtrain.common.errors import UserError
 from seqtrain.components import trackers, tracking
-from seqtrain.components.capture import choose_capture
 from seqtrain.components.checkpoint import (
     Position,
     best_to_test,
@@ -213,12 +212,9 @@ def _build(cfg: RunConfig) -> Session:
         accelerator.register_for_checkpointing(run.member_bests)
     if cfg.optim.clip_grad_norm:
         run.clip = GradClip(cfg.optim.clip_grad_norm, accelerator.device)
-    capture = choose_capture(cfg, accelerator.device, accelerator.num_processes)  # or an error
     run.train_step = TrainStep(
-        accelerator, model, optimizer, cfg, sizes.accumulation, run.clip, run.average,
-        capture.mode, fallback=run.log,
-    )  # fmt: skip
-    run.log(capture.line)
+        accelerator, model, optimizer, cfg, sizes.accumulation, run.clip, run.average
+    )
     run.flops_per_sample = flops_per_sample(
         partial(build_model, cfg.model.model), length_weights=manifest.length_weights
     )
@@ -542,9 +538,7 @@ def _epoch_record(
         "val_count": val["count"],
         **member_records(val),
         "lr": run.lr,
-        # Recording the captured step is no training time: reported apart.
-        "epoch_seconds": time.perf_counter() - start - run.train_step.epoch_capture_seconds,
-        "capture_seconds": run.train_step.epoch_capture_seconds,
+        "epoch_seconds": time.perf_counter() - start,
         "best": improved,
         "num_processes": run.accelerator.num_processes,
     }
