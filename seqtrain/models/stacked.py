@@ -88,7 +88,10 @@ class StackedMembers(nn.Module):
         params = dict(self.members.named_parameters())
         buffers = dict(self.members.named_buffers())
         if self.vectorized:
-            call = vmap(self._call_member, in_dims=(0, 0, dim, dim), out_dims=dim or 0)
+            key_dim = None if keys is None else dim
+            # Without keys, dropout draws from torch's generator: each member its own masks.
+            call = vmap(self._call_member, in_dims=(0, 0, dim, key_dim), out_dims=dim or 0,
+                        randomness="different")  # fmt: skip
             return call(params, buffers, x, keys)
         outputs = []
         for i in range(self.count):
