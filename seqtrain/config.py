@@ -120,6 +120,13 @@ class ModelConfig:
     (bench/train_throughput.py); --no-channels-last keeps NCHW."""
     compile: bool = False
     """Compile the model with torch.compile."""
+    capture: Literal["auto", "on", "off"] = "auto"
+    """Record the whole training step (forward, backward, clipping, Adam, weight average, loss
+    bookkeeping) once as a CUDA graph and replay it: one launch per step instead of hundreds.
+    auto: where it holds (one GPU process, not fp16; skip-blank nets then take their static
+    path), said once in the log, eager elsewhere (the CPU, several processes); on: the same, and
+    a case where it cannot hold is an error; off: the eager step. The recording's seconds are
+    reported apart from the epochs' (capture_seconds)."""
     sync_batchnorm: Literal["auto", "on", "off"] = "auto"
     """BatchNorm statistics over the micro-batches of all processes (torch's SyncBatchNorm, one
     all-reduce per BatchNorm layer and pass; GPUs only) instead of each process's own. auto: on

@@ -5,17 +5,21 @@ function the speed benchmarks time, so a figure in `docs/benchmarks/` measures t
 train with. Between the loop's log and check steps a step waits for nothing on the host: the
 optimizer reads its LR (and betas) from device tensors, the weight average and the loss windows
 update fixed device buffers, and the host only counts (see `seqtrain.components.optimizer`,
-`weight_average`, `loss_window`).
+`weight_average`, `loss_window`). On one GPU the whole step is then recorded once as a CUDA graph
+and replayed (--capture, `seqtrain.components.capture`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import AutocastKwargs
 from torch import nn
 
+from seqtrain.components.capture import GraphedStep, StepMode, prepare_for_mode
 from seqtrain.components.grad_clip import GradClip
 from seqtrain.components.loss_window import LossWindow
 from seqtrain.components.members import seeded_model
@@ -39,6 +43,9 @@ def build_model_and_optimizer(
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The seeded model with memory format/compile (and --sync-batchnorm) applied, and
     Adam(W) with device hyperparameters (`build_optimizer`), both prepared."""
+    if cfg.model.capture != "off" and accelerator.device.type == "cuda":
+        # A captured step records autocast's casts: torch's CUDA graphs want its cache off.
+        accelerator.autocast_handler = AutocastKwargs(cache_enabled=False)
     model = with_sync_batchnorm(
         seeded_model(cfg, accelerator.device), cfg, accelerator.num_processes, accelerator.device
     )
@@ -93,7 +100,12 @@ def _loss(
 class TrainStep:
     """The loop's optimizer step: `train_step`, then the weight average's update (--ema-decay)
     and the loss windows, all device work; then the host's counts. `window` holds the steps
-    since the last log, `epoch_loss` those since `start_epoch`."""
+    since the last log, `epoch_loss` those since `start_epoch`.
+
+    `mode` (`choose_capture`): "eager" runs that work as it is; "graph" records it once as a
+    CUDA graph reading fixed input buffers and replays it; "static" reads the same buffers
+    without a graph (what the graph records, runnable anywhere). `fallback` is told once if a
+    capture fails and the step stays eager."""
 
     def __init__(
         self,
@@ -104,19 +116,41 @@ class TrainStep:
         micro_batches: int = 1,
         clip: GradClip | None = None,
         average: WeightAverage | None = None,
+        mode: StepMode = "eager",
+        fallback: Callable[[str], None] | None = None,
     ) -> None:
         self.accelerator, self.model, self.optimizer, self.cfg = accelerator, model, optimizer, cfg
         self.micro_batches, self.clip, self.average = micro_batches, clip, average
         self.window = LossWindow(accelerator.device)
         self.epoch_loss = LossWindow(accelerator.device)
+        prepare_for_mode(model, mode, cfg)
+        self._capture_before_epoch = 0.0
+        self._graphed = None
+        if mode != "eager":
+            graph = mode == "graph"
+            self._graphed = GraphedStep(self._on_device, accelerator.device, graph, fallback)
+
+    @property
+    def capture_seconds(self) -> float:
+        """Seconds spent recording the step as a CUDA graph (not training time)."""
+        return 0.0 if self._graphed is None else self._graphed.seconds
+
+    @property
+    def epoch_capture_seconds(self) -> float:
+        """`capture_seconds` spent since `start_epoch`."""
+        return self.capture_seconds - self._capture_before_epoch
 
     def start_epoch(self) -> None:
+        self._capture_before_epoch = self.capture_seconds
         self.window.reset()
         self.epoch_loss.reset()
 
     def __call__(self, batch: Batch | TrainBatch, step: int) -> None:
         """Train global step `step` on `batch`."""
-        self._on_device(batch)
+        if self._graphed is None:
+            self._on_device(batch)
+        else:
+            self._graphed(batch)
         self.window.count(step)
         self.epoch_loss.count(step)
         if self.clip is not None:
@@ -124,7 +158,7 @@ class TrainStep:
         if self.average is not None:
             self.average.count()
 
-    def _on_device(self, batch: Batch | TrainBatch) -> None:
+    def _on_device(self, batch: Sequence[torch.Tensor]) -> None:
         loss = train_step(
             self.accelerator, self.model, self.optimizer, batch, self.cfg, self.clip,
             self.micro_batches,

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from seqtrain.common.atomic import atomic_write_json
 from seqtrain.common.errors import UserError
 from seqtrain.components import trackers, tracking
+from seqtrain.components.capture import choose_capture
 from seqtrain.components.checkpoint import (
     Position,
     best_to_test,
@@ -212,9 +213,12 @@ def _build(cfg: RunConfig) -> Session:
         accelerator.register_for_checkpointing(run.member_bests)
     if cfg.optim.clip_grad_norm:
         run.clip = GradClip(cfg.optim.clip_grad_norm, accelerator.device)
+    capture = choose_capture(cfg, accelerator.device, accelerator.num_processes)  # or an error
     run.train_step = TrainStep(
-        accelerator, model, optimizer, cfg, sizes.accumulation, run.clip, run.average
-    )
+        accelerator, model, optimizer, cfg, sizes.accumulation, run.clip, run.average,
+        capture.mode, fallback=run.log,
+    )  # fmt: skip
+    run.log(capture.line)
     run.flops_per_sample = flops_per_sample(
         partial(build_model, cfg.model.model), length_weights=manifest.length_weights
     )
@@ -538,7 +542,9 @@ def _epoch_record(
         "val_count": val["count"],
         **member_records(val),
         "lr": run.lr,
-        "epoch_seconds": time.perf_counter() - start,
+        # Recording the captured step is no training time: reported apart.
+        "epoch_seconds": time.perf_counter() - start - run.train_step.epoch_capture_seconds,
+        "capture_seconds": run.train_step.epoch_capture_seconds,
         "best": improved,
         "num_processes": run.accelerator.num_processes,
     }

@@ -5,7 +5,9 @@ the schedules change per step are device tensors the optimizer reads and the hos
 place (`set_hyperparameters`: a kernel launch, no host sync): the LR always, and beta1 under
 `--sched onecycle`, whose momentum cycles. torch's fused Adam reads a tensor LR but only float
 betas, so onecycle on CUDA takes the capturable multi-tensor Adam (tensor LR and betas); every
-other case takes the fused one, on CPU too (the fastest there as well).
+other case takes the fused one, on CPU too (the fastest there as well). On CUDA both are built
+`capturable` (torch refuses to capture an optimizer's step otherwise; fused Adam computes the
+same either way).
 
 Accelerate's `AcceleratedOptimizer.step` looks up an optional package on every call (an
 uncached `importlib.util.find_spec`) and its `zero_grad` calls `inspect.signature`: tens of
@@ -35,13 +37,16 @@ def build_optimizer(
     """Adam (or AdamW) with its LR (and, under onecycle on CUDA, its betas) as device tensors."""
     optimizer_class = AdamW if cfg.optimizer == "adamw" else Adam
     lr = torch.tensor(cfg.lr, dtype=torch.float32, device=device)
+    capturable = device.type == "cuda"
     if _device_betas(cfg, device):
         betas = tuple(torch.tensor(b, dtype=torch.float32, device=device) for b in _DEFAULT_BETAS)
         return optimizer_class(
             params, lr=lr, betas=betas, weight_decay=cfg.weight_decay, foreach=True,
             capturable=True,
         )  # fmt: skip
-    return optimizer_class(params, lr=lr, weight_decay=cfg.weight_decay, fused=True)
+    return optimizer_class(
+        params, lr=lr, weight_decay=cfg.weight_decay, fused=True, capturable=capturable
+    )
 
 
 def _device_betas(cfg: OptimConfig, device: torch.device) -> bool:

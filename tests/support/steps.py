@@ -13,6 +13,7 @@ import torch
 from accelerate.state import AcceleratorState
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from seqtrain.components.capture import StepMode
 from seqtrain.components.grad_clip import GradClip
 from seqtrain.components.metrics import sequence_loss
 from seqtrain.components.schedules import LRSchedule, one_cycle
@@ -33,25 +34,39 @@ class BuiltStep:
     cfg: RunConfig
 
 
-def built_step(run_dir: Path, model: str = "tiny", steps: int = 50, **optim: object) -> BuiltStep:
-    """A CPU fp32 `TrainStep` of `model` with --ema-decay/--clip-grad-norm etc. from `optim`
-    (OptimConfig fields), its schedule planned for `steps` steps of BATCH samples."""
+def built_step(
+    run_dir: Path,
+    model: str = "tiny",
+    steps: int = 50,
+    mode: StepMode = "eager",
+    cpu: bool = True,
+    precision: str = "no",
+    **optim: object,
+) -> BuiltStep:
+    """A `TrainStep` of `model` in `mode` (fp32 on the CPU by default) with --ema-decay,
+    --clip-grad-norm etc. from `optim` (OptimConfig fields), its schedule planned for `steps`
+    steps of BATCH samples."""
     cfg = RunConfig(
         model=ModelConfig(model=model, channels_last=False),
         optim=OptimConfig(**optim),
-        train=TrainConfig(cpu=True, mixed_precision="no"),
+        train=TrainConfig(cpu=cpu, mixed_precision=precision),
     )
     cfg.log.report_to = ("csv",)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerate_reset()
     accelerator = make_accelerator(cfg, run_dir)
     net, optimizer = build_model_and_optimizer(cfg, accelerator)
     average = WeightAverage(net, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
     norm = cfg.optim.clip_grad_norm
     clip = GradClip(norm, accelerator.device) if norm else None
-    step = TrainStep(accelerator, net, optimizer, cfg, 1, clip, average)
+    step = TrainStep(accelerator, net, optimizer, cfg, 1, clip, average, mode)
     schedule = LRSchedule(optimizer, cfg.optim)
     schedule.plan(steps * BATCH, BATCH, steps * BATCH)
     return BuiltStep(step, schedule, cfg)
+
+
+def accelerate_reset() -> None:
+    """Forget Accelerate's process-wide state (the next Accelerator builds its own)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def batches(count: int, seed: int = 0) -> list[TrainBatch]:

@@ -6,6 +6,7 @@ weights as the step before device hyperparameters, over 50 steps."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,14 @@ import torch
 
 from seqtrain.components.preemption import PreemptionWatch
 from seqtrain.config import PreemptConfig
-from support.steps import SeedStyleStep, SyncCensus, batches, built_step
+from support.steps import SeedStyleStep, SyncCensus, accelerate_reset, batches, built_step
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state() -> Iterator[None]:
+    yield
+    accelerate_reset()  # a later in-process run builds its own Accelerator
+
 
 STEPS = 50
 OPTIONS = {"sched": "onecycle", "ema_decay": 0.9, "clip_grad_norm": 1.0, "lr": 3e-3}
@@ -93,3 +101,47 @@ def test_fifty_steps_equal_the_seed_style_step(tmp_path: Path) -> None:
         torch.testing.assert_close(trained[key], value, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(built.step.average.state[key], reference.average[key],
                                    rtol=1e-4, atol=1e-6)  # fmt: skip
+
+
+def trained(built, data) -> tuple[list[float], dict[str, torch.Tensor]]:
+    losses = []
+    for index, batch in enumerate(data, start=1):
+        built.step(batch, index)
+        losses.append(built.step.window.values[0].item())
+        built.step.window.reset()
+        built.schedule.after_step()
+    return losses, built.step.model.state_dict()
+
+
+def test_the_captured_style_step_equals_the_eager_one_and_keeps_its_inputs(
+    tmp_path: Path,
+) -> None:
+    """Mode "static" is what a CUDA graph records (the batch copied into fixed buffers, the
+    whole step as one callable), run eagerly: the same training, bit for bit."""
+    data = batches(STEPS)
+    eager_losses, eager_weights = trained(built_step(tmp_path, **OPTIONS), data)
+    built = built_step(tmp_path, mode="static", **OPTIONS)
+    built.step(data[0], 1)
+    inputs = [t.data_ptr() for t in built.step._graphed.inputs]
+    built.step(data[1], 2)
+    assert [t.data_ptr() for t in built.step._graphed.inputs] == inputs
+    built = built_step(tmp_path, mode="static", **OPTIONS)
+    static_losses, static_weights = trained(built, data)
+    assert static_losses == eager_losses
+    for key, value in eager_weights.items():
+        assert torch.equal(static_weights[key], value), key
+
+
+@pytest.mark.parametrize("mode", ["static", "eager"])
+def test_census_of_a_skip_blank_step(tmp_path: Path, mode: str) -> None:
+    """The static skip-blank path (what a captured step takes) reads nothing back; the census
+    does see the dynamic path's reads (`inked.any()`, mask indexing) on an eager CPU."""
+    built = built_step(tmp_path, model="slotnet_narrow_skipblank", mode=mode, **OPTIONS)
+    data = batches(2)
+    built.step(data[0], 1)
+    with SyncCensus().counting() as census:
+        built.step(data[1], 2)
+    if mode == "static":
+        assert census.found == []
+    else:
+        assert "Tensor.__bool__" in census.found and "aten.index.Tensor" in census.found
