@@ -28,19 +28,17 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
         if weights is None or not (self.training or self.running_mean is None):
             return super().forward(x)
-        mean, var, count = _masked_moments(x, weights)
+        rows = weights.to(x.dtype).view(-1, 1, 1, 1)
+        with torch.no_grad():  # _MaskedNorm's backward carries the statistics' gradient
+            mean, var, count = _masked_moments(x, rows)
         chosen = count > 0
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var, count, chosen)
         # Unchosen rows only: with nothing chosen, normalise by (0, 1) rather than (0, 0).
-        var = torch.where(chosen, var, torch.ones_like(var))
-        # One multiply-add over the batch (per channel scale and shift): the fewest full-size
-        # passes forward and backward, which is what this costs beyond nn.BatchNorm2d.
-        scale = torch.rsqrt(var + self.eps)
+        invstd = torch.rsqrt(torch.where(chosen, var, torch.ones_like(var)) + self.eps)
         if self.affine:
-            scale = scale * self.weight
-        shift = -mean * scale + (self.bias if self.affine else 0)
-        return x * _channels(scale).to(x.dtype) + _channels(shift).to(x.dtype)
+            return _MaskedNorm.apply(x, rows, mean, invstd, self.weight, self.bias)
+        return _MaskedNorm.apply(x, rows, mean, invstd, torch.ones_like(mean), None)
 
     @torch.no_grad()
     def _update_running_stats(
@@ -60,26 +58,74 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         self.running_var.mul_(1 - factor).add_(factor * unbiased)
 
 
-def _masked_moments(x: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per channel mean and biased variance over the rows of weight 1, in float32 at least (as
-    BatchNorm keeps its statistics under autocast), and the count of values they cover.
+class _MaskedNorm(torch.autograd.Function):
+    """y = (x - mean) * invstd * weight + bias for statistics of the rows where `rows` is 1,
+    with BatchNorm's backward written out (autograd through the statistics' formulas costs
+    about three times the passes over the batch): the gradient of x reaches it directly and,
+    on the chosen rows, through the mean and the variance. `mean` and `invstd` come in
+    detached; their gradient is part of x's."""
 
-    One pass over `x`: each row's mean and variance per channel (torch.var_mean, numerically
-    stable), then pooled over the chosen rows (the variance of a union of equal-sized groups:
-    the mean of their variances plus the variance of their means), all on [N, C]."""
-    row_var, row_mean = torch.var_mean(_wide(x), dim=(2, 3), correction=0)
-    rows = weights.to(row_mean.dtype)[:, None]
-    chosen_rows = rows.sum().clamp_min(1)
-    mean = (row_mean * rows).sum(0) / chosen_rows
-    var = ((row_var + (row_mean - mean).square()) * rows).sum(0) / chosen_rows
-    return mean, var, rows.sum() * (x.shape[2] * x.shape[3])
+    generate_vmap_rule = True  # torch.func.vmap: an ensemble stacked as one model
+
+    @staticmethod
+    def forward(
+        x: Tensor,
+        rows: Tensor,
+        mean: Tensor,
+        invstd: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+    ) -> Tensor:
+        scale = invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        return torch.addcmul(_channels(shift).to(x.dtype), x, _channels(scale).to(x.dtype))
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+        x, rows, mean, invstd, weight, _bias = inputs
+        ctx.save_for_backward(x, rows, mean, invstd, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        x, rows, mean, invstd, weight = ctx.saved_tensors
+        wide = mean.dtype
+        grad_sum = grad.sum((0, 2, 3), dtype=wide)
+        # sum(grad * xhat) per channel, xhat = (x - mean) * invstd
+        grad_xhat = ((grad * x).sum((0, 2, 3), dtype=wide) - mean * grad_sum) * invstd
+        values = (rows.sum().to(wide) * (x.shape[2] * x.shape[3])).clamp_min(1)
+        direct = invstd * weight
+        # The chosen rows' share: direct * (grad_sum + xhat * grad_xhat) / values, as one
+        # multiply-add in x: -(x * slope + offset), masked to the chosen rows.
+        slope = direct * invstd * grad_xhat / values
+        offset = direct * grad_sum / values - mean * slope
+        through_stats = torch.addcmul(
+            _channels(-offset).to(x.dtype), x, _channels(-slope).to(x.dtype)
+        )
+        grad_x = torch.addcmul(through_stats * rows, grad, _channels(direct).to(x.dtype))
+        return grad_x, None, None, None, grad_xhat, grad_sum
+
+
+def _masked_moments(x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per channel mean and biased variance over the rows where `rows` ([N, 1, 1, 1]) is 1, in
+    float32 at least (as BatchNorm keeps its statistics under autocast), and the count of
+    values they cover.
+
+    One pass over `x` per moment, accumulated in float32 without a float32 copy of a bf16
+    batch: each row's mean and mean square per channel, then pooled over the chosen rows (the
+    variance of a union of equal-sized groups: the mean of their variances plus the variance of
+    their means), all on [N, C]."""
+    wide = torch.promote_types(x.dtype, torch.float32)
+    values = x.shape[2] * x.shape[3]
+    row_mean = x.sum((2, 3), dtype=wide) / values
+    row_square = torch.linalg.vector_norm(x, dim=(2, 3), dtype=wide).square() / values
+    row_var = (row_square - row_mean.square()).clamp_min(0)
+    weights = rows.view(-1, 1).to(wide)
+    chosen_rows = weights.sum().clamp_min(1)
+    mean = (row_mean * weights).sum(0) / chosen_rows
+    var = ((row_var + (row_mean - mean).square()) * weights).sum(0) / chosen_rows
+    return mean, var, weights.sum() * values
 
 
 def _channels(per_channel: Tensor) -> Tensor:
     """[C] -> [1, C, 1, 1], to broadcast over an NCHW (or channels-last) batch."""
     return per_channel.view(1, -1, 1, 1)
-
-
-def _wide(x: Tensor) -> Tensor:
-    """`x` in float32, or float64 if it is: BatchNorm's arithmetic under autocast."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))

@@ -127,6 +127,25 @@ def test_masked_batchnorm_matches_batchnorm_on_the_chosen_rows() -> None:
     assert rows.grad[~chosen].abs().max() == 0
 
 
+@pytest.mark.parametrize("chosen", [[True, False, True, False], [False] * 4, [True] * 4])
+def test_masked_batchnorm_backward_is_the_derivative_of_its_forward(chosen: list[bool]) -> None:
+    """The hand-written backward against finite differences, every row's output counted."""
+    layer = MaskedBatchNorm2d(3).double()
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5), layer.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 3, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: layer(x, torch.tensor(chosen)), (x,))
+    assert torch.autograd.gradcheck(
+        lambda w, b: torch.func.functional_call(
+            layer, {"weight": w, "bias": b}, (x.detach(), torch.tensor(chosen))
+        ),
+        (
+            layer.weight.detach().clone().requires_grad_(),
+            layer.bias.detach().clone().requires_grad_(),
+        ),
+    )
+
+
 def test_the_path_is_chosen_by_device_and_refused_with_foreign_batchnorm() -> None:
     model = build_model("slotnet_narrow_skipblank")
     assert not model.takes_static_path(torch.device("cpu"))  # measured faster there
