@@ -65,9 +65,10 @@ class DataConfig:
     """Pin host batches for faster, asynchronous copies to a CUDA device (only when training
     on one: CPU ranks, --cpu on a GPU node too, pin nothing)."""
     stage_on_device: bool = False
-    """Load each epoch's training samples of this process (uint8) into device memory at the
-    epoch's start and serve batches from there instead of the loader workers (the same batches
-    in the same order; about 2.4 KB per sample)."""
+    """Load each epoch's training samples of this process (uint8) into device memory and serve
+    batches from there instead of the loader workers (the same batches in the same order; about
+    2.4 KB per sample): the next epoch is read by a background thread while the current one
+    trains, and the val split is read into device memory once."""
     verify_shards: bool = True
     """At start, hash every shard (sha256) and decode it, checking it against the manifest:
     catches any flipped byte (as `seqtrain-data verify` does). The processes split the shards,

@@ -74,7 +74,7 @@ from seqtrain.data.position import (
     planned_batches,
     resize_note,
 )
-from seqtrain.data.staged import staged_train_loader
+from seqtrain.data.staged import StagedEpochs, StagedEval, staged_eval_batches
 from seqtrain.data.stream import (
     Batches,
     eval_loader,
@@ -129,7 +129,8 @@ class Session:
     flops_per_sample: float = 0.0
     peak_flops: float | None = None
     lr_history: list[float] = field(default_factory=list)
-    val_batches: Batches | None = None  # built once: its workers persist between epochs
+    val_batches: Batches | StagedEval | None = None  # built once: workers persist, or staged
+    staged: StagedEpochs | None = None  # --stage-on-device: the next epoch read ahead
     average: WeightAverage | None = None  # --ema-decay
     clip: GradClip | None = None  # --clip-grad-norm
     member_bests: MemberBests | None = None  # --members
@@ -219,6 +220,10 @@ def _build(cfg: RunConfig) -> Session:
         capture.mode, fallback=run.log,
     )  # fmt: skip
     run.log(capture.line)
+    if cfg.data.stage_on_device:
+        rank, world = accelerator.process_index, accelerator.num_processes
+        run.staged = StagedEpochs(manifest, rank, world, accelerator.device)
+        run.log("--stage-on-device: each epoch is staged while the one before trains, val once")
     run.flops_per_sample = flops_per_sample(
         partial(build_model, cfg.model.model), length_weights=manifest.length_weights
     )
@@ -352,13 +357,24 @@ def _train_batches(
         plan, _ = plan_epoch(start, epoch, run.layout, seed, fresh_steps)
         loader = _epoch_loader(run, plan)
         batches.append(planned_batches(loader, plan, rank, world, lambda: run.lr))
+    _read_ahead(run, epoch + 1)
     return batches[0] if len(batches) == 1 else interleave(batches)
+
+
+def _read_ahead(run: Session, epoch: int) -> None:
+    """--stage-on-device: stage `epoch` in the background while the one before trains."""
+    if run.staged is None or epoch >= run.cfg.train.epochs:
+        return
+    steps = _steps_in_epoch(run.cfg, run.manifest, run.accelerator.num_processes, epoch)
+    for seed in run.cfg.train.trained_seeds:
+        plan, _ = plan_epoch(Position(), epoch, run.layout, seed, steps)
+        run.staged.read_ahead(plan)
 
 
 def _epoch_loader(run: Session, plan: EpochPlan) -> Iterable[Batch]:
     rank, world = run.accelerator.process_index, run.accelerator.num_processes
-    if run.cfg.data.stage_on_device:
-        return staged_train_loader(run.manifest, plan, rank, world, run.accelerator.device)
+    if run.staged is not None:
+        return run.staged.batches(plan)
     return train_loader(run.manifest, run.cfg.data, plan, rank, world, run.accelerator.device)
 
 
@@ -490,19 +506,20 @@ def _keep_member_bests(run: Session, val: dict[str, Any]) -> None:
         write_ensemble(folder, [m for m in kept if (folder / m).is_dir()], name)
 
 
-def _val_batches(run: Session) -> Batches:
-    """The val loader, built at the first evaluation and kept: its workers start once per run."""
+def _val_batches(run: Session) -> Batches | StagedEval:
+    """The val batches, built at the first evaluation and kept: the loader's workers start once
+    per run; under --stage-on-device the split is read once into device memory."""
     if run.val_batches is None:
         accelerator = run.accelerator
-        run.val_batches = eval_loader(
-            run.manifest,
-            run.cfg.data,
-            "val",
-            accelerator.process_index,
-            accelerator.num_processes,
-            accelerator.device,
-            persistent=True,
-        )
+        rank, world = accelerator.process_index, accelerator.num_processes
+        if run.staged is not None:
+            run.val_batches = staged_eval_batches(
+                run.manifest, run.cfg.data, "val", rank, world, accelerator.device
+            )
+        else:
+            run.val_batches = eval_loader(
+                run.manifest, run.cfg.data, "val", rank, world, accelerator.device, persistent=True
+            )
     return run.val_batches
 
 

@@ -5,20 +5,35 @@ At a segment's start the process reads the canonical streams its share of every 
 by indexing that tensor in the planned order: no loader workers, no host-to-device copy per
 step, and the same batches as the streaming loader (the same plan, the same windows). Resumes
 and resizes work as with the streaming loader.
+
+Across epochs (`StagedEpochs`) the next epoch is read and copied by a background thread while
+the current one trains (on a GPU through a stream of its own, which the training stream waits
+for only when the epoch starts), so an epoch starts without a gap. The val split is staged once
+per run (`staged_eval_batches`): its passes read only device memory.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
+from seqtrain.config import DataConfig
 from seqtrain.data.format import IMAGE_SHAPE, NUM_SLOTS, Manifest
 from seqtrain.data.position import EpochPlan, rank_shares
-from seqtrain.data.stream import Batch, _Piece, epoch_sequence, read_chunks, stream_read
+from seqtrain.data.stream import (
+    Batch,
+    _Piece,
+    epoch_sequence,
+    read_chunks,
+    sample_pieces,
+    stream_read,
+    total_samples,
+)
 
 READ_THREADS = 8  # shards read at once while staging an epoch
 
@@ -99,3 +114,75 @@ def read_into_host(pieces: list[_Piece], pinned: bool) -> tuple[torch.Tensor, to
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(read, pieces, starts.tolist()))  # re-raises a thread's error (UserError)
     return images, labels
+
+
+class StagedEpochs:
+    """`staged_train_loader` of one rank, epoch after epoch: `read_ahead(plan)` stages a later
+    segment in a background thread; `batches(plan)` returns it (waiting for the thread if it is
+    not done yet) or stages a segment nobody read ahead on the spot."""
+
+    def __init__(
+        self, manifest: Manifest, rank: int, world_size: int, device: torch.device
+    ) -> None:
+        self.manifest, self.rank, self.world_size, self.device = manifest, rank, world_size, device
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="seqtrain-stage")
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._ahead: dict[tuple, Future[StagedBatches]] = {}
+
+    def read_ahead(self, plan: EpochPlan) -> None:
+        self._ahead[_key(plan)] = self._thread.submit(self._stage, plan)
+
+    def batches(self, plan: EpochPlan) -> StagedBatches:
+        ahead = self._ahead.pop(_key(plan), None)
+        staged = ahead.result() if ahead is not None else self._stage(plan)
+        if self._stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self._stream)  # the copies are done before the first step reads
+            for tensor in (staged.images, staged.labels, staged.order):
+                tensor.record_stream(current)  # freed memory waits for the training stream too
+        return staged
+
+    def _stage(self, plan: EpochPlan) -> StagedBatches:
+        with torch.cuda.stream(self._stream) if self._stream is not None else nullcontext():
+            return staged_train_loader(self.manifest, plan, self.rank, self.world_size, self.device)
+
+
+def _key(plan: EpochPlan) -> tuple:
+    return plan.seed, plan.epoch, plan.index, plan.skip, plan.steps, plan.layout
+
+
+class StagedEval:
+    """A split's batches of one rank from device tensors: iterable, again and again."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for start in range(0, len(self.labels), self.batch_size):
+            stop = start + self.batch_size
+            yield self.images[start:stop].unsqueeze(1), self.labels[start:stop]
+
+
+def staged_eval_batches(
+    manifest: Manifest,
+    cfg: DataConfig,
+    split: str,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> StagedEval:
+    """Rank `rank` of `world_size`'s part of `split` staged on `device`: the batches (uint8
+    images [B, 1, 28, 84], labels int64 [B, 3]) `eval_loader` yields, in its order."""
+    shards = manifest.shards(split, 0)
+    total = total_samples(shards, split)
+    start, stop = total * rank // world_size, total * (rank + 1) // world_size
+    pieces = sample_pieces(lambda _cycle: shards, total, start, stop - start)
+    images, labels = read_into_host(pieces, pinned=device.type == "cuda")
+    return StagedEval(
+        images.to(device, non_blocking=True),
+        labels.to(device, non_blocking=True).long(),
+        cfg.eval_batch_size,
+    )

@@ -41,14 +41,21 @@ def test_onecycle_rises_to_the_peak_lr_then_falls(tiny_shards: Path, tmp_path: P
     assert not any("train/mfu_per_device" in row for row in history)
 
 
-def test_stage_on_device_runs_the_same_steps(tiny_shards: Path, tmp_path: Path) -> None:
-    argv = train_argv(tiny_shards, tmp_path, "staged", "--epochs", "2", "--stage-on-device")
+def test_stage_on_device_runs_the_same_steps(
+    tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Epochs 2 and 3 were staged in the background while the one before trained, val from
+    device memory: the same training and the same val scores as the streaming loaders'."""
+    argv = train_argv(tiny_shards, tmp_path, "staged", "--epochs", "3", "--stage-on-device")
     run_in_process([*argv, "--wandb-mode", "disabled"])
-    argv = train_argv(tiny_shards, tmp_path, "streamed", "--epochs", "2")
+    assert capsys.readouterr().out.count("each epoch is staged while the one before trains") == 1
+    argv = train_argv(tiny_shards, tmp_path, "streamed", "--epochs", "3")
     run_in_process([*argv, "--wandb-mode", "disabled"])
     staged = read_jsonl(tmp_path / "staged" / "metrics.jsonl")
     streamed = read_jsonl(tmp_path / "streamed" / "metrics.jsonl")
-    assert [e["step"] for e in staged] == [e["step"] for e in streamed] == [37, 74]
+    assert [e["step"] for e in staged] == [e["step"] for e in streamed] == [37, 74, 111]
+    for key in ("train_loss", "val_loss", "val_exact_match"):
+        assert [e[key] for e in staged] == [e[key] for e in streamed], key
     test = json.loads((tmp_path / "staged" / "test_metrics.json").read_text())
     assert test["exact_match"] > 0.05
 

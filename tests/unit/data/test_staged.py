@@ -16,6 +16,7 @@ from seqtrain.data.global_batch import batch_sizes
 from seqtrain.data.position import SHARD_ORDER, Position, plan_epoch
 from seqtrain.data.staged import staged_train_loader
 from seqtrain.data.stream import (
+    eval_loader,
     read_chunks,
     sample_pieces,
     shuffled_shard_order,
@@ -100,3 +101,36 @@ def test_staged_resume_on_other_ranks_trains_the_rest_of_the_epoch(manifest, old
         seen += ids_of(staged_train_loader(manifest, rest, rank, new, CPU))
     assert len(seen) == len(set(seen))
     assert steps * BATCH * old - len(seen) < BATCH * new
+
+
+def test_the_next_epoch_is_staged_in_the_background_with_the_same_batches(manifest, monkeypatch):
+    cfg = staged_config(manifest)
+    plans = [fresh_plan(cfg, epoch, 10, 1, seed=5) for epoch in (0, 1, 2)]
+    expected = [ids_of(staged_train_loader(manifest, plan, 0, 1, CPU)) for plan in plans]
+    staged_by = []
+
+    def recorded(*args):
+        staged_by.append(threading.current_thread().name)
+        return staged_train_loader(*args)
+
+    monkeypatch.setattr(staged, "staged_train_loader", recorded)
+    epochs = staged.StagedEpochs(manifest, 0, 1, CPU)
+    first = epochs.batches(plans[0])  # nobody read it ahead: staged on the spot
+    epochs.read_ahead(plans[1])
+    second = epochs.batches(plans[1])
+    epochs.read_ahead(plans[2])
+    assert [ids_of(first), ids_of(second), ids_of(epochs.batches(plans[2]))] == expected
+    assert staged_by[0] == threading.current_thread().name
+    assert all(name.startswith("seqtrain-stage") for name in staged_by[1:]) and len(staged_by) == 3
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_staged_val_gives_the_eval_loaders_batches(manifest, world_size):
+    cfg = config(manifest, 2)
+    for rank in range(world_size):
+        batches = staged.staged_eval_batches(manifest, cfg, "val", rank, world_size, CPU)
+        loader = eval_loader(manifest, cfg, "val", rank, world_size)
+        assert len(batches) == len(loader)
+        for (images, labels), (want_images, want_labels) in zip(batches, loader, strict=True):
+            assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
+            assert labels.dtype == torch.int64
