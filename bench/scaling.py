@@ -74,18 +74,25 @@ def step_contenders(model_name: str, batch_size: int, run_dir: Path) -> dict[str
     }
 
 
-def timed_rounds(contenders: dict[str, Callable], rounds: int, steps: int) -> dict[str, list]:
-    """Seconds per step of each contender, one figure per round; each round starts with a
-    different contender and runs an untimed step of each before timing it."""
+def timed_rounds(
+    contenders: dict[str, Callable],
+    rounds: int,
+    steps: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list]:
+    """Seconds per step of each contender by `clock` (wall time; `time.process_time` counts this
+    process's CPU seconds, less moved by other processes on a shared machine), one figure per
+    round; each round starts with a different contender and runs an untimed step of each
+    before timing it."""
     names = list(contenders)
     seconds: dict[str, list] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             contenders[name]()
-            start = time.perf_counter()
+            start = clock()
             for _ in range(steps):
                 contenders[name]()
-            seconds[name].append((time.perf_counter() - start) / steps)
+            seconds[name].append((clock() - start) / steps)
     return seconds
 
 
