@@ -2,12 +2,13 @@
 BatchNorm) against the dynamic one (the CNN on the inked slots only).
 
     .venv/bin/python -m bench.skip_blank [--model slotnet_narrow_skipblank] [--batch-size 64]
-        [--mixed-precision auto] [--rounds 5] [--steps 3] [--quick]
+        [--mixed-precision auto] [--threads 1] [--rounds 5] [--steps 3] [--quick]
         [--json-out bench/results/skip_blank_cpu.json]
 
 In one run, in interleaved rounds (`bench.scaling.timed_rounds`: the machine is shared, so
 ratios are taken within a round and their median over rounds reported), timed by the wall clock
-and then by this process's CPU time (`*_cpu_time`): seqtrain's training step
+and then by the CPU time of the thread that runs it (`*_cpu_time`; torch on `--threads`
+threads, default 1, so that thread does all the work): seqtrain's training step
 (`train_step`: forward, backward, Adam) and an eval forward (no grad, as `evaluate` runs it) of
 one model, each on both paths (`use_static_shapes`), on batches of sequences of 1-3 digits drawn
 uniformly (a third of the slots blank, as the generator draws them); the calls cycle through
@@ -88,9 +89,10 @@ def contenders(args: argparse.Namespace, run_dir: Path) -> tuple[dict[str, Calla
     return named, cfg
 
 
-# Wall time, and this process's CPU seconds (all its threads): the latter is what a path costs,
-# less moved by the other processes of a shared machine.
-CLOCKS = {"": time.perf_counter, "_cpu_time": time.process_time}
+# Wall time, and the CPU seconds of the thread that runs the step (`--threads 1`, the default:
+# then it does all the work): what a path costs, barely moved by the other processes of a shared
+# machine, where wall-clock rounds of 2 threads varied 6-fold under a load average of 10.
+CLOCKS = {"": time.perf_counter, "_cpu_time": time.thread_time}
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--mixed-precision", default="auto", choices=["auto", "no", "bf16"], help="as in training"
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=3, help="timed calls per contender, round")
     parser.add_argument("--quick", action="store_true", help="2 short rounds at batch 8")
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.batch_size, args.rounds, args.steps = 8, 2, 1
 
+    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     given = sys.argv[1:] if argv is None else argv
     record = {
