@@ -595,6 +595,7 @@ def _finish(run: Session) -> dict[str, Any]:
                                       run.cfg)  # fmt: skip
         summary = {f"test/{k}": v for k, v in test.items() if k != "members"}
         tracking.log_summary(accelerator, summary | member_values(test, "test"))
+        tracking.log_image(accelerator, "predictions", picture, step=run.position.step)
         if run.member_bests is None:
             export_model(best, run.paths.export)
         else:
