@@ -9,16 +9,22 @@ and the exit status is 1 if any failed:
   environment       Python, torch, CUDA, GPU and CPU facts
   install           pip install --no-index --find-links WHEELS "seqtrain[dev]" (with --wheels
                     or $SEQTRAIN_WHEELS, else skipped); the torch already installed is kept
-  gpu_tests         pytest -m gpu (the GPU tier; all skipped without CUDA), in the background
+  gpu_tests         pytest -m gpu (the GPU tier; all skipped without CUDA; it runs an epoch under
+                    torch.cuda.set_sync_debug_mode("error")), in the background
                     from here on: it needs the GPU little and the CPU less than the steps after
   data              seqtrain-data generate with all cores (the default full size)
-  ensemble          issue 13's quality recipe: `narrow_long` members trained at once on the
-                    one GPU (experiments.time_to_accuracy --parallel), their epochs sized to the
-                    time left by a short probe of all members together and capped at the seed
-                    recipe's 0.87 PFLOP in all; then the members as one ensemble on test
-  reference         the reference recipe for 20 epochs with the fastest honest settings
-                    (bf16, channels-last, --stage-on-device, big eval batches): training
-                    seconds (target <= 10 on an H100-class GPU) and test exact match
+  reference         the reference recipe (unchanged: batch 128, plateau, early stopping) for 20
+                    epochs with the fastest honest settings (bf16, channels-last,
+                    --stage-on-device), twice in this one call: the eager step (--capture off)
+                    and the captured one (--capture on: a CUDA graph): training seconds (target
+                    <= 10), steady ms/step (target <= 1.2), MFU per device, capture seconds,
+                    test exact match (>= 99.2 %)
+  members           `--members 6` of the narrow skip-blank net (recipes/narrow_long_x6.yaml)
+                    against `--members 1` on the same probe steps (the cost of six), then the six
+                    for as many epochs as fit (at most 30; target: 30 in <= 60 s), the ensemble
+                    and each member on test, and the exported ensemble with 5 test-time views
+  profile           50 steps of the eager and of the captured step under torch.profiler
+                    (--profile-steps): GPU busy time (kernels) against the steps' wall time
   stream_vs_staged  the same 2 epochs streamed by loader workers, then --stage-on-device
   loader            bench.loader_throughput, and the loader workers one GPU step needs
   step_overheads    bench.step_overheads on the training device
@@ -36,9 +42,11 @@ the standard library is imported here, so the check runs before seqtrain is inst
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,12 +59,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 480  # 8 minutes for the whole check
-ENSEMBLE_MEMBERS = 6
-ENSEMBLE_PFLOP = 0.87  # issue 13: the seed recipe's training compute, every member counted
-ENSEMBLE_PROBE_STEPS = 300
-MEMBER_FIGURES = ("seed", "epochs_run", "train_pflop", "wall_seconds", "exact_match_per_epoch",
-                  "test_exact_match")  # fmt: skip
-AFTER_ENSEMBLE_S = 90  # kept for the reference step after the ensemble, unless it is skipped
+MEMBERS = 6
+MEMBERS_MAX_EPOCHS = 30  # issue 25: six narrow members x 30 epochs in <= 60 s
+MEMBERS_PROBE_STEPS = 200
+AFTER_MEMBERS_S = 60  # kept for the profile step after the members, unless it is skipped
+PROFILED_STEPS = (20, 69)  # 50 steps, past the captured step's warm-up and recording
 DEFAULT_BASELINE = REPO.parent / "shared" / "bench" / "seed_baseline.py"
 
 
@@ -90,17 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=BUDGET_S, help="time for the whole check")
     p.add_argument("--skip", nargs="*", default=[], help="steps to leave out")
     p.add_argument(
-        "--ensemble-recipe",
-        default="narrow_long",
-        help="the ensemble step's recipe, recipes/NAME.yaml (epochs set by the step)",
+        "--members-recipe",
+        default="narrow_long_x6",
+        help="the members step's recipe, recipes/NAME.yaml (epochs set by the step)",
     )
-    p.add_argument("--ensemble-members", type=int, default=ENSEMBLE_MEMBERS)
-    p.add_argument(
-        "--ensemble-pflop",
-        type=float,
-        default=ENSEMBLE_PFLOP,
-        help="training compute of all members together, at most",
-    )
+    p.add_argument("--members", type=int, default=MEMBERS, help="the members step's --members")
     args = p.parse_args(argv)
     if args.out is None:
         p.error("pass --out FOLDER (or set $OUT)")
@@ -290,32 +291,65 @@ def train_throughput(check: Check) -> dict:
 
 
 def train_run(check: Check, name: str, epochs: int, *flags: str) -> dict:
-    """`seqtrain train` on the check's data; its per-epoch seconds and test figures."""
+    """`seqtrain train` on the check's data (flags name the model; else the reference, tiny in
+    --quick); its per-epoch seconds, steady throughput and MFU (from --report-to csv, when
+    given) and test figures."""
     shards = Path(check.figures["data"]["shards"])
-    model = ["--model", "tiny", "--batch-size", "32"] if check.quick else ["--model", "reference"]
-    runs = check.work / "runs"
-    check.run(
+    model = [] if "--model" in flags or "--config" in flags else reference_model(check)
+    run = check.work / "runs" / name
+    started = time.monotonic()
+    stdout = check.run(
         [sys.executable, "-m", "seqtrain", "train", "--shards", str(shards), "--output-dir",
-         str(runs), "--run-name", name, "--epochs", str(epochs), "--wandb-mode", "disabled",
-         "--seed", "0", *model, *flags],
+         str(run.parent), "--run-name", name, "--epochs", str(epochs), "--wandb-mode",
+         "disabled", "--seed", "0", *model, *flags],
         timeout=300,
     )  # fmt: skip
-    run = runs / name
+    wall = time.monotonic() - started
     epochs_run = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     test = json.loads((run / "test_metrics.json").read_text())
-    manifest = json.loads((shards / "manifest.json").read_text())
-    train_per_epoch = manifest["config"]["train_size"]
+    train_per_epoch = check.figures["data"]["config"]["train_size"]
     seconds = [e["epoch_seconds"] for e in epochs_run]
-    return {
+    figures = {
         "flags": list(flags),
+        "training_step": [line for line in stdout.splitlines() if "training step:" in line][-1:],
         "epochs": len(epochs_run),
         "epoch_seconds": [round(s, 3) for s in seconds],
         "training_seconds": round(sum(seconds), 2),
+        "capture_seconds": round(sum(e.get("capture_seconds", 0.0) for e in epochs_run), 2),
+        "wall_seconds": round(wall, 1),
         "samples_per_s_last_epoch": round(train_per_epoch / seconds[-1], 1),
         "val_exact_match": [e["val_exact_match"] for e in epochs_run],
         "test_exact_match": test["exact_match"],
         "test_count": test["count"],
+        **steady_figures(run / "train_log.csv"),
     }
+    if "members" in test:
+        figures["member_test_exact_match"] = [m["exact_match"] for m in test["members"]]
+    return figures
+
+
+def steady_figures(train_log: Path) -> dict:
+    """The median samples/s and MFU per device of the later half of the logged windows (the
+    first ones hold warm-up, capture and autotuning); none without a train_log.csv."""
+    if not train_log.is_file():
+        return {}
+    rows = list(csv.reader(train_log.read_text().splitlines()[1:]))
+    figures = {}
+    for metric, key in (("train/samples_per_s", "steady_samples_per_s"),
+                        ("train/mfu_per_device", "steady_mfu_per_device")):  # fmt: skip
+        values = [float(value) for _, name, value in rows if name == metric]
+        if values:
+            figures[key] = round(statistics.median(values[len(values) // 2 :]), 5)
+    return figures
+
+
+def logged(check: Check) -> list[str]:
+    """Throughput and MFU into train_log.csv, every few steps in --quick's short epochs."""
+    return ["--report-to", "csv", *(["--log-every", "2"] if check.quick else [])]
+
+
+def reference_model(check: Check) -> list[str]:
+    return ["--model", "tiny", "--batch-size", "32"] if check.quick else ["--model", "reference"]
 
 
 def fast_flags(check: Check) -> list[str]:
@@ -364,63 +398,123 @@ def step_overheads(check: Check) -> dict:
     return check.bench("bench.step_overheads", "step_overheads", *sizes, timeout=150)
 
 
-def ensemble(check: Check) -> dict:
-    data = check.figures["data"]
-    train_size = data["config"]["train_size"]
-    members = 2 if check.quick else check.args.ensemble_members
-    common = ["--shards", data["shards"], "--recipes", check.args.ensemble_recipe,
-              "--parallel", str(members),
-              "--seeds", *map(str, range(members))]  # fmt: skip
-    probe_steps = 5 if check.quick else ENSEMBLE_PROBE_STEPS
-    probe = check.bench("experiments.time_to_accuracy", "ensemble_probe", *common, "--epochs",
-                        "1", "--steps-per-epoch", str(probe_steps), "--work-dir",
-                        str(check.work / "ensemble_probe"), timeout=300)  # fmt: skip
-    sizing = ensemble_epochs(check, probe["results"], probe_steps, members, train_size)
-    result = check.bench("experiments.time_to_accuracy", "ensemble", *common, "--epochs",
-                         str(sizing["epochs"]), "--ensemble-tta", "0", "--budget-s",
-                         str(round(check.remaining())), "--work-dir",
-                         str(check.work / "ensemble"))  # fmt: skip
-    members_done = result["results"]
-    if not result["ensembles"] or not all(r["finished"] for r in members_done):
-        raise StepFailedError("not every member finished")
-    return {
-        **sizing,
-        "members": [{k: r[k] for k in MEMBER_FIGURES} for r in members_done],
-        "member_test_exact_match": result["seed_summaries"][0],
-        "ensemble": result["ensembles"][0],
-        "runs": str(check.work / "ensemble" / "runs"),
-    }
-
-
-def ensemble_epochs(
-    check: Check, probe: list[dict], probe_steps: int, members: int, train_size: int
-) -> dict:
-    """The members' epochs: as many as the time left allows at the probe's step rate (slowest
-    member, start-up and val included, so it errs short), at most the compute budget's."""
-    if not all(r["finished"] for r in probe):
-        raise StepFailedError("the probe's members did not all finish")
-    batch = probe[0]["batch_size"]
-    steps_per_s = probe_steps / max(r["epoch_seconds"][0] for r in probe)
-    # what a member spends outside its epochs (start-up, test, export), and the ensemble's test
-    overhead_s = max(r["wall_seconds"] - r["epoch_seconds"][0] for r in probe) + 30
-    after = 0 if "reference" in check.args.skip else AFTER_ENSEMBLE_S
-    training_s = check.remaining() - after - overhead_s
-    fit = int(training_s * steps_per_s * batch / train_size)
-    gflop = probe[0]["gflop_per_train_sample"]
-    budget = int(check.args.ensemble_pflop * 1e6 / (members * train_size * gflop))
-    epochs = max(1, min(fit, budget, 2 if check.quick else budget))
-    return {"probe_steps_per_s": round(steps_per_s, 2), "probe_overhead_s": round(overhead_s, 1),
-            "epochs_that_fit": fit, "epochs_in_budget": budget, "epochs": epochs,
-            "batch_size": batch, "gflop_per_train_sample": gflop}  # fmt: skip
+def capture_flag(check: Check) -> str:
+    """--capture for the captured runs: on where a GPU is (refused there if it cannot hold),
+    auto on a CPU (--quick), where the step runs eagerly and says so."""
+    return "on" if check.figures["environment"].get("gpus") else "auto"
 
 
 def reference(check: Check) -> dict:
     epochs = 2 if check.quick else 20
-    run = train_run(check, "reference", epochs, *fast_flags(check), "--stage-on-device",
-                    "--num-workers", str(loader_workers(check)))  # fmt: skip
-    run["target_training_seconds"] = 10.0
-    run["met_target"] = run["epochs"] == 20 and run["training_seconds"] <= 10.0
-    return run
+    batch = 32 if check.quick else 128
+    flags = [*fast_flags(check), "--stage-on-device", *logged(check)]
+    runs = {
+        "eager": train_run(check, "reference_eager", epochs, *flags, "--capture", "off"),
+        "captured": train_run(check, "reference_captured", epochs, *flags, "--capture",
+                              capture_flag(check)),
+    }  # fmt: skip
+    for run in runs.values():
+        if "steady_samples_per_s" in run:
+            run["steady_ms_per_step"] = round(1000 * batch / run["steady_samples_per_s"], 4)
+        run["met_target"] = (
+            run["epochs"] == 20
+            and run["training_seconds"] <= 10.0
+            and run["test_exact_match"] >= 0.992
+        )
+    return {
+        **runs,
+        "targets": {"training_seconds": 10.0, "steady_ms_per_step": 1.2, "test_exact_match": 0.992},
+        "captured_over_eager_training_seconds": round(
+            runs["captured"]["training_seconds"] / runs["eager"]["training_seconds"], 3
+        ),
+    }
+
+
+def members(check: Check) -> dict:
+    """The cost of N members against one (same probe steps), then N for the epochs that fit."""
+    count = 2 if check.quick else check.args.members
+    recipe = REPO / "recipes" / f"{check.args.members_recipe}.yaml"
+    flags = ["--config", str(recipe), *(["--model", "tiny"] if check.quick else []),
+             *fast_flags(check), "--stage-on-device", *logged(check)]  # fmt: skip
+    probe_steps = 3 if check.quick else MEMBERS_PROBE_STEPS
+    probe = {
+        k: train_run(check, f"members_probe_{k}", 1, *flags, "--members", str(k),
+                     "--steps-per-epoch", str(probe_steps))
+        for k in (1, count)
+    }  # fmt: skip
+    sizing = members_epochs(check, probe[count], probe_steps)
+    run = train_run(check, "members", sizing["epochs"], *flags, "--members", str(count))
+    exported = check.work / "runs" / "members" / "export"
+    check.python(
+        "-m", "seqtrain", "evaluate", "--checkpoint", str(exported),
+        "--shards", check.figures["data"]["shards"], "--split", "test", "--tta-shift", "1",
+        "--json", str(check.out / "raw" / "members_tta1.json"), timeout=120,
+    )  # fmt: skip
+    tta = json.loads((check.out / "raw" / "members_tta1.json").read_text())
+    return {
+        "members": count,
+        "probe_steps": probe_steps,
+        "probe_seconds": {k: r["epoch_seconds"][0] for k, r in probe.items()},
+        "members_over_one_probe_seconds": round(
+            probe[count]["epoch_seconds"][0] / probe[1]["epoch_seconds"][0], 3
+        ),
+        **sizing,
+        "run": run,
+        "target": {"epochs": MEMBERS_MAX_EPOCHS, "training_seconds": 60.0},
+        "test_exact_match_tta1": tta["exact_match"],
+    }
+
+
+def members_epochs(check: Check, probe: dict, probe_steps: int) -> dict:
+    """As many epochs as the time left allows at the probe's step rate (val included, so it
+    errs short), after what a run spends outside its epochs, at most MEMBERS_MAX_EPOCHS."""
+    seconds_per_step = probe["epoch_seconds"][0] / probe_steps
+    overhead_s = probe["wall_seconds"] - probe["training_seconds"] + 30  # + the 5-view test
+    after = 0 if "profile" in check.args.skip else AFTER_MEMBERS_S
+    steps_per_epoch = check.figures["data"]["config"]["train_size"] / 128  # the recipe's batch
+    fit = int((check.remaining() - after - overhead_s) / (steps_per_epoch * seconds_per_step))
+    epochs = max(1, min(fit, 2 if check.quick else MEMBERS_MAX_EPOCHS))
+    return {"probe_seconds_per_step": round(seconds_per_step, 5), "epochs_that_fit": fit,
+            "epochs": epochs}  # fmt: skip
+
+
+def profile(check: Check) -> dict:
+    """PROFILED_STEPS of the eager and the captured step in a torch.profiler trace each."""
+    first, last = (2, 5) if check.quick else PROFILED_STEPS
+    steps = ["--steps-per-epoch", str(last + 2), "--profile-steps", f"{first}:{last}"]
+    result = {}
+    for name, capture in (("eager", "off"), ("captured", capture_flag(check))):
+        run = train_run(check, f"profile_{name}", 1, *fast_flags(check), "--stage-on-device",
+                        "--capture", capture, *steps)  # fmt: skip
+        trace = check.work / "runs" / f"profile_{name}" / "profile" / "rank0.pt.trace.json"
+        result[name] = {"training_step": run["training_step"], **trace_busy(trace)}
+    return {"steps": [first, last], **result}
+
+
+def trace_busy(trace: Path) -> dict:
+    """The profiled steps' wall time (first step span's start to the last one's end) and the GPU
+    busy time in it (the union of kernel and copy intervals), in ms."""
+    events = json.loads(trace.read_text())["traceEvents"]
+    steps = [e for e in events if str(e.get("name", "")).startswith("train step ")]
+    if not steps:
+        raise StepFailedError(f"{trace.name} holds no 'train step' span")
+    start = min(e["ts"] for e in steps)
+    end = max(e["ts"] + e["dur"] for e in steps)
+    spans = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e
+    )
+    busy, reach = 0.0, float("-inf")
+    for begin, finish in spans:
+        begin = max(begin, reach)
+        if finish > begin:
+            busy += finish - begin
+            reach = finish
+    wall = end - start
+    return {"steps": len(steps), "wall_ms": round(wall / 1000, 3),
+            "gpu_busy_ms": round(busy / 1000, 3),
+            "gpu_busy_fraction": round(busy / wall, 4) if wall else None}  # fmt: skip
 
 
 STEPS: list[tuple[str, Callable[[Check], dict]]] = [
@@ -428,14 +522,15 @@ STEPS: list[tuple[str, Callable[[Check], dict]]] = [
     ("install", install),
     ("gpu_tests", gpu_tests),
     ("data", data),
-    ("ensemble", ensemble),
     ("reference", reference),
+    ("members", members),
+    ("profile", profile),
     ("stream_vs_staged", stream_vs_staged),
     ("loader", loader),
     ("step_overheads", step_overheads),
     ("train_throughput", train_throughput),  # last: the longest, and it needs --baseline
 ]
-NEEDS_DATA = {"ensemble", "stream_vs_staged", "reference"}
+NEEDS_DATA = {"reference", "members", "profile", "stream_vs_staged"}
 IN_BACKGROUND = {"gpu_tests"}
 
 
