@@ -12,6 +12,11 @@ member's batch interleaved; `vectorized`, the same model run through vmap (the G
 to measure what it costs on CPU); `separate`, N models of their own, each a step on its own
 batch. Start-up, loaders and evaluation are left out: N runs pay them N times, so the step
 ratio is the stacked run's worst case. `--quick`: 2 short rounds at batch 8, 2 members.
+
+With `--shards DIR`, whole processes too, start-up, loading, val and test included: one
+`seqtrain train --members N` against N `seqtrain train --seed i` one after another (seeds 0..N-1,
+one epoch each, W&B off), alternating, `--rounds` times (`runs_over_separate`: its per-round
+ratios).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import datetime
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +92,33 @@ def measure(args: argparse.Namespace) -> dict:
     return record
 
 
+def whole_runs(args: argparse.Namespace, shards: Path) -> dict:
+    """Seconds of one --members process against the N single runs, per round, and ratios."""
+    seconds: dict[str, list[float]] = {"runs_members": [], "runs_separate": []}
+    with tempfile.TemporaryDirectory() as out:
+        common = [
+            sys.executable, "-m", "seqtrain", "train", "--shards", str(shards),
+            "--model", args.model, "--epochs", "1", "--batch-size", str(args.batch_size),
+            "--num-workers", "0", "--wandb-mode", "disabled", "--output-dir", out, "--overwrite",
+        ]  # fmt: skip
+        together = [[*common, "--run-name", "members", "--members", str(args.members)]]
+        apart = [[*common, "--run-name", f"seed{i}", "--seed", str(i)] for i in range(args.members)]
+        for r in range(args.rounds):
+            order = [("runs_members", together), ("runs_separate", apart)]
+            for name, commands in order[r % 2 :] + order[: r % 2]:
+                start = time.perf_counter()
+                for command in commands:
+                    subprocess.run(command, check=True, capture_output=True)
+                seconds[name].append(time.perf_counter() - start)
+    ratio = ratios(seconds["runs_members"], seconds["runs_separate"])
+    return {
+        "runs_members_s": seconds["runs_members"],
+        "runs_separate_s": seconds["runs_separate"],
+        "runs_over_separate": ratio["median"],
+        "runs_over_separate_range": ratio["range"],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="slotnet_narrow_skipblank", choices=model_names())
@@ -94,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=2, help="timed calls per contender, round")
     parser.add_argument("--quick", action="store_true", help="2 short rounds, batch 8, 2 members")
+    parser.add_argument("--shards", type=Path, help="also time whole runs on these shards")
     parser.add_argument("--json-out", type=Path, help="also write the JSON line here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -116,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         **measure(args),
+        **(whole_runs(args, args.shards) if args.shards else {}),
     }
     record["load_average_at_end"] = os.getloadavg()[0]
     record["seconds"] = time.perf_counter() - started
