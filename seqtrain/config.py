@@ -413,10 +413,6 @@ class RunConfig:
             planned_to_the_end = self.optim.sched != "plateau"
             self.train.early_stop_patience = 0 if planned_to_the_end else 5
         if self.train.members > 1:
-            # Members are independent models: a norm over all of them, or statistics shared
-            # across processes, would couple them.
-            _require(not self.optim.clip_grad_norm, "--clip-grad-norm",
-                     "is not supported with --members yet (it would clip all members by one "
-                     "norm)")  # fmt: skip
+            # SyncBatchNorm layers in place of the members' BatchNorm: not built for stacking.
             _require(self.model.sync_batchnorm != "on", "--sync-batchnorm on",
                      "is not supported with --members")  # fmt: skip

@@ -213,7 +213,7 @@ def _build(cfg: RunConfig) -> Session:
         run.member_bests = MemberBests(cfg.train.members, cfg.train.best_metric)
         accelerator.register_for_checkpointing(run.member_bests)
     if cfg.optim.clip_grad_norm:
-        run.clip = GradClip(cfg.optim.clip_grad_norm, accelerator.device)
+        run.clip = GradClip(cfg.optim.clip_grad_norm, accelerator.device, cfg.train.members)
     capture = choose_capture(cfg, accelerator.device, accelerator.num_processes)  # or an error
     run.train_step = TrainStep(
         accelerator, model, optimizer, cfg, sizes.accumulation, run.clip, run.average,

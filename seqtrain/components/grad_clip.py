@@ -8,12 +8,17 @@ same factor and the replicas stay identical, with no communication of its own.
 applies to the true gradients; a step whose fp16 gradients overflowed (norm inf) is then
 skipped by the scaler, as without clipping. bf16 and fp32 have no scaler.
 
+Stacked --members models (`members` > 1) clip each member by its own norm, as its own run would
+(`clip_members`); the logged norm is then the members' mean.
+
 The norms before clipping stay on the device (one add per step into the same tensor, so a
 captured step replays it); the host counts the clipped steps itself (`count`), and the loop
 reads their mean once per --log-every window, in the host sync it takes there anyway.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from accelerate import Accelerator
@@ -23,8 +28,9 @@ from torch import nn
 class GradClip:
     """Clips to `max_norm` and keeps the sum of the pre-clip norms since the last read."""
 
-    def __init__(self, max_norm: float, device: torch.device) -> None:
+    def __init__(self, max_norm: float, device: torch.device, members: int = 1) -> None:
         self.max_norm = max_norm
+        self.members = members
         self._norm_sum = torch.zeros((), dtype=torch.float64, device=device)
         self._steps = 0
 
@@ -39,7 +45,11 @@ class GradClip:
         global one."""
         if not accelerator.sync_gradients:
             return False
-        self._norm_sum += accelerator.clip_grad_norm_(model.parameters(), self.max_norm)
+        if self.members == 1:
+            self._norm_sum += accelerator.clip_grad_norm_(model.parameters(), self.max_norm)
+        else:
+            accelerator.unscale_gradients()  # fp16: the limit is on the true gradients
+            self._norm_sum += clip_members(model.parameters(), self.max_norm).mean()
         return True
 
     def count(self) -> None:
@@ -55,3 +65,17 @@ class GradClip:
         self._norm_sum.zero_()
         self._steps = 0
         return {"train/grad_norm": mean}
+
+
+@torch.no_grad()
+def clip_members(parameters: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Stacked members' gradients (dim 0: the member) each scaled down to `max_norm` by its own
+    L2 norm over all parameters, as `torch.nn.utils.clip_grad_norm_` scales one model's; returns
+    the members' norms before clipping ([N])."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    per_tensor = [g.reshape(len(g), -1).norm(dim=1) for g in grads]
+    norms = torch.stack(per_tensor).norm(dim=0)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # torch's clip_grad_norm_ coefficient
+    for grad in grads:
+        grad.mul_(scale.to(grad.dtype).view(-1, *[1] * (grad.dim() - 1)))
+    return norms

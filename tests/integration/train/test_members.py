@@ -92,4 +92,4 @@ def test_bad_member_flags_are_one_line_errors(
 ) -> None:
     argv = train_argv(tiny_shards, tmp_path, "bad", "--members", "2")
     assert "--member-seeds" in refusal([*argv, "--member-seeds", "1"], capsys)
-    assert "--clip-grad-norm" in refusal([*argv, "--clip-grad-norm", "1"], capsys)
+    assert "--sync-batchnorm on" in refusal([*argv, "--sync-batchnorm", "on"], capsys)
