@@ -26,9 +26,11 @@ def _parse(cls: type[T], argv: list[str], name: str) -> T:
 
 def _generate(argv: list[str]) -> None:
     from data_gen.config import GenConfig
+
+    cfg = _parse(GenConfig, argv, "generate")  # before torch's import: flag errors stay fast
     from data_gen.generate import generate
 
-    generate(_parse(GenConfig, argv, "generate"))
+    generate(cfg)
 
 
 def _finalize(argv: list[str]) -> None:

@@ -17,7 +17,6 @@ from torch import nn
 from seqtrain.common.atomic import atomic_write_json, atomic_write_text
 from seqtrain.common.cliparse import dump_config
 from seqtrain.common.errors import UserError
-from seqtrain.components.plots import save_predictions
 from seqtrain.components.run_paths import METRICS, RunPaths
 from seqtrain.config import RunConfig
 from seqtrain.data.format import Manifest
@@ -124,4 +123,8 @@ def write_predictions_picture(
     x, _ = to_device(images, labels, accelerator.device, cfg.model.channels_last)
     with accelerator.autocast():
         predicted = model(x).argmax(dim=-1).cpu().numpy()
+    # Imported here: matplotlib costs every rank's start-up a quarter of a second otherwise,
+    # and only the main process of a run that finishes draws.
+    from seqtrain.components.plots import save_predictions
+
     save_predictions(path, images[:, 0].numpy(), labels.numpy(), predicted)

@@ -26,7 +26,14 @@ from seqtrain.components.checkpoint import META_NAME
 from seqtrain.data.format import MANIFEST_NAME
 from support import REPO
 from support.generate import shard_bytes_of, tiny_generate_argv
-from support.slurm import SlurmCluster, job_fields, missing_reason, sbatch, slurm_cluster
+from support.slurm import (
+    TIME_LIMIT_TEST_S,
+    SlurmCluster,
+    job_fields,
+    missing_reason,
+    sbatch,
+    slurm_cluster,
+)
 from support.training import assert_same_result, epoch_of
 
 pytestmark = [
@@ -37,7 +44,7 @@ pytestmark = [
 
 BIN = Path(sys.executable).parent
 JOB_TIMEOUT_S = 300
-STEPS = 30  # per epoch: long enough to stop a job mid-epoch from outside
+STEPS = 20  # per epoch: long enough to stop a job mid-epoch from outside
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
 
 
@@ -119,7 +126,7 @@ def submit(
     *options: str,
     launcher: str = "srun",
     layout: tuple[str, ...] = ONE_NODE,
-    epochs: int = 4,
+    epochs: int = 3,
     env: dict[str, str] | None = None,
 ) -> Job:
     """train.sbatch on the cpu partition: two ranks (by default two tasks on one node, or one
@@ -135,17 +142,13 @@ def submit(
     return Job(sbatch(argv, env, REPO), log, out / "job", env)
 
 
-def run_unbroken(cluster: SlurmCluster, shards: Path, out: Path, epochs: int = 4) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    job = submit(cluster, shards, out, epochs=epochs)
-    assert job.wait_end()["JobState"] == "COMPLETED", job.output()[-3000:]
-    return job.run
-
-
 @pytest.fixture(scope="module")
 def unbroken(cluster: SlurmCluster, tiny_shards: Path, tmp_path_factory) -> Path:
-    """The same job, never stopped."""
-    return run_unbroken(cluster, tiny_shards, tmp_path_factory.mktemp("unbroken"))
+    """The same job (three epochs: a stop landing after epoch 2's last check still stops one
+    mid-epoch), never stopped."""
+    job = submit(cluster, tiny_shards, tmp_path_factory.mktemp("unbroken"))
+    assert job.wait_end()["JobState"] == "COMPLETED", job.output()[-3000:]
+    return job.run
 
 
 @pytest.mark.timeout(2 * JOB_TIMEOUT_S)
@@ -169,9 +172,10 @@ def test_ranks_from_sbatch_options_in_the_venv_named(
     assert [(r["process_index"], r["num_processes"]) for r in ranks] == [(0, 2), (1, 2)]
 
 
-# slurmctld sends the time-limit warning at its first periodic check (every 30 s) after it is
-# due, so a job must outlive about 35 s of training for it to arrive at all.
-TIME_LIMIT_EPOCHS = 8
+# slurmctld sends a due time-limit warning at its next time-limit test (every 30 s): a job
+# submitted this long before a test gets it a little less long after its start (allocation
+# takes a second or two): after the batch shell's start-up (its USR1 trap), long before the end.
+WARNING_AFTER_S = 14
 
 
 def resumed_batch(output: str) -> int:
@@ -208,16 +212,23 @@ def saved_steps(run: Path) -> int:
     return sum(segment["steps"] for segment in position["segments"])
 
 
+def submit_before_time_limit_test(cluster: SlurmCluster, *args, **kwargs) -> Job:
+    """`submit(...)` WARNING_AFTER_S before slurmctld's next time-limit test (waiting for the
+    one after if that is sooner)."""
+    wait = cluster.seconds_to_time_limit_test() - WARNING_AFTER_S
+    time.sleep(wait % TIME_LIMIT_TEST_S)
+    return submit(cluster, *args, **kwargs)
+
+
 @pytest.mark.timeout(900)
 def test_time_limit_warning_saves_requeues_and_resumes(
-    cluster: SlurmCluster, tiny_shards: Path, tmp_path: Path
+    cluster: SlurmCluster, unbroken: Path, tiny_shards: Path, tmp_path: Path
 ) -> None:
-    """`--time=2 --signal=B:USR1@115`: SLURM's own warning, at a moment it picks (start-up
-    included). USR1 reaches the batch shell, which passes it to srun, which passes it to the
-    ranks."""
-    unbroken = run_unbroken(cluster, tiny_shards, tmp_path / "unbroken", TIME_LIMIT_EPOCHS)
-    job = submit(cluster, tiny_shards, tmp_path, "--time=2", "--signal=B:USR1@115",
-                 epochs=TIME_LIMIT_EPOCHS)  # fmt: skip
+    """`--time=2 --signal=B:USR1@120`: SLURM's own warning, due from the start, sent at
+    slurmctld's first time-limit test after it (timed to come early in the run). USR1
+    reaches the batch shell, which passes it to srun, which passes it to the ranks."""
+    job = submit_before_time_limit_test(cluster, tiny_shards, tmp_path, "--time=2",
+                                        "--signal=B:USR1@120")  # fmt: skip
     job.wait_requeued()
     assert "after SIGUSR1" in job.output() and "requeueing job" in job.output()
     assert saved_steps(job.run) > 0, "the stop was not saved mid-epoch"

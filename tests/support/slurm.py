@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -24,6 +25,10 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 GRACE_TIME_S = 60
 SLURMD_TIMEOUT_S = 10  # a node silent this long is DOWN and its jobs requeued (default 300)
 MUNGE_KEY = Path("/etc/munge/munge.key")
+# slurmctld tests time limits (and sends due --signal warnings) every 30 s, a constant compiled
+# into it (PERIODIC_TIMEOUT); at debug2 it logs each test, so a test can time a job against it.
+TIME_LIMIT_TEST_S = 30
+TIME_LIMIT_TEST_LOGGED = re.compile(r"^\[([0-9T:.-]+)\] debug2: Testing job time limits", re.M)
 
 
 def missing_reason() -> str | None:
@@ -54,6 +59,8 @@ def _node_lines(host: str, cpus: int, names: list[str]) -> str:
 def _slurm_conf(root: Path, host: str, cpus: int, extra: str, names: list[str]) -> str:
     # Two partitions on the node(s): jobs in `urgent` preempt (requeue) those in `cpu`, which
     # get GraceTime seconds of SIGTERM first, as on clusters with a preemptible partition.
+    # batch_sched_delay=0: a job submitted within 3 s (the default) of the last scheduling
+    # pass, as each test's next job is, starts at once instead of waiting those seconds out.
     nodes = ",".join(names)
     return f"""\
 ClusterName=seqtrain-test
@@ -77,6 +84,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/builtin
+SchedulerParameters=batch_sched_delay=0
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
@@ -86,6 +94,7 @@ KillWait=30
 MinJobAge=600
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
+SlurmctldDebug=debug2
 {extra}
 {_node_lines(host, cpus, names)}
 PartitionName=cpu Nodes={nodes} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 \
@@ -128,6 +137,15 @@ class SlurmCluster:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         psutil.wait_procs(doomed, timeout=10)
+
+    def seconds_to_time_limit_test(self) -> float:
+        """Seconds until slurmctld's next time-limit test (negative: due now), from its log;
+        waits for the first test of a cluster just started."""
+        log = self.root / "slurmctld.log"
+        _wait_for(lambda: TIME_LIMIT_TEST_LOGGED.search(log.read_text()) is not None,
+                  "a time-limit test", self.root, timeout=2 * TIME_LIMIT_TEST_S)  # fmt: skip
+        last = TIME_LIMIT_TEST_LOGGED.findall(log.read_text())[-1]
+        return datetime.fromisoformat(last).timestamp() + TIME_LIMIT_TEST_S - time.time()
 
     def stop(self) -> None:
         for daemon in reversed(self.daemons):
