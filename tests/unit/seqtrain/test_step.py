@@ -118,7 +118,7 @@ def test_the_captured_style_step_equals_the_eager_one_and_keeps_its_inputs(
 ) -> None:
     """Mode "static" is what a CUDA graph records (the batch copied into fixed buffers, the
     whole step as one callable), run eagerly: the same training, bit for bit."""
-    data = batches(STEPS)
+    data = batches(20)
     eager_losses, eager_weights = trained(built_step(tmp_path, **OPTIONS), data)
     built = built_step(tmp_path, mode="static", **OPTIONS)
     built.step(data[0], 1)
