@@ -4,7 +4,7 @@ the tiers: each top folder marks its tests (see tests/README.md). Helpers live i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             raise pytest.UsageError(f"{item.path}: test files go in a tier folder: {tiers}")
         for name in FOLDER_MARKERS[folder]:
             item.add_marker(name)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state() -> Iterator[None]:
+    """Accelerate's state is a process-wide singleton: a test that built an Accelerator must not
+    hand its settings (precision, device) to the next one's in-process run."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(scope="session")
