@@ -22,9 +22,6 @@ ratios).
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -35,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from bench.emit import cpu_name, emit_result
-from bench.scaling import ratios, rounded, timed_rounds
+from bench.emit import emit_measured
+from bench.scaling import ratios, timed_rounds
 from bench.skip_blank import sequences_batch
 from seqtrain.config import ModelConfig, RunConfig, TrainConfig
 from seqtrain.distributed import make_accelerator
@@ -133,28 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.batch_size, args.rounds, args.steps, args.members = 8, 2, 1, 2
 
-    started = time.perf_counter()
-    given = sys.argv[1:] if argv is None else argv
-    record = {
-        "bench": "members",
-        "date": datetime.date.today().isoformat(),
-        "command": shlex.join(["python", "-m", "bench.members", *given]),
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "load_average_at_start": os.getloadavg()[0],  # the machine is shared
-        "model": args.model,
-        "members": args.members,
-        "batch_size": args.batch_size,
-        "rounds": args.rounds,
-        "steps_per_round": args.steps,
-        **measure(args),
+    emit_measured("members", argv, lambda: {
+        "model": args.model, "members": args.members, "batch_size": args.batch_size,
+        "rounds": args.rounds, "steps_per_round": args.steps, **measure(args),
         **(whole_runs(args, args.shards) if args.shards else {}),
-    }
-    record["load_average_at_end"] = os.getloadavg()[0]
-    record["seconds"] = time.perf_counter() - started
-    emit_result(rounded(record), args.json_out)
+    }, args.json_out)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -22,12 +22,9 @@ In one run, on this machine's CPU (the inputs of bench.scaling_model, which mode
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +35,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from bench.emit import cpu_name, emit_result
+from bench.emit import emit_measured
 from bench.stores import free_port
 from seqtrain.config import ModelConfig, RunConfig, TrainConfig
 from seqtrain.data.stream import images_to_float
@@ -194,33 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.model, args.batch_size, args.rounds, args.steps, args.repeats = "tiny", 8, 2, 1, 3
 
-    started = time.perf_counter()
-    given = sys.argv[1:] if argv is None else argv
-    record = {
-        "bench": "scaling",
-        "date": datetime.date.today().isoformat(),
-        "command": shlex.join(["python", "-m", "bench.scaling", *given]),
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "load_average_at_start": os.getloadavg()[0],  # the machine is shared
-        **measure(args),
-    }
-    record["load_average_at_end"] = os.getloadavg()[0]
-    record["seconds"] = time.perf_counter() - started
-    emit_result(rounded(record), args.json_out)
-
-
-def rounded(value: object) -> object:
-    """Floats to 6 decimals, inside lists too."""
-    if isinstance(value, float):
-        return round(value, 6)
-    if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [rounded(v) for v in value]
-    return value
+    emit_measured("scaling", argv, lambda: measure(args), args.json_out)
 
 
 if __name__ == "__main__":

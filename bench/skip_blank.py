@@ -20,12 +20,8 @@ stays there. `--quick` runs 2 short rounds at batch 8 (the smoke test). Prints o
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
-import os
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from bench.emit import cpu_name, emit_result
-from bench.scaling import ratios, rounded, timed_rounds
+from bench.emit import emit_measured
+from bench.scaling import ratios, timed_rounds
 from seqtrain.config import ModelConfig, RunConfig, TrainConfig
 from seqtrain.distributed import make_accelerator, resolved_precision, to_device
 from seqtrain.models import model_names
@@ -131,26 +127,10 @@ def main(argv: list[str] | None = None) -> None:
         args.batch_size, args.rounds, args.steps = 8, 2, 1
 
     torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    given = sys.argv[1:] if argv is None else argv
-    record = {
-        "bench": "skip_blank",
-        "date": datetime.date.today().isoformat(),
-        "command": shlex.join(["python", "-m", "bench.skip_blank", *given]),
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "load_average_at_start": os.getloadavg()[0],  # the machine is shared
-        "model": args.model,
-        "batch_size": args.batch_size,
-        "rounds": args.rounds,
-        "steps_per_round": args.steps,
-        **measure(args),
-    }
-    record["load_average_at_end"] = os.getloadavg()[0]
-    record["seconds"] = time.perf_counter() - started
-    emit_result(rounded(record), args.json_out)
+    emit_measured("skip_blank", argv, lambda: {
+        "model": args.model, "batch_size": args.batch_size, "rounds": args.rounds,
+        "steps_per_round": args.steps, **measure(args),
+    }, args.json_out)  # fmt: skip
 
 
 if __name__ == "__main__":
