@@ -137,7 +137,7 @@ class LRSchedule:
             self.warmup_samples = self._warmup_samples(samples_left, global_batch, epoch_samples)
         elif self.plateau is not None:
             # The plateau's reductions live in the optimizer's LR: keep them, on the new scale.
-            self._set(float(self.optimizer.param_groups[0]["lr"]) * lr / self.lr)
+            self._set(self.current * lr / self.lr)
         self.lr = lr
         self.clock.plan(samples_left, global_batch, begin=self.warmup_samples)
         if self.plateau is None or fresh or self._warming_up():
@@ -171,8 +171,15 @@ class LRSchedule:
     def after_epoch(self, val_loss: float) -> None:
         """Call once per epoch with the global val loss (the same value on every rank)."""
         if self.plateau is not None and not self._warming_up():
+            before = self._device_lr()
             self.plateau.step(val_loss)
-            self.current = float(self.optimizer.param_groups[0]["lr"])  # once per epoch
+            if self._device_lr() != before:
+                # Cut the host's LR and write it back: the device tensor's float32 would
+                # compound its rounding at every cut (1e-12 read back as 9.99999996e-13).
+                self._set(self.current * self.cfg.plateau_factor)
+
+    def _device_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])  # a read: once per epoch at most
 
     def _apply(self) -> None:
         assert self.lr is not None, "plan() first"
@@ -198,6 +205,7 @@ class LRSchedule:
             "lr": self.lr,
             "warmup_samples": self.warmup_samples,
             "plateau": None if self.plateau is None else self.plateau.state_dict(),
+            "current": self.current,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -210,6 +218,8 @@ class LRSchedule:
             }
         self.clock.load_state_dict(state["clock"])
         self.lr, self.warmup_samples = state["lr"], state["warmup_samples"]
+        # Saved before the LR became a device tensor: the optimizer's LR (loaded first) is it.
+        self.current = state.get("current", self._device_lr())
         if self.plateau is not None:
             self.plateau.load_state_dict(state["plateau"])
 
