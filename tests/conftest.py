@@ -111,8 +111,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     for proc in psutil.Process().children(recursive=True):
         try:
             command = " ".join(proc.cmdline())
-            if "multiprocessing.resource_tracker" in command:
-                continue  # spawn's helper: it ends when this process does
+            if "multiprocessing.resource_tracker" in command or "wandb-core" in command:
+                continue  # spawn's helper, W&B's service: each ends when this process does
             proc.kill()
             leftovers.append(f"{proc.pid} ({command[:120]})")
         except psutil.NoSuchProcess:
