@@ -451,12 +451,13 @@ def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) ->
     window.reset()
 
 
-def evaluate(run: Session, split: str) -> dict[str, Any]:
+def evaluate(run: Session, split: str, model: nn.Module | None = None) -> dict[str, Any]:
     """Metrics over the whole split, identical on every rank (see `evaluate_model`); with
-    --members, the ensemble's, each member's under "members" (`scored_summary`)."""
-    with _scored_model(run, split) as model:
+    --members, the ensemble's, each member's under "members" (`scored_summary`). `model`: the
+    `_scored_model` of the split when the caller holds it already."""
+    with nullcontext(model) if model is not None else _scored_model(run, split) as scored:
         metrics = evaluate_outputs(
-            model,
+            scored,
             run.accelerator,
             run.manifest,
             run.cfg.data,
@@ -583,16 +584,18 @@ def _finish(run: Session) -> dict[str, Any]:
     # requeue would cost a start-up; the run ends complete (exit 0) instead of preempted.
     best = decided_on_main_process(partial(best_to_test, run.paths))
     _load(run, best)
-    test = evaluate(run, "test")  # --members: the ensemble of each member's best
+    picture = run.paths.predictions
+    # One scored model for the test and the picture (--members: each member's best, read once).
+    with _scored_model(run, "test") as model:
+        test = evaluate(run, "test", model)
+        if accelerator.is_main_process:
+            atomic_write_json(run.paths.test_metrics, test)
+            write_predictions_picture(picture, ensemble_output(model), accelerator, run.manifest,
+                                      run.cfg)  # fmt: skip
     sources = {"resumed_from": run.resumed_from, "tested": best}
     write_rank_record(run.run_dir, accelerator, run.lr_history, run.position.epoch, sources,
                       effective_lr=run.scheduler.lr)  # fmt: skip
     if accelerator.is_main_process:
-        atomic_write_json(run.paths.test_metrics, test)
-        picture = run.paths.predictions
-        with _scored_model(run, "test") as model:
-            write_predictions_picture(picture, ensemble_output(model), accelerator, run.manifest,
-                                      run.cfg)  # fmt: skip
         summary = {f"test/{k}": v for k, v in test.items() if k != "members"}
         tracking.log_summary(accelerator, summary | member_values(test, "test"))
         tracking.log_image(accelerator, "predictions", picture, step=run.position.step)
