@@ -92,8 +92,8 @@ def scripted_val(monkeypatch: pytest.MonkeyPatch) -> None:
     real_evaluate = seqtrain.train.evaluate
     epochs = iter(range(len(VAL_LOSS)))
 
-    def evaluate(run, split: str) -> dict:
-        metrics = real_evaluate(run, split)
+    def evaluate(run, split: str, model=None) -> dict:
+        metrics = real_evaluate(run, split, model)
         if split == "val":
             epoch = next(epochs)
             metrics.update(loss=VAL_LOSS[epoch], exact_match=VAL_EXACT_MATCH[epoch])
