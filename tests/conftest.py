@@ -104,8 +104,12 @@ def unbroken_run(
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Ends any process a test left behind: one still holding this session's output open keeps
-    a CI runner waiting for its end long after pytest has reported."""
+    a CI runner waiting for its end long after pytest has reported. Under `-n`, each worker
+    sweeps its own; the controller's children are the workers, which xdist ends itself."""
     import psutil
+
+    if session.config.pluginmanager.hasplugin("dsession"):
+        return
 
     leftovers = []
     for proc in psutil.Process().children(recursive=True):
