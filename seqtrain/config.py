@@ -252,7 +252,8 @@ class TrainConfig:
     """Resume although the data (manifest fingerprint) or settings that shape the sample stream
     or the optimisation differ from those the checkpoint was trained with (refused without)."""
     log_every: int = 50
-    """Log train loss, LR and samples/s every this many steps."""
+    """Log train loss, LR and samples/s every this many steps (each window is read, without
+    waiting, one log step later)."""
     checkpoint_every: int = 0
     """Also save checkpoints/last every this many steps within an epoch (0: at epoch ends only)."""
     keep_checkpoints: int = 0

@@ -25,7 +25,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from seqtrain.common.atomic import atomic_write_json
-from seqtrain.common.errors import UserError
 from seqtrain.components import trackers, tracking
 from seqtrain.components.capture import choose_capture
 from seqtrain.components.checkpoint import (
@@ -37,6 +36,7 @@ from seqtrain.components.checkpoint import (
 )
 from seqtrain.components.checkpoint_history import epoch_end_folders, prune_epoch_checkpoints
 from seqtrain.components.grad_clip import GradClip
+from seqtrain.components.lagged_log import LaggedLog, WindowRead, read_window
 from seqtrain.components.loss_window import LossWindow
 from seqtrain.components.members import (
     MemberBests,
@@ -83,7 +83,6 @@ from seqtrain.data.stream import (
     train_steps_per_epoch,
 )
 from seqtrain.distributed import (
-    all_reduce_sum,
     decided_on_main_process,
     join_processes,
     make_accelerator,
@@ -309,6 +308,7 @@ def train_epoch(run: Session, epoch: int) -> float:
     run.model.train()
     run.train_step.start_epoch()
     window, epoch_loss = run.train_step.window, run.train_step.epoch_loss
+    log = LaggedLog(accelerator)
     progress = tqdm(
         total=plan.steps,
         initial=plan.skip,
@@ -325,12 +325,14 @@ def train_epoch(run: Session, epoch: int) -> float:
             run.profiler.after_step(run.position.step)
             bar.update()
             if run.position.step % cfg.train.log_every == 0:
-                _log_window(run, window, len(batch.labels), bar)
+                _log_window(run, log.complete(), bar)
+                log.submit(window, run.clip, run.position.step, _host_figures(run, window, batch))
             # The epoch's last step is left to the epoch-end checkpoint, saved after val.
             last_step = batch_index == plan.steps
             agreed = Decision() if last_step else run.preemption.poll(run.position.step)
             if agreed.save or _mid_epoch_checkpoint_due(cfg, batch_index, plan.steps):
-                _check_finite(accelerator, epoch_loss)
+                _log_window(run, log.complete(), bar)  # a resumed run logs each step once
+                read_window(accelerator, epoch_loss)  # no NaN/inf in what is saved
                 save_checkpoint(
                     accelerator,
                     run.paths.last,
@@ -343,7 +345,8 @@ def train_epoch(run: Session, epoch: int) -> float:
                 run.log(f"preempted: saved {run.paths.last} at epoch {epoch + 1}, "
                         f"batch {batch_index}; continue with --resume auto")  # fmt: skip
                 raise run.preemption.stop(accelerator.is_local_main_process)
-    return _check_finite(accelerator, epoch_loss)
+        _log_window(run, log.complete(), bar)
+    return read_window(accelerator, epoch_loss)
 
 
 def _train_batches(
@@ -413,42 +416,26 @@ def _mid_epoch_checkpoint_due(cfg: RunConfig, batch_index: int, steps: int) -> b
     return every > 0 and batch_index % every == 0 and batch_index < steps
 
 
-def _check_finite(accelerator: Accelerator, window: LossWindow) -> float:
-    """Global mean loss of the window; every rank raises together if any rank saw NaN/inf."""
-    bad_steps = accelerator.gather(window.first_bad_step.reshape(1)).tolist()
-    bad_steps = [s for s in bad_steps if s >= 0]
-    if bad_steps:
-        raise UserError(
-            f"loss became NaN/inf at step {min(bad_steps)}; stopped, the last good checkpoint "
-            "is kept (try a lower --lr)"
-        )
-    loss_sum, batches = all_reduce_sum(window.values).tolist()
-    return loss_sum / max(batches, 1)
-
-
-def _log_window(run: Session, window: LossWindow, batch_size: int, bar: tqdm) -> None:
-    """The one host sync every --log-every steps: global train loss, lr, the job's samples/s
-    and model TFLOP/s, MFU per device (on a GPU of known peak), the pre-clip gradient norm."""
-    accelerator = run.accelerator
-    loss = _check_finite(accelerator, window)
-    batches = window.batches
+def _host_figures(run: Session, window: LossWindow, batch: TrainBatch) -> dict[str, float]:
+    """What the host knows of a --log-every window as it ends: the LR, the job's samples/s
+    and model TFLOP/s, MFU per device (on a GPU of known peak)."""
+    processes = run.accelerator.num_processes
     seconds = time.perf_counter() - window.started
-    samples_per_s = batches * batch_size * accelerator.num_processes / max(seconds, 1e-9)
-    tracking.log_metrics(
-        accelerator,
-        {
-            "train/loss": loss,
-            "train/lr": run.lr,
-            "train/samples_per_s": samples_per_s,
-            **(run.clip.window_metrics() if run.clip else {}),
-            **throughput_metrics(
-                samples_per_s, run.flops_per_sample, accelerator.num_processes, run.peak_flops
-            ),
-        },
-        step=run.position.step,
-    )
-    bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.0f}")
-    window.reset()
+    samples_per_s = window.batches * len(batch.labels) * processes / max(seconds, 1e-9)
+    return {
+        "train/lr": run.lr,
+        "train/samples_per_s": samples_per_s,
+        **throughput_metrics(samples_per_s, run.flops_per_sample, processes, run.peak_flops),
+    }
+
+
+def _log_window(run: Session, read: WindowRead | None, bar: tqdm) -> None:
+    """Log a window read back by `LaggedLog` (under the step it was taken at)."""
+    if read is None:
+        return
+    tracking.log_metrics(run.accelerator, read.metrics, step=read.step)
+    samples_per_s = read.host["train/samples_per_s"]
+    bar.set_postfix(loss=f"{read.loss:.4f}", samples_s=f"{samples_per_s:.0f}")
 
 
 def evaluate(run: Session, split: str, model: nn.Module | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ Stacked --members models (`members` > 1) clip each member by its own norm, as it
 
 The norms before clipping stay on the device (one add per step into the same tensor, so a
 captured step replays it); the host counts the clipped steps itself (`count`), and the loop
-reads their mean once per --log-every window, in the host sync it takes there anyway.
+logs their mean once per --log-every window, read with the window's loss (`lagged_log.py`).
 """
 
 from __future__ import annotations
@@ -56,15 +56,13 @@ class GradClip:
         """The host's count of one clipped step."""
         self._steps += 1
 
-    def window_metrics(self) -> dict[str, float]:
-        """{"train/grad_norm": the mean pre-clip norm of the steps since the last call} (one
-        host read), {} when no step was clipped."""
-        if not self._steps:
-            return {}
-        mean = self._norm_sum.item() / self._steps
+    def take_window(self) -> tuple[torch.Tensor, int]:
+        """The sum of the pre-clip norms since the last call (a device copy, nothing read) and
+        the number of clipped steps it holds; both start again from zero."""
+        taken, steps = self._norm_sum.clone(), self._steps
         self._norm_sum.zero_()
         self._steps = 0
-        return {"train/grad_norm": mean}
+        return taken, steps
 
 
 @torch.no_grad()

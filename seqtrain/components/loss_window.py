@@ -42,9 +42,9 @@ class LossWindow:
         self.batches += 1
 
     @property
-    def values(self) -> torch.Tensor:
-        """float64 [loss sum, batches] on the device (summable over ranks)."""
-        return torch.stack([self._sum, self._sum.new_tensor(self.batches)])
+    def loss_sum(self) -> torch.Tensor:
+        """The float64 sum of the window's losses (a device scalar)."""
+        return self._sum
 
     @property
     def first_bad_step(self) -> torch.Tensor:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from seqtrain.components.capture import WARMUP_STEPS
+from seqtrain.components.lagged_log import LaggedLog
 from seqtrain.components.preemption import PreemptionWatch
 from seqtrain.config import PreemptConfig
 from support.steps import accelerate_reset, batches, built_step
@@ -39,7 +40,7 @@ def trained(built, data) -> tuple[float, dict[str, torch.Tensor]]:
     for index, batch in enumerate(data, start=1):
         built.step(batch, index)
         built.schedule.after_step()
-    loss_sum = built.step.epoch_loss.values[0].item()
+    loss_sum = built.step.epoch_loss.loss_sum.item()
     return loss_sum, {k: v.float().cpu() for k, v in built.step.model.state_dict().items()}
 
 
@@ -74,8 +75,9 @@ def no_syncs() -> Iterator[None]:
 @pytest.mark.parametrize("model", MODELS)
 def test_an_epoch_of_steps_never_waits_for_the_host(tmp_path: Path, model: str, mode: str) -> None:
     """After the warm-up and the recording (which synchronise once, by design), every step of
-    the epoch, its schedule update and the preemption check run under sync debug mode "error"
-    (any synchronising call raises); the loss window is read once, after."""
+    the epoch, its schedule update, the preemption check and the log steps' hand-over of their
+    window run under sync debug mode "error" (any synchronising call raises); the last log
+    window and the epoch's loss are read once, after."""
     built = built_step(
         tmp_path, model, STEPS, mode, cpu=False, precision="bf16", sched="onecycle", **OPTIONS
     )
@@ -85,13 +87,17 @@ def test_an_epoch_of_steps_never_waits_for_the_host(tmp_path: Path, model: str, 
     for index, batch in enumerate(data[:first], start=1):
         built.step(batch, index)
         built.schedule.after_step()
+    log = LaggedLog(built.step.accelerator)
     with no_syncs():
         for index, batch in enumerate(data[first:], start=first + 1):
             built.step(batch, index)
             built.schedule.after_step()
             watch.poll(index)
-    loss_sum, steps = built.step.epoch_loss.values.tolist()
-    assert steps == STEPS and torch.isfinite(torch.tensor(loss_sum))
+            if index % 10 == 0:
+                log.submit(built.step.window, built.step.clip, index, host={})
+    assert log.complete().step == STEPS
+    epoch_loss = built.step.epoch_loss
+    assert epoch_loss.batches == STEPS and torch.isfinite(epoch_loss.loss_sum).item()
 
 
 def test_a_captured_run_reports_its_recording_apart(tiny_shards: Path, tmp_path: Path) -> None:

@@ -43,8 +43,9 @@ def _rank_clips(out: Path) -> None:
     clip(accelerator, model)
     clipped = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()]))
     optimizer.step()
+    norm_sum, steps = clip.take_window()
     record = {
-        **clip.window_metrics(),
+        "train/grad_norm": norm_sum.item() / steps,
         "clipped_norm": clipped.item(),
         "weights": [p.detach().flatten().tolist() for p in model.parameters()],
     }

@@ -38,8 +38,7 @@ def test_sum_count_and_first_bad_step() -> None:
     window.reset()
     for step, loss in enumerate([0.5, 1.5, 2.5, 3.5, 4.5, 5.5], start=111):
         window.add(torch.tensor(loss), step)
-    loss_sum, batches = window.values.tolist()
-    assert (loss_sum, batches) == (18.0, 6.0)
+    assert (window.loss_sum.item(), window.batches) == (18.0, 6)
     assert int(window.first_bad_step) == -1
 
 
@@ -62,4 +61,4 @@ def test_a_step_writes_the_same_tensors_and_reads_nothing() -> None:
         written.append(recorded.written)
         assert not any("_local_scalar_dense" in op for op in recorded.ops)
     assert written[0] == written[1] and len(written[0]) == 2
-    assert window.values.tolist() == [3.0, 3.0]
+    assert (window.loss_sum.item(), window.batches) == (3.0, 3)

@@ -38,8 +38,8 @@ def test_a_step_between_log_steps_reads_nothing_back(tmp_path: Path) -> None:
             built.schedule.after_step()
             watch.poll(index)  # a check step (even) too: one process reads its own flags
         assert census.found == [], f"step {index}"
-    loss_sum, batches_done = built.step.window.values.tolist()  # the log step's read
-    assert batches_done == 4 and loss_sum > 0
+    window = built.step.window  # what the log step hands over (lagged_log.py reads it later)
+    assert window.batches == 4 and window.loss_sum.item() > 0
 
 
 def storages(built) -> dict[str, list[int]]:
@@ -91,7 +91,7 @@ def test_fifty_steps_equal_the_seed_style_step(tmp_path: Path) -> None:
     losses, expected = [], []
     for index, batch in enumerate(batches(STEPS), start=1):
         built.step(batch, index)
-        losses.append(built.step.window.values[0].item())
+        losses.append(built.step.window.loss_sum.item())
         built.step.window.reset()
         built.schedule.after_step()
         expected.append(reference(batch, (index - 1) / (STEPS - 1)))
@@ -107,7 +107,7 @@ def trained(built, data) -> tuple[list[float], dict[str, torch.Tensor]]:
     losses = []
     for index, batch in enumerate(data, start=1):
         built.step(batch, index)
-        losses.append(built.step.window.values[0].item())
+        losses.append(built.step.window.loss_sum.item())
         built.step.window.reset()
         built.schedule.after_step()
     return losses, built.step.model.state_dict()
