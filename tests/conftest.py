@@ -27,6 +27,16 @@ FOLDER_MARKERS = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `-n`, each worker's torch (and every process its tests start) computes on one
+    thread: the workers already fill the cores, and OpenMP threads beyond them spin-wait."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         folder = item.path.relative_to(TESTS).parts[0]
