@@ -229,6 +229,7 @@ def _build(cfg: RunConfig) -> Session:
     run.peak_flops, peak_line = mfu_peak(accelerator.device, cfg.train.mixed_precision)
     run.log(peak_line)
     run.log(sizes.describe() + ("; BatchNorm synchronized" if syncs_batchnorm(model) else ""))
+    scheduler.check_warmup(_samples_left(run), layout.global_batch, _epoch_samples(run))
     claim_run_folder(cfg, run_dir)  # after the checks of the input: a bad start leaves no folder
     run.identity = run_identity(cfg, manifest)
     run.resumed_from = decide_resume(cfg, run_dir, run.identity)

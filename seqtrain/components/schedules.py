@@ -143,6 +143,11 @@ class LRSchedule:
         if self.plateau is None or fresh or self._warming_up():
             self._apply()
 
+    def check_warmup(self, run_samples: int, global_batch: int, epoch_samples: int) -> None:
+        """Refuse, before anything is written, a warm-up that would not end before the last
+        step of a run of `run_samples` (the whole run, from its start)."""
+        self._warmup_samples(run_samples, global_batch, epoch_samples)
+
     def _warmup_samples(self, samples_left: int, global_batch: int, epoch_samples: int) -> int:
         cfg = self.cfg
         if cfg.warmup_epochs:

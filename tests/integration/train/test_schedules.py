@@ -175,3 +175,4 @@ def test_bad_schedule_flags_are_one_line_errors(
     assert "Traceback" not in err and err.count("\n") == 1, err
     line = err.rstrip().split("\r")[-1]
     assert line.startswith("seqtrain: error: ") and expected in line, line
+    assert not (tmp_path / "bad").exists()  # refused before the run folder was claimed
